@@ -1,0 +1,201 @@
+"""Banking77: load it (local folder or the hub), subsample it, split it, tokenize it.
+
+Labels are always numbered in the order of PolyAI's `categories.json` (card_arrival = 0), whichever
+source the rows come from, so results from a Kaggle run and an offline run can be compared.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from datasets import Dataset
+
+# The order of PolyAI's categories.json; the hub copy numbers its labels differently, so rows from
+# the hub are mapped onto this order by name.
+BANKING77_INTENTS: tuple[str, ...] = (
+    "card_arrival", "card_linking", "exchange_rate", "card_payment_wrong_exchange_rate",
+    "extra_charge_on_statement", "pending_cash_withdrawal", "fiat_currency_support",
+    "card_delivery_estimate", "automatic_top_up", "card_not_working", "exchange_via_app",
+    "lost_or_stolen_card", "age_limit", "pin_blocked", "contactless_not_working",
+    "top_up_by_bank_transfer_charge", "pending_top_up", "cancel_transfer", "top_up_limits",
+    "wrong_amount_of_cash_received", "card_payment_fee_charged", "transfer_not_received_by_recipient",
+    "supported_cards_and_currencies", "getting_virtual_card", "card_acceptance", "top_up_reverted",
+    "balance_not_updated_after_cheque_or_cash_deposit", "card_payment_not_recognised",
+    "edit_personal_details", "why_verify_identity", "unable_to_verify_identity", "get_physical_card",
+    "visa_or_mastercard", "topping_up_by_card", "disposable_card_limits", "compromised_card",
+    "atm_support", "direct_debit_payment_not_recognised", "passcode_forgotten",
+    "declined_cash_withdrawal", "pending_card_payment", "lost_or_stolen_phone", "request_refund",
+    "declined_transfer", "Refund_not_showing_up", "declined_card_payment", "pending_transfer",
+    "terminate_account", "card_swallowed", "transaction_charged_twice", "verify_source_of_funds",
+    "transfer_timing", "reverted_card_payment?", "change_pin", "beneficiary_not_allowed",
+    "transfer_fee_charged", "receiving_money", "failed_transfer", "transfer_into_account",
+    "verify_top_up", "getting_spare_card", "top_up_by_cash_or_cheque", "order_physical_card",
+    "virtual_card_not_working", "wrong_exchange_rate_for_cash_withdrawal",
+    "get_disposable_virtual_card", "top_up_failed", "balance_not_updated_after_bank_transfer",
+    "cash_withdrawal_not_recognised", "exchange_charge", "top_up_by_card_charge", "activate_my_card",
+    "cash_withdrawal_charge", "card_about_to_expire", "apple_pay_or_google_pay", "verify_my_identity",
+    "country_support",
+)
+
+HUB_DATASET = "PolyAI/banking77"
+# The hub's dataset is a loading script that datasets >= 4 refuses; its auto-converted parquet branch
+# is plain data. Pin a commit of that branch here for byte-for-byte reproducibility.
+HUB_REVISION = "refs/convert/parquet"
+REQUIRED_FILES = ("train.csv", "test.csv", "categories.json")
+
+
+class Banking77Error(ValueError):
+    """Bad Banking77 input: the message names the problem and the fix."""
+
+
+@dataclass
+class Banking77:
+    train: Dataset  # columns: text (str), label (int, categories.json order)
+    test: Dataset
+    label_names: list[str]
+    source: str  # the folder or hub id the rows came from
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+
+def default_data_dir() -> Path | None:
+    """The folder named by $BANKING77_DIR, else `shared/data/banking77` beside or above the cwd."""
+    if os.environ.get("BANKING77_DIR"):
+        return Path(os.environ["BANKING77_DIR"])
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        for candidate in (folder / "shared/data/banking77", folder / "../shared/data/banking77"):
+            if (candidate / "categories.json").is_file():
+                return candidate.resolve()
+    return None
+
+
+def load_banking77(data_dir: str | Path | None = None, source: str = "auto") -> Banking77:
+    """Load train and test. source: "local" (a folder), "hub" (PolyAI/banking77 parquet), or "auto"
+    (the folder given or found by `default_data_dir`, else the hub)."""
+    if source not in ("auto", "local", "hub"):
+        raise Banking77Error(f"unknown data source {source!r}: use 'local', 'hub' or 'auto'.")
+    if source == "hub" or (source == "auto" and data_dir is None and default_data_dir() is None):
+        return _load_from_hub()
+    folder = Path(data_dir) if data_dir is not None else default_data_dir()
+    if folder is None:
+        raise Banking77Error(
+            "no Banking77 folder found: pass data_dir=..., set BANKING77_DIR to a folder holding "
+            "train.csv, test.csv and categories.json, or use source='hub' when online."
+        )
+    return _load_from_folder(folder)
+
+
+def _load_from_folder(folder: Path) -> Banking77:
+    if not folder.is_dir():
+        raise Banking77Error(
+            f"Banking77 folder {folder} does not exist: point data_dir (or BANKING77_DIR) at the folder "
+            "holding train.csv, test.csv and categories.json."
+        )
+    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    if missing:
+        raise Banking77Error(
+            f"Banking77 folder {folder} lacks {', '.join(missing)}: it needs train.csv, test.csv and "
+            "categories.json (the layout of PolyAI's banking77 release)."
+        )
+    try:
+        label_names = json.loads((folder / "categories.json").read_text())
+    except json.JSONDecodeError as error:
+        raise Banking77Error(f"{folder / 'categories.json'} is not valid JSON ({error}).") from error
+    if not (isinstance(label_names, list) and label_names and all(isinstance(n, str) for n in label_names)):
+        raise Banking77Error(f"{folder / 'categories.json'} must be a JSON list of intent names.")
+    train = _read_split(folder / "train.csv", label_names)
+    test = _read_split(folder / "test.csv", label_names)
+    return Banking77(train, test, list(label_names), str(folder))
+
+
+def _read_split(path: Path, label_names: list[str]) -> Dataset:
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    absent = {"text", "category"} - set(frame.columns)
+    if absent:
+        raise Banking77Error(
+            f"{path} has columns {list(frame.columns)} but needs 'text' and 'category' "
+            "(one utterance and its intent per row)."
+        )
+    empty = frame.index[frame["text"].str.strip() == ""]
+    if len(empty):
+        raise Banking77Error(
+            f"{path} has {len(empty)} empty text(s), first at data row {empty[0] + 1}: remove those rows."
+        )
+    index = {name: i for i, name in enumerate(label_names)}
+    unknown = sorted(set(frame["category"]) - index.keys())
+    if unknown:
+        raise Banking77Error(
+            f"{path} has intents not in categories.json: {unknown[:5]}: fix the rows or add the intents."
+        )
+    labels = frame["category"].map(index).astype("int64")
+    return Dataset.from_dict({"text": frame["text"].tolist(), "label": labels.tolist()})
+
+
+def _load_from_hub() -> Banking77:
+    from datasets import load_dataset
+
+    raw = load_dataset(HUB_DATASET, revision=HUB_REVISION)
+    hub_names = raw["train"].features["label"].names
+    to_ours = {i: BANKING77_INTENTS.index(name) for i, name in enumerate(hub_names)}
+
+    def remap(split: Dataset) -> Dataset:
+        return Dataset.from_dict({"text": split["text"], "label": [to_ours[l] for l in split["label"]]})
+
+    return Banking77(remap(raw["train"]), remap(raw["test"]), list(BANKING77_INTENTS),
+                     f"{HUB_DATASET}@{HUB_REVISION}")
+
+
+def stratified_subsample(dataset: Dataset, max_samples: int | None, seed: int = 42,
+                         min_per_class: int = 1) -> Dataset:
+    """Keep about max_samples rows in the class proportions, at least min_per_class of each class."""
+    if max_samples is None or max_samples >= len(dataset):
+        return dataset
+    labels = np.asarray(dataset["label"])
+    classes, counts = np.unique(labels, return_counts=True)
+    if max_samples < len(classes) * min_per_class:
+        raise Banking77Error(
+            f"max_samples={max_samples} cannot keep {min_per_class} example(s) of each of {len(classes)} "
+            f"classes: use at least {len(classes) * min_per_class}, or None for all rows."
+        )
+    rng = np.random.default_rng(seed)
+    quotas = np.maximum(min_per_class, np.floor(counts / counts.sum() * max_samples)).astype(int)
+    quotas = np.minimum(quotas, counts)
+    chosen = []
+    for label, quota in zip(classes, quotas):
+        rows = np.flatnonzero(labels == label)
+        chosen.extend(rng.choice(rows, size=quota, replace=False))
+    return dataset.select(sorted(chosen))
+
+
+def train_validation_split(dataset: Dataset, validation_fraction: float = 0.1,
+                           seed: int = 42) -> tuple[Dataset, Dataset]:
+    """Carve a stratified validation set from train: the test set is kept for the final number."""
+    if not 0 < validation_fraction < 1:
+        raise Banking77Error(f"validation_fraction must be between 0 and 1, got {validation_fraction}.")
+    labels = np.asarray(dataset["label"])
+    rng = np.random.default_rng(seed)
+    validation = []
+    for label in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == label))
+        take = int(round(len(rows) * validation_fraction))
+        validation.extend(rows[: min(take, len(rows) - 1)])
+    keep = sorted(set(range(len(dataset))) - set(validation))
+    return dataset.select(keep), dataset.select(sorted(validation))
+
+
+def tokenize(dataset: Dataset, tokenizer, max_length: int = 128) -> Dataset:
+    """Tokenize without padding: the collator pads each batch to its own longest row."""
+
+    def encode(batch: dict) -> dict:
+        encoded = tokenizer(batch["text"], truncation=True, max_length=max_length)
+        encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
+        return encoded
+
+    return dataset.map(encode, batched=True, remove_columns=["text"], desc="tokenize")

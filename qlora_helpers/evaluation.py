@@ -1,0 +1,90 @@
+"""Predictions and metrics, computed locally (`evaluate.load` fetches scripts and fails offline)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import DataCollatorWithPadding
+
+
+@dataclass
+class Evaluation:
+    accuracy: float
+    macro_f1: float
+    confusion: np.ndarray  # rows: true label, columns: predicted label
+    per_class: dict  # sklearn's classification_report, as a dict keyed by intent name
+    confused_pairs: list[dict]  # the most confused (true, predicted) intent pairs, most first
+    predictions: np.ndarray
+    labels: np.ndarray
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, dataset, tokenizer, batch_size: int = 64) -> np.ndarray:
+    """Predicted label ids for a tokenized dataset, in its order, batches sorted by length for speed."""
+    model.eval()
+    lengths = np.asarray(dataset["length"])
+    order = np.argsort(-lengths, kind="stable")
+    collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)
+    columns = [c for c in ("input_ids", "attention_mask") if c in dataset.column_names]
+    rows = dataset.select(order).select_columns(columns)
+    device = next(p for p in model.parameters()).device
+    predictions = []
+    for batch in tqdm(DataLoader(rows, batch_size=batch_size, collate_fn=collator), desc="predict"):
+        logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
+        predictions.append(logits.argmax(-1).cpu().numpy())
+    ordered = np.concatenate(predictions)
+    result = np.empty_like(ordered)
+    result[order] = ordered
+    return result
+
+
+def predict_texts(model: torch.nn.Module, tokenizer, texts: list[str], label_names: list[str],
+                  max_length: int = 128) -> list[str]:
+    """Intent names for raw texts: quick inference in a notebook cell."""
+    model.eval()
+    device = next(p for p in model.parameters()).device
+    batch = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
+    return [label_names[i] for i in logits.argmax(-1).tolist()]
+
+
+def compute_metrics(labels: np.ndarray, predictions: np.ndarray, label_names: list[str],
+                    top_pairs: int = 10) -> Evaluation:
+    label_ids = list(range(len(label_names)))
+    confusion = confusion_matrix(labels, predictions, labels=label_ids)
+    return Evaluation(
+        accuracy=float(accuracy_score(labels, predictions)),
+        macro_f1=float(f1_score(labels, predictions, labels=label_ids, average="macro", zero_division=0)),
+        confusion=confusion,
+        per_class=classification_report(labels, predictions, labels=label_ids, target_names=label_names,
+                                        output_dict=True, zero_division=0),
+        confused_pairs=top_confused_pairs(confusion, label_names, top_pairs),
+        predictions=np.asarray(predictions),
+        labels=np.asarray(labels),
+    )
+
+
+def top_confused_pairs(confusion: np.ndarray, label_names: list[str], k: int = 10) -> list[dict]:
+    """The k largest off-diagonal cells: how often intent `true` was predicted as `predicted`."""
+    off_diagonal = confusion.copy()
+    np.fill_diagonal(off_diagonal, 0)
+    flat = np.argsort(-off_diagonal, axis=None, kind="stable")[:k]
+    pairs = []
+    for true, pred in zip(*np.unravel_index(flat, confusion.shape)):
+        if off_diagonal[true, pred] == 0:
+            break
+        pairs.append({"true": label_names[true], "predicted": label_names[pred],
+                      "count": int(off_diagonal[true, pred]),
+                      "share_of_true": float(off_diagonal[true, pred] / max(confusion[true].sum(), 1))})
+    return pairs
+
+
+def evaluate(model: torch.nn.Module, dataset, tokenizer, label_names: list[str],
+             batch_size: int = 64) -> Evaluation:
+    predictions = predict(model, dataset, tokenizer, batch_size)
+    return compute_metrics(np.asarray(dataset["label"]), predictions, label_names)

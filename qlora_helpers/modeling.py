@@ -1,0 +1,211 @@
+"""Load a sequence classifier for full fine-tuning, LoRA or QLoRA, with the pitfalls handled.
+
+Pitfalls handled here: a tokenizer without a pad token (Qwen2 refuses batches > 1 without
+`config.pad_token_id`), a classification head that would stay frozen or get quantized, bf16 asked
+for on a T4 (where `torch.cuda.is_bf16_supported()` can say yes), and the fp32 copy of every
+non-4-bit weight that `prepare_model_for_kbit_training` makes.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, BitsAndBytesConfig
+
+from .offline_models import resolve_model_id
+
+METHODS = ("full", "lora", "qlora")
+HEAD_NAMES = ("score", "classifier")  # Qwen2/Llama-style and BERT-style classification heads
+
+
+class ModelSetupError(ValueError):
+    """A model cannot be set up as asked: the message names the problem and the fix."""
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    model_id: str
+    method: str
+    compute_dtype: torch.dtype
+    footprint_bytes: int  # get_memory_footprint() right after loading, before any upcast
+    trainable_params: int
+    total_params: int
+
+    def summary(self) -> str:
+        share = self.trainable_params / self.total_params
+        bits = "4-bit" if self.method == "qlora" else str(self.compute_dtype).replace("torch.", "")
+        return (f"{self.model_id} [{self.method}] loaded in {bits}. footprint: "
+                f"{self.footprint_bytes / 1e9:.3f} GB; trainable params: {self.trainable_params:,} of "
+                f"{self.total_params:,} ({share:.2%})")
+
+
+def choose_compute_dtype(device: str | torch.device | None = None) -> torch.dtype:
+    """fp32 on CPU (bf16 matmuls are ~14x slower there), bf16 on Ampere or newer, fp16 below.
+
+    `torch.cuda.is_bf16_supported()` returns True on a T4 (bf16 is emulated, slowly), so the
+    compute capability decides, not that call.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type != "cuda":
+        return torch.float32
+    major, _ = torch.cuda.get_device_capability(device)
+    return torch.bfloat16 if major >= 8 else torch.float16
+
+
+def check_compute_dtype(dtype: torch.dtype, device: str | torch.device | None = None) -> None:
+    """Refuse bf16 on a GPU that cannot do it natively (T4, V100), before anything is loaded."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dtype == torch.bfloat16 and device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        if major < 8:
+            raise ModelSetupError(
+                f"bf16 compute was asked for, but {torch.cuda.get_device_name(device)} (compute "
+                f"capability {major}.{minor}) has no native bf16: use compute_dtype=torch.float16 "
+                "(or leave it unset to pick the fastest dtype this GPU supports)."
+            )
+
+
+def check_bitsandbytes() -> None:
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelSetupError(
+            "method='qlora' needs bitsandbytes, which is not installed: `pip install bitsandbytes` "
+            "(on Kaggle/Colab restart the kernel afterwards), or use method='lora'."
+        )
+
+
+def load_tokenizer(model_id_or_path: str):
+    """Load the tokenizer and give it a pad token if it has none (reusing EOS, as Qwen2 does)."""
+    tokenizer = AutoTokenizer.from_pretrained(model_id_or_path)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelSetupError(f"tokenizer of {model_id_or_path} has neither a pad nor an EOS token "
+                                  "to pad with: add one with tokenizer.add_special_tokens({'pad_token': ...}).")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    model_id_or_path: str,
+    method: str = "lora",
+    num_labels: int = 77,
+    *,
+    compute_dtype: torch.dtype | None = None,
+    lora_r: int = 16,
+    lora_alpha: int = 32,
+    lora_dropout: float = 0.05,
+    target_modules: str | list[str] = "all-linear",
+    gradient_checkpointing: bool | None = None,
+    upcast_all_to_fp32: bool = False,
+    device: str | None = None,
+) -> LoadedModel:
+    """Load `AutoModelForSequenceClassification` set up for `method`.
+
+    full: every weight trains, in `compute_dtype` on CPU or fp32 master weights under AMP on GPU.
+    lora: the base is frozen in 16-bit (fp32 on CPU); LoRA adapters on all linear layers plus the head train.
+    qlora: the base is NF4 4-bit with double quantization and 16-bit compute; LoRA as above; the head
+      stays unquantized. gradient_checkpointing defaults to on for qlora, off otherwise.
+      upcast_all_to_fp32=True does what `prepare_model_for_kbit_training` does (every non-4-bit weight,
+      embeddings included, to fp32: ~+1.1 GB on a 7B model); by default only the trainable
+      weights (adapters, head) are fp32 and the frozen ones stay as loaded.
+    """
+    if method not in METHODS:
+        raise ModelSetupError(f"unknown method {method!r}: use one of {', '.join(METHODS)}.")
+    if method == "qlora":
+        check_bitsandbytes()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    compute_dtype = compute_dtype or choose_compute_dtype(device)
+    check_compute_dtype(compute_dtype, device)
+    if gradient_checkpointing is None:
+        gradient_checkpointing = method == "qlora"
+
+    model_id = str(model_id_or_path)
+    model_id_or_path = resolve_model_id(model_id)
+    tokenizer = _load_tokenizer_or_explain(model_id_or_path)
+    # Full fine-tuning keeps fp32 master weights; the Trainer's AMP does the 16-bit compute.
+    load_dtype = torch.float32 if method == "full" else compute_dtype
+    kwargs: dict = {"num_labels": num_labels, "dtype": load_dtype}
+    if method == "qlora":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype,
+            # transformers would quantize BERT's `classifier` (Qwen2's `score` it already skips).
+            llm_int8_skip_modules=list(HEAD_NAMES),
+        )
+        kwargs["device_map"] = {"": 0} if device == "cuda" else {"": "cpu"}
+    model = AutoModelForSequenceClassification.from_pretrained(model_id_or_path, **kwargs)
+    if method != "qlora":
+        model.to(device)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    footprint = model.get_memory_footprint()
+
+    if method != "full":
+        model = _add_lora(model, method, compute_dtype, lora_r, lora_alpha, lora_dropout,
+                          target_modules, gradient_checkpointing, upcast_all_to_fp32)
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    trainable, total = count_parameters(model)
+    return LoadedModel(model, tokenizer, model_id, method, compute_dtype, footprint,
+                       trainable, total)
+
+
+def _load_tokenizer_or_explain(model_id_or_path: str):
+    """Load the tokenizer; turn an offline hub miss into advice before any weights are fetched."""
+    try:
+        return load_tokenizer(model_id_or_path)
+    except OSError as error:
+        if Path(model_id_or_path).exists():
+            raise
+        raise ModelSetupError(
+            f"cannot find model {model_id_or_path!r}: it is not a local folder and could not be "
+            "fetched from the Hugging Face hub (offline, or a typo in the id). Online, check the id; "
+            "offline, pass the path of a folder saved with save_pretrained()."
+        ) from error
+
+
+def _add_lora(model, method: str, compute_dtype: torch.dtype, r: int, alpha: int, dropout: float,
+              target_modules, gradient_checkpointing: bool, upcast_all_to_fp32: bool):
+    from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
+
+    checkpointing_kwargs = {"use_reentrant": False}
+    if method == "qlora" and upcast_all_to_fp32:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs=checkpointing_kwargs)
+    else:
+        for param in model.parameters():
+            param.requires_grad = False
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing_kwargs)
+    heads = [name for name in HEAD_NAMES if hasattr(model, name)]
+    config = LoraConfig(task_type=TaskType.SEQ_CLS, r=r, lora_alpha=alpha, lora_dropout=dropout,
+                        target_modules=target_modules, modules_to_save=heads)
+    model = get_peft_model(model, config)
+    # Trainable weights in fp32: the optimizer needs fp32 masters, and fp16 AMP refuses fp16 grads.
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+    return model
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total), counting each packed 4-bit weight as the parameters it stands for."""
+    trainable = total = 0
+    for param in model.parameters():
+        count = param.numel()
+        if param.__class__.__name__ == "Params4bit":
+            count = param.quant_state.shape.numel() if param.quant_state else count * 2
+        total += count
+        if param.requires_grad:
+            trainable += count
+    return trainable, total
+
+
+def head_parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable classification-head tensors (the PEFT copy under `modules_to_save`, if any)."""
+    return {name: param for name, param in model.named_parameters()
+            if param.requires_grad and any(f"{head}." in name for head in HEAD_NAMES)}

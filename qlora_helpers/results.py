@@ -1,0 +1,128 @@
+"""One small versioned JSON per training run: what the comparison notebook reads.
+
+Written atomically (a temporary file renamed over the target), so a crash mid-write never leaves a
+half-written results file that could pass as complete.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+SCHEMA = "qlora-notebooks/run-result"
+SCHEMA_VERSION = 1
+
+# key -> the type(s) its value must have; nested dicts are checked one level down.
+REQUIRED = {
+    "schema": str, "schema_version": int, "run_name": str, "model_id": str, "method": str,
+    "demo": bool, "hardware": dict, "data": dict, "footprint_bytes": int, "trainable_params": int,
+    "total_params": int, "training": dict, "metrics": dict, "label_names": list,
+    "confusion_matrix": list, "confused_pairs": list, "versions": dict, "created_at": str,
+}
+REQUIRED_TRAINING = {"train_seconds": (int, float), "examples_per_second": (int, float),
+                     "tokens_per_second": (int, float), "padding_share": (int, float),
+                     "peak_memory_bytes": int, "peak_memory_kind": str, "steps": int}
+REQUIRED_METRICS = {"accuracy": (int, float), "macro_f1": (int, float)}
+
+
+class ResultsError(ValueError):
+    """A results file is missing, unreadable, or not of this schema."""
+
+
+def hardware() -> dict:
+    if torch.cuda.is_available():
+        return {"device": "cuda", "name": torch.cuda.get_device_name(0),
+                "count": torch.cuda.device_count(),
+                "memory_bytes": torch.cuda.get_device_properties(0).total_memory}
+    return {"device": "cpu", "name": platform.processor() or platform.machine(),
+            "count": os.cpu_count() or 1, "memory_bytes": None}
+
+
+def library_versions() -> dict:
+    names = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets")
+    versions = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def build_result(*, run_name: str, loaded, stats, evaluation, label_names: list[str], data: dict,
+                 demo: bool, config: dict) -> dict:
+    """Assemble the results record from the objects the notebook already holds."""
+    record = {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "run_name": run_name,
+        "model_id": loaded.model_id, "method": loaded.method, "demo": demo,
+        "compute_dtype": str(loaded.compute_dtype).replace("torch.", ""),
+        "hardware": hardware(), "data": data,
+        "footprint_bytes": int(loaded.footprint_bytes), "trainable_params": int(loaded.trainable_params),
+        "total_params": int(loaded.total_params), "training": stats.as_dict(),
+        "metrics": {"accuracy": evaluation.accuracy, "macro_f1": evaluation.macro_f1},
+        "label_names": list(label_names), "confusion_matrix": evaluation.confusion.tolist(),
+        "confused_pairs": evaluation.confused_pairs, "config": config,
+        "versions": library_versions(), "created_at": datetime.now(timezone.utc).isoformat(),
+    }
+    validate(record)
+    return record
+
+
+def validate(record: dict, source: str = "results") -> dict:
+    if not isinstance(record, dict):
+        raise ResultsError(f"{source}: expected a JSON object, got {type(record).__name__}.")
+    if record.get("schema") != SCHEMA or record.get("schema_version") != SCHEMA_VERSION:
+        raise ResultsError(
+            f"{source}: schema {record.get('schema')!r} v{record.get('schema_version')!r} is not "
+            f"{SCHEMA!r} v{SCHEMA_VERSION}: rerun the notebook that wrote it with this version."
+        )
+    for section, required in (("", REQUIRED), ("training", REQUIRED_TRAINING), ("metrics", REQUIRED_METRICS)):
+        values = record[section] if section else record
+        for key, types in required.items():
+            if key not in values:
+                raise ResultsError(f"{source}: missing {f'{section}.' if section else ''}{key}.")
+            if not isinstance(values[key], types) or (types is int and isinstance(values[key], bool)):
+                raise ResultsError(f"{source}: {f'{section}.' if section else ''}{key} has the wrong type "
+                                   f"({type(values[key]).__name__}).")
+    return record
+
+
+def write_result(record: dict, path: str | Path) -> Path:
+    """Validate, then write atomically: the file is either the old one or the complete new one."""
+    validate(record)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+        json.dump(record, tmp, indent=1)
+        tmp.flush()
+        os.fsync(tmp.fileno())
+    os.replace(tmp.name, path)
+    return path
+
+
+def read_result(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError as error:
+        raise ResultsError(f"{path} does not exist: run the training notebook that writes it.") from error
+    except json.JSONDecodeError as error:
+        raise ResultsError(f"{path} is not valid JSON ({error}): rerun the notebook that wrote it.") from error
+    return validate(record, str(path))
+
+
+def read_results(folder: str | Path) -> list[dict]:
+    """Every valid results file under `folder` (sorted by name); invalid ones are skipped with a note."""
+    records = []
+    for path in sorted(Path(folder).glob("**/results.json")):
+        try:
+            records.append(read_result(path))
+        except ResultsError as error:
+            print(f"skipped: {error}")
+    return records
