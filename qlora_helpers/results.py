@@ -99,9 +99,14 @@ def write_result(record: dict, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        json.dump(record, tmp, indent=1)
-        tmp.flush()
-        os.fsync(tmp.fileno())
+        try:
+            json.dump(record, tmp, indent=1)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        except BaseException:
+            tmp.close()
+            os.unlink(tmp.name)
+            raise
     os.replace(tmp.name, path)
     return path
 

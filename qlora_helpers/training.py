@@ -87,37 +87,37 @@ class TrainStats:
                 "tokens_per_second": self.tokens_per_second, "padding_share": self.padding_share}
 
 
-class CountingCollator(DataCollatorWithPadding):
-    """Pads each batch to its longest row and counts real vs padded tokens and examples."""
-
-    def __init__(self, tokenizer, pad_to_multiple_of: int | None = 8):
-        super().__init__(tokenizer=tokenizer, pad_to_multiple_of=pad_to_multiple_of)
-        self.examples = self.real_tokens = self.padded_tokens = 0
+class LengthDroppingCollator(DataCollatorWithPadding):
+    """Pads each batch to its longest row (rounded up to a multiple of 8 for tensor cores)."""
 
     def __call__(self, features):
-        for feature in features:
-            feature.pop("length", None)
-        batch = super().__call__(features)
-        self.examples += batch["input_ids"].shape[0]
-        self.real_tokens += int(batch["attention_mask"].sum())
-        self.padded_tokens += batch["input_ids"].numel()
-        return batch
+        return super().__call__([{k: v for k, v in f.items() if k != "length"} for f in features])
 
 
 class MeasureCallback(TrainerCallback):
-    """Wall time, peak memory, examples and tokens of the training loop alone; stops on NaN/inf."""
+    """Wall time, peak memory, examples and tokens of the training loop alone; stops on NaN/inf.
 
-    def __init__(self, collator: CountingCollator, fp16: bool):
-        self.collator, self.fp16 = collator, fp16
+    Examples and tokens are counted by a forward pre-hook on the model in training mode, so they are
+    exactly the batches that were trained on (the data loader prefetches one batch ahead).
+    """
+
+    def __init__(self, model: torch.nn.Module, fp16: bool):
+        self.fp16 = fp16
         self.start = self.seconds = 0.0
-        self.counts_at_start = (0, 0, 0)
+        self.examples = self.real_tokens = self.padded_tokens = 0
+        model.register_forward_pre_hook(self._count, with_kwargs=True)
+
+    def _count(self, module, args, kwargs):
+        if module.training and kwargs.get("input_ids") is not None:
+            self.examples += kwargs["input_ids"].shape[0]
+            self.padded_tokens += kwargs["input_ids"].numel()
+            mask = kwargs.get("attention_mask")
+            self.real_tokens += int(mask.sum()) if mask is not None else kwargs["input_ids"].numel()
 
     def on_train_begin(self, args, state, control, **kwargs):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        c = self.collator
-        self.counts_at_start = (c.examples, c.real_tokens, c.padded_tokens)
         self.start = time.perf_counter()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -132,10 +132,6 @@ class MeasureCallback(TrainerCallback):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         self.seconds = time.perf_counter() - self.start
-
-    def counted(self) -> tuple[int, int, int]:
-        c, (e0, r0, p0) = self.collator, self.counts_at_start
-        return c.examples - e0, c.real_tokens - r0, c.padded_tokens - p0
 
 
 def peak_memory() -> tuple[int, str]:
@@ -174,8 +170,8 @@ def build_trainer(loaded: LoadedModel, train_dataset, config: TrainConfig) -> tu
         use_cpu=not on_gpu,
         dataloader_num_workers=0,
     )
-    collator = CountingCollator(loaded.tokenizer, config.pad_to_multiple_of)
-    measure = MeasureCallback(collator, fp16)
+    collator = LengthDroppingCollator(loaded.tokenizer, pad_to_multiple_of=config.pad_to_multiple_of)
+    measure = MeasureCallback(loaded.model, fp16)
     trainer = Trainer(model=loaded.model, args=args, train_dataset=train_dataset,
                       data_collator=collator, callbacks=[measure])
     return trainer, measure
@@ -195,9 +191,8 @@ def train(loaded: LoadedModel, train_dataset, config: TrainConfig) -> TrainStats
             "gradient_accumulation (same effective batch), lower max_length, or turn on "
             "gradient_checkpointing / method='qlora'."
         ) from error
-    examples, real, padded = measure.counted()
     peak, kind = peak_memory()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     final = losses[-1] if losses else float("nan")
-    return TrainStats(measure.seconds, trainer.state.global_step, examples, real, padded, peak, kind,
-                      final, losses)
+    return TrainStats(measure.seconds, trainer.state.global_step, measure.examples, measure.real_tokens,
+                      measure.padded_tokens, peak, kind, final, losses)

@@ -1,0 +1,116 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+
+from qlora_helpers import data
+from qlora_helpers.data import Banking77Error
+
+
+def test_loads_the_real_csvs_with_categories_order(banking77, banking77_dir):
+    assert len(banking77.train) == 10_003
+    assert len(banking77.test) == 3_080
+    categories = json.loads((banking77_dir / "categories.json").read_text())
+    assert banking77.label_names == categories
+    assert banking77.num_labels == 77
+    assert banking77.label_names[0] == "card_arrival"
+    assert list(data.BANKING77_INTENTS) == categories
+    first = banking77.train[0]
+    assert first["label"] == 0 and "card" in first["text"]
+    assert set(banking77.test["label"]) == set(range(77))
+
+
+def test_env_var_chooses_the_folder(monkeypatch, banking77_dir, tmp_path):
+    monkeypatch.setenv("BANKING77_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(Banking77Error, match="does not exist"):
+        data.load_banking77()
+    monkeypatch.setenv("BANKING77_DIR", str(banking77_dir))
+    assert len(data.load_banking77().test) == 3_080
+
+
+def test_stratified_subsample_keeps_every_class_in_proportion(banking77):
+    small = data.stratified_subsample(banking77.train, 1_000, seed=1)
+    labels = np.asarray(small["label"])
+    assert 900 <= len(small) <= 1_000
+    assert set(labels) == set(range(77))
+    full_share = np.bincount(banking77.train["label"], minlength=77) / len(banking77.train)
+    small_share = np.bincount(labels, minlength=77) / len(labels)
+    assert np.abs(full_share - small_share).max() < 0.005
+    assert data.stratified_subsample(banking77.train, 1_000, seed=1)["text"] == small["text"]
+
+
+def test_subsample_floor_per_class(banking77):
+    tiny = data.stratified_subsample(banking77.train, 154, min_per_class=2)
+    assert np.bincount(tiny["label"], minlength=77).min() >= 2
+    with pytest.raises(Banking77Error, match="at least 154"):
+        data.stratified_subsample(banking77.train, 100, min_per_class=2)
+
+
+def test_validation_split_is_stratified_and_disjoint(banking77):
+    train, validation = data.train_validation_split(banking77.train, 0.1, seed=3)
+    assert len(train) + len(validation) == len(banking77.train)
+    # a partition of the rows: together they are exactly the original rows, none twice
+    assert sorted(train["text"] + validation["text"]) == sorted(banking77.train["text"])
+    assert set(validation["label"]) == set(range(77))
+    assert 0.09 < len(validation) / len(banking77.train) < 0.11
+
+
+def test_tokenize_does_not_pad_and_records_lengths(banking77, tiny_qwen2):
+    from qlora_helpers.modeling import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_qwen2)
+    rows = data.tokenize(banking77.test.select(range(50)), tokenizer, max_length=16)
+    lengths = [len(ids) for ids in rows["input_ids"]]
+    assert rows["length"] == lengths
+    assert max(lengths) <= 16 and len(set(lengths)) > 1
+    assert rows["label"] == banking77.test["label"][:50]
+
+
+def _copy_folder(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize("problem, edit, message", [
+    ("missing file", lambda f: (f / "test.csv").unlink(), "lacks test.csv"),
+    ("bad columns", lambda f: (f / "train.csv").write_text("utterance,intent\nhi,card_arrival\n"),
+     "needs 'text' and 'category'"),
+    ("empty text", lambda f: (f / "test.csv").write_text("text,category\nhello,card_arrival\n ,card_arrival\n"),
+     "1 empty text"),
+    ("unknown intent", lambda f: (f / "test.csv").write_text("text,category\nhello,card_arival\n"),
+     "not in categories.json: \\['card_arival'\\]"),
+    ("bad categories", lambda f: (f / "categories.json").write_text("{not json"), "not valid JSON"),
+])
+def test_bad_folders_give_clear_errors(banking77_dir, tmp_path, problem, edit, message):
+    folder = _copy_folder(banking77_dir, tmp_path / "b77")
+    edit(folder)
+    with pytest.raises(Banking77Error, match=message):
+        data.load_banking77(folder)
+
+
+def test_unknown_source_is_refused():
+    with pytest.raises(Banking77Error, match="unknown data source"):
+        data.load_banking77(source="s3")
+
+
+def test_hub_rows_are_renumbered_in_categories_order(monkeypatch):
+    """The hub copy numbers intents alphabetically; rows must come back in categories.json order."""
+    hub_names = sorted(data.BANKING77_INTENTS)
+    features = Features({"text": Value("string"), "label": ClassLabel(names=hub_names)})
+    split = Dataset.from_dict({"text": ["where is my card", "activate it"],
+                               "label": [hub_names.index("card_arrival"),
+                                         hub_names.index("activate_my_card")]}, features=features)
+    calls = {}
+
+    def fake_load_dataset(name, revision):
+        calls.update(name=name, revision=revision)
+        return DatasetDict(train=split, test=split)
+
+    import datasets
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    bank = data.load_banking77(source="hub")
+    assert calls == {"name": "PolyAI/banking77", "revision": data.HUB_REVISION}
+    assert bank.train["label"] == [0, data.BANKING77_INTENTS.index("activate_my_card")]
+    assert bank.label_names == list(data.BANKING77_INTENTS)

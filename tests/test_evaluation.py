@@ -1,0 +1,38 @@
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
+from qlora_helpers import data, evaluation, modeling
+
+
+def test_metrics_equal_sklearn():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 77, 3_080)
+    predictions = np.where(rng.random(3_080) < 0.7, labels, rng.integers(0, 77, 3_080))
+    names = list(data.BANKING77_INTENTS)
+    result = evaluation.compute_metrics(labels, predictions, names)
+    assert result.accuracy == pytest.approx(accuracy_score(labels, predictions), abs=0)
+    assert result.macro_f1 == pytest.approx(f1_score(labels, predictions, average="macro"), abs=1e-12)
+    assert np.array_equal(result.confusion, confusion_matrix(labels, predictions, labels=range(77)))
+    assert result.per_class["card_arrival"]["support"] == (labels == 0).sum()
+
+
+def test_top_confused_pairs_finds_the_hard_pair():
+    names = list(data.BANKING77_INTENTS)
+    arrival, estimate = names.index("card_arrival"), names.index("card_delivery_estimate")
+    labels = np.array([arrival] * 40 + [estimate] * 40 + [5] * 10)
+    predictions = np.array([estimate] * 12 + [arrival] * 28 + [arrival] * 5 + [estimate] * 35 + [6] * 2 + [5] * 8)
+    pairs = evaluation.compute_metrics(labels, predictions, names).confused_pairs
+    assert pairs[0] == {"true": "card_arrival", "predicted": "card_delivery_estimate", "count": 12,
+                        "share_of_true": 12 / 40}
+    assert [(p["true"], p["count"]) for p in pairs] == [("card_arrival", 12), ("card_delivery_estimate", 5),
+                                                        (names[5], 2)]
+
+
+def test_predict_keeps_dataset_order_despite_length_sorting(tiny_qwen2, banking77):
+    loaded = modeling.load_model(tiny_qwen2, "full")
+    rows = data.tokenize(banking77.test.select(range(0, 3_080, 97)), loaded.tokenizer)
+    batched = evaluation.predict(loaded.model, rows, loaded.tokenizer, batch_size=8)
+    one_by_one = [evaluation.predict_texts(loaded.model, loaded.tokenizer, [text], banking77.label_names)[0]
+                  for text in banking77.test.select(range(0, 3_080, 97))["text"]]
+    assert [banking77.label_names[i] for i in batched] == one_by_one

@@ -1,0 +1,95 @@
+import pytest
+import torch
+
+from qlora_helpers import modeling
+from qlora_helpers.modeling import ModelSetupError
+
+
+def test_tokenizer_without_pad_token_pads_with_eos(tmp_path, banking77):
+    from transformers import AutoTokenizer
+
+    from qlora_helpers.offline_models import train_tiny_tokenizer
+
+    train_tiny_tokenizer(banking77.test["text"][:200], vocab_size=300).save_pretrained(tmp_path)
+    assert AutoTokenizer.from_pretrained(tmp_path).pad_token is None  # the pitfall is real here
+    tokenizer = modeling.load_tokenizer(str(tmp_path))
+    assert tokenizer.pad_token == tokenizer.eos_token == "<|endoftext|>"
+
+
+def test_missing_pad_token_id_is_set_in_config(tiny_qwen2):
+    from transformers import AutoConfig
+
+    assert AutoConfig.from_pretrained(tiny_qwen2).pad_token_id is None  # as in Qwen2.5's configs
+    loaded = modeling.load_model(tiny_qwen2, "full", num_labels=77)
+    assert loaded.tokenizer.pad_token == loaded.tokenizer.eos_token
+    assert loaded.model.config.pad_token_id == loaded.tokenizer.pad_token_id
+    batch = loaded.tokenizer(["a", "a much longer sentence here"], padding=True, return_tensors="pt")
+    assert loaded.model(**batch).logits.shape == (2, 77)  # Qwen2 refuses batches > 1 without pad id
+
+
+@pytest.mark.parametrize("method, trainable_share", [("full", (1.0, 1.0)), ("lora", (0.01, 0.5)),
+                                                     ("qlora", (0.01, 0.5))])
+def test_parameter_counts(tiny_qwen2, method, trainable_share):
+    loaded = modeling.load_model(tiny_qwen2, method)
+    low, high = trainable_share
+    assert low <= loaded.trainable_params / loaded.total_params <= high
+    assert loaded.footprint_bytes > 0
+    assert f"[{method}]" in loaded.summary()
+
+
+def test_qlora_quantizes_linear_layers_but_not_the_head(tiny_qwen2):
+    import bitsandbytes as bnb
+
+    loaded = modeling.load_model(tiny_qwen2, "qlora")
+    layers = dict(loaded.model.named_modules())
+    four_bit = [n for n, m in layers.items() if isinstance(m, bnb.nn.Linear4bit)]
+    assert any(n.endswith("self_attn.q_proj.base_layer") for n in four_bit)
+    assert any(n.endswith("mlp.down_proj.base_layer") for n in four_bit)
+    assert not any("score" in n for n in four_bit)
+    head = modeling.head_parameters(loaded.model)
+    assert head and all(p.dtype == torch.float32 and p.requires_grad for p in head.values())
+    weight = layers[four_bit[0]].weight
+    assert weight.quant_state.quant_type == "nf4" and weight.quant_state.state2 is not None  # double quant
+    full = modeling.load_model(tiny_qwen2, "lora")
+    assert loaded.footprint_bytes < full.footprint_bytes
+    assert "loaded in 4-bit. footprint:" in loaded.summary()
+
+
+def test_bert_classifier_is_not_quantized(minilm_path):
+    import bitsandbytes as bnb
+
+    loaded = modeling.load_model(minilm_path, "qlora")
+    heads = [n for n, m in loaded.model.named_modules() if n.endswith("classifier.modules_to_save.default")]
+    assert heads and not isinstance(dict(loaded.model.named_modules())[heads[0]], bnb.nn.Linear4bit)
+    assert isinstance(loaded.model.base_model.model.bert.encoder.layer[0].attention.self.query.base_layer,
+                      bnb.nn.Linear4bit)
+
+
+def test_unknown_method_is_refused_before_loading():
+    with pytest.raises(ModelSetupError, match="unknown method 'qlra'.*full, lora, qlora"):
+        modeling.load_model("/nonexistent", "qlra")
+
+
+def test_qlora_without_bitsandbytes_says_how_to_install(monkeypatch):
+    real_find_spec = modeling.importlib.util.find_spec
+    monkeypatch.setattr(modeling.importlib.util, "find_spec",
+                        lambda name: None if name == "bitsandbytes" else real_find_spec(name))
+    with pytest.raises(ModelSetupError, match="pip install bitsandbytes"):
+        modeling.load_model("/nonexistent", "qlora")
+
+
+def test_bf16_on_a_t4_is_refused_and_fp16_chosen(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # what a T4 claims
+    assert modeling.choose_compute_dtype("cuda") == torch.float16
+    with pytest.raises(ModelSetupError, match="Tesla T4.*no native bf16.*float16"):
+        modeling.check_compute_dtype(torch.bfloat16, "cuda")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert modeling.choose_compute_dtype("cuda") == torch.bfloat16
+    assert modeling.choose_compute_dtype("cpu") == torch.float32
+
+
+def test_model_missing_offline_says_so():
+    with pytest.raises(ModelSetupError, match="offline.*save_pretrained"):
+        modeling.load_model("no-such-org/no-such-model-xyz", "lora")

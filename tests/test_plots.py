@@ -1,0 +1,47 @@
+import matplotlib.image
+import numpy as np
+
+from qlora_helpers import data, plots
+
+
+def _confusion(seed=0):
+    rng = np.random.default_rng(seed)
+    confusion = np.diag(rng.integers(20, 40, 77))
+    confusion[0, 7], confusion[7, 0], confusion[12, 3] = 9, 6, 4
+    return confusion
+
+
+def test_confusion_matrix_png_is_large_enough_to_read_every_label(tmp_path):
+    path = tmp_path / "cm.png"
+    fig = plots.plot_confusion_matrix(_confusion(), list(data.BANKING77_INTENTS), path=path)
+    height, width, _ = matplotlib.image.imread(path).shape
+    assert width >= 1_400 and height >= 1_400  # ~18 px per label row and column at 77 labels
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels == list(data.BANKING77_INTENTS)
+
+
+def test_zoom_shows_the_most_confused_intents(tmp_path):
+    names = list(data.BANKING77_INTENTS)
+    assert plots.most_confused_intents(_confusion(), k=4) == [0, 7, 12, 3]
+    path = tmp_path / "zoom.png"
+    fig = plots.plot_confusion_zoom(_confusion(), names, path=path)
+    assert matplotlib.image.imread(path).shape[0] > 300
+    shown = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert shown[:2] == ["card_arrival", "card_delivery_estimate"]
+    assert "9" in [t.get_text() for t in fig.axes[0].texts]
+
+
+def test_comparison_plots_write_pngs(tmp_path):
+    records = [{"run_name": name, "method": method, "model_id": "offline:tiny-qwen2",
+                "footprint_bytes": size, "metrics": {"accuracy": acc},
+                "training": {"examples_per_second": eps, "peak_memory_bytes": 2**30, "losses": [4.0, 3.0]},
+                "label_names": list(data.BANKING77_INTENTS), "confusion_matrix": _confusion(i).tolist()}
+               for i, (name, method, size, acc, eps) in enumerate(
+                   [("01", "full", 9e7, 0.9, 50.0), ("02", "lora", 9e7, 0.85, 60.0), ("03", "qlora", 3e7, 0.8, 20.0)])]
+    for make, name in [(plots.plot_accuracy_vs_memory, "acc.png"), (plots.plot_throughput, "tp.png"),
+                       (plots.plot_loss_curves, "loss.png")]:
+        make(records, path=tmp_path / name)
+        assert matplotlib.image.imread(tmp_path / name).shape[1] > 500
+    plots.plot_confusion_zooms_side_by_side(records, ["card_arrival", "card_delivery_estimate"],
+                                            path=tmp_path / "side.png")
+    assert matplotlib.image.imread(tmp_path / "side.png").shape[1] > 3 * 400
