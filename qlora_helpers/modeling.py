@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, BitsAndBytesConfig
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, BitsAndBytesConfig, set_seed
 
 from .offline_models import resolve_model_id
 
@@ -101,6 +101,7 @@ def load_model(
     gradient_checkpointing: bool | None = None,
     upcast_all_to_fp32: bool = False,
     device: str | None = None,
+    seed: int = 42,
 ) -> LoadedModel:
     """Load `AutoModelForSequenceClassification` set up for `method`.
 
@@ -111,7 +112,27 @@ def load_model(
       upcast_all_to_fp32=True does what `prepare_model_for_kbit_training` does (every non-4-bit weight,
       embeddings included, to fp32: ~+1.1 GB on a 7B model); by default only the trainable
       weights (adapters, head) are fp32 and the frozen ones stay as loaded.
+    seed fixes the random initialisation of a new head and of the adapters, so reruns are identical.
     """
+    loaded = load_base(model_id_or_path, method, num_labels, compute_dtype=compute_dtype, device=device,
+                       seed=seed)
+    if gradient_checkpointing is None:
+        gradient_checkpointing = method == "qlora"
+    if method != "full":
+        loaded.model = _add_lora(loaded.model, method, r=lora_r, alpha=lora_alpha, dropout=lora_dropout,
+                                 target_modules=target_modules, gradient_checkpointing=gradient_checkpointing,
+                                 upcast_all_to_fp32=upcast_all_to_fp32)
+    elif gradient_checkpointing:
+        loaded.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    loaded.trainable_params, loaded.total_params = count_parameters(loaded.model)
+    return loaded
+
+
+def load_base(model_id_or_path: str, method: str = "lora", num_labels: int = 77, *,
+              compute_dtype: torch.dtype | None = None, device: str | None = None,
+              seed: int = 42) -> LoadedModel:
+    """The base classifier as `method` loads it (fp32 for full, 16-bit for lora, NF4 for qlora),
+    without adapters: what `load_model` builds on and what a saved adapter is loaded onto."""
     if method not in METHODS:
         raise ModelSetupError(f"unknown method {method!r}: use one of {', '.join(METHODS)}.")
     if method == "qlora":
@@ -119,8 +140,6 @@ def load_model(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     compute_dtype = compute_dtype or choose_compute_dtype(device)
     check_compute_dtype(compute_dtype, device)
-    if gradient_checkpointing is None:
-        gradient_checkpointing = method == "qlora"
 
     model_id = str(model_id_or_path)
     model_id_or_path = resolve_model_id(model_id)
@@ -138,19 +157,13 @@ def load_model(
             llm_int8_skip_modules=list(HEAD_NAMES),
         )
         kwargs["device_map"] = {"": 0} if device == "cuda" else {"": "cpu"}
+    set_seed(seed)  # a head missing from the checkpoint (BERT's classifier) is initialised here
     model = AutoModelForSequenceClassification.from_pretrained(model_id_or_path, **kwargs)
     if method != "qlora":
         model.to(device)
     model.config.pad_token_id = tokenizer.pad_token_id
-    footprint = model.get_memory_footprint()
-
-    if method != "full":
-        model = _add_lora(model, method, compute_dtype, lora_r, lora_alpha, lora_dropout,
-                          target_modules, gradient_checkpointing, upcast_all_to_fp32)
-    elif gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     trainable, total = count_parameters(model)
-    return LoadedModel(model, tokenizer, model_id, method, compute_dtype, footprint,
+    return LoadedModel(model, tokenizer, model_id, method, compute_dtype, model.get_memory_footprint(),
                        trainable, total)
 
 
@@ -168,8 +181,8 @@ def _load_tokenizer_or_explain(model_id_or_path: str):
         ) from error
 
 
-def _add_lora(model, method: str, compute_dtype: torch.dtype, r: int, alpha: int, dropout: float,
-              target_modules, gradient_checkpointing: bool, upcast_all_to_fp32: bool):
+def _add_lora(model, method: str, *, r: int, alpha: int, dropout: float, target_modules,
+              gradient_checkpointing: bool, upcast_all_to_fp32: bool):
     from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
 
     checkpointing_kwargs = {"use_reentrant": False}

@@ -7,10 +7,11 @@ removes most of the padding that fixed 128-token batches carry.
 """
 from __future__ import annotations
 
+import gc
 import math
 import resource
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -45,6 +46,7 @@ class TrainConfig:
     logging_steps: int = 20
     save_steps: int = 200
     max_steps: int = -1  # > 0 overrides epochs (benchmarks, smoke runs)
+    retry_on_oom: bool = True  # on CUDA OOM: halve batch_size, double gradient_accumulation, retry
 
 
 def default_train_config(method: str, **overrides) -> TrainConfig:
@@ -105,7 +107,7 @@ class MeasureCallback(TrainerCallback):
         self.fp16 = fp16
         self.start = self.seconds = 0.0
         self.examples = self.real_tokens = self.padded_tokens = 0
-        model.register_forward_pre_hook(self._count, with_kwargs=True)
+        self.hook = model.register_forward_pre_hook(self._count, with_kwargs=True)
 
     def _count(self, module, args, kwargs):
         if module.training and kwargs.get("input_ids") is not None:
@@ -178,19 +180,39 @@ def build_trainer(loaded: LoadedModel, train_dataset, config: TrainConfig) -> tu
 
 
 def train(loaded: LoadedModel, train_dataset, config: TrainConfig) -> TrainStats:
-    """Train, resuming from the last checkpoint in `config.output_dir` if an earlier run left one."""
+    """Train, resuming from the last checkpoint in `config.output_dir` if an earlier run left one.
+
+    On CUDA out-of-memory, retry with half the micro-batch and twice the accumulation (the
+    effective batch, and so the optimizer steps, stay the same) while `config.retry_on_oom`;
+    otherwise raise an error that says which knob to turn.
+    """
+    while True:
+        try:
+            return _train_once(loaded, train_dataset, config)
+        except torch.OutOfMemoryError as error:
+            if not config.retry_on_oom or config.batch_size == 1:
+                raise OutOfMemoryAdvice(
+                    f"CUDA out of memory at batch_size={config.batch_size}: halve batch_size and double "
+                    "gradient_accumulation (same effective batch), lower max_length, or turn on "
+                    "gradient_checkpointing / use method='qlora'."
+                ) from error
+            config = replace(config, batch_size=config.batch_size // 2,
+                             gradient_accumulation=config.gradient_accumulation * 2)
+            print(f"CUDA out of memory: retrying with batch_size={config.batch_size}, "
+                  f"gradient_accumulation={config.gradient_accumulation} (same effective batch)")
+            gc.collect()
+            torch.cuda.empty_cache()
+
+
+def _train_once(loaded: LoadedModel, train_dataset, config: TrainConfig) -> TrainStats:
     trainer, measure = build_trainer(loaded, train_dataset, config)
     last = get_last_checkpoint(config.output_dir) if Path(config.output_dir).is_dir() else None
     if last:
         print(f"resuming from {last}")
     try:
         trainer.train(resume_from_checkpoint=last)
-    except torch.OutOfMemoryError as error:
-        raise OutOfMemoryAdvice(
-            f"CUDA out of memory at batch_size={config.batch_size}: halve batch_size and double "
-            "gradient_accumulation (same effective batch), lower max_length, or turn on "
-            "gradient_checkpointing / method='qlora'."
-        ) from error
+    finally:
+        measure.hook.remove()  # a retry builds a new callback; never count a batch twice
     peak, kind = peak_memory()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     final = losses[-1] if losses else float("nan")

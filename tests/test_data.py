@@ -52,7 +52,7 @@ def test_validation_split_is_stratified_and_disjoint(banking77):
     train, validation = data.train_validation_split(banking77.train, 0.1, seed=3)
     assert len(train) + len(validation) == len(banking77.train)
     # a partition of the rows: together they are exactly the original rows, none twice
-    assert sorted(train["text"] + validation["text"]) == sorted(banking77.train["text"])
+    assert sorted(list(train["text"]) + list(validation["text"])) == sorted(banking77.train["text"])
     assert set(validation["label"]) == set(range(77))
     assert 0.09 < len(validation) / len(banking77.train) < 0.11
 
@@ -114,3 +114,9 @@ def test_hub_rows_are_renumbered_in_categories_order(monkeypatch):
     assert calls == {"name": "PolyAI/banking77", "revision": data.HUB_REVISION}
     assert bank.train["label"] == [0, data.BANKING77_INTENTS.index("activate_my_card")]
     assert bank.label_names == list(data.BANKING77_INTENTS)
+
+
+def test_label_count_must_match_the_head(banking77):
+    data.check_num_labels(banking77, 77)
+    with pytest.raises(Banking77Error, match="num_labels=76, but .* has 77 intents: set num_labels=77"):
+        data.check_num_labels(banking77, 76)

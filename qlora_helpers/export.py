@@ -1,0 +1,83 @@
+"""After training: save the adapter (with the head), load it back, merge it for export.
+
+A LoRA/QLoRA run saves only what trained (adapters + classification head, a few MB); loading it
+back needs the base model id, which is stored beside it. Merging always happens into a 16-bit (or
+fp32) copy of the base: merging into 4-bit weights would round the update away.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from .modeling import LoadedModel, count_parameters, load_base, load_model, load_tokenizer
+from .offline_models import resolve_model_id
+
+MANIFEST = "qlora_helpers.json"
+
+
+def save_trained(loaded: LoadedModel, folder: str | Path, label_names: list[str]) -> Path:
+    """Save adapters + head (or the whole model for `full`), tokenizer and a manifest, atomically."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        loaded.model.save_pretrained(staging)
+        loaded.tokenizer.save_pretrained(staging)
+        manifest = {"base_model": loaded.model_id, "method": loaded.method, "label_names": label_names}
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        if folder.exists():
+            shutil.rmtree(folder)
+        staging.rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def read_manifest(folder: str | Path) -> dict:
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} holds no {MANIFEST}: it was not written by save_trained().")
+    return json.loads(path.read_text())
+
+
+def load_trained(folder: str | Path, device: str | None = None) -> tuple[LoadedModel, list[str]]:
+    """Load what `save_trained` wrote, on the same kind of base (4-bit for qlora), ready to predict."""
+    from peft import PeftModel
+
+    manifest = read_manifest(folder)
+    method, labels = manifest["method"], manifest["label_names"]
+    if method == "full":
+        loaded = load_model(str(folder), "full", num_labels=len(labels), device=device)
+        loaded.model_id = manifest["base_model"]
+        return loaded, labels
+    loaded = load_base(manifest["base_model"], method, num_labels=len(labels), device=device)
+    loaded.model = PeftModel.from_pretrained(loaded.model, str(folder))
+    loaded.trainable_params, loaded.total_params = count_parameters(loaded.model)
+    return loaded, labels
+
+
+def merge_to_16bit(folder: str | Path, out_folder: str | Path, dtype: torch.dtype = torch.bfloat16) -> Path:
+    """Merge the saved adapter into a `dtype` copy of the base model and save a standalone model.
+
+    The base is loaded unquantized even for a QLoRA run (its adapters were trained against the NF4
+    base, so the merged model differs from the 4-bit one by the quantization error only).
+    """
+    from peft import PeftModel
+
+    manifest = read_manifest(folder)
+    if manifest["method"] == "full":
+        raise ValueError(f"{folder} is a full fine-tune: it is already a standalone model, nothing to merge.")
+    base = AutoModelForSequenceClassification.from_pretrained(
+        resolve_model_id(manifest["base_model"]), num_labels=len(manifest["label_names"]), dtype=dtype)
+    tokenizer = load_tokenizer(str(folder))
+    base.config.pad_token_id = tokenizer.pad_token_id
+    merged = PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
+    out_folder = Path(out_folder)
+    merged.save_pretrained(out_folder)
+    tokenizer.save_pretrained(out_folder)
+    return out_folder

@@ -1,0 +1,121 @@
+"""Interruptions and failures a Kaggle user meets: a killed run, CUDA OOM, saving and reloading."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from qlora_helpers import data, evaluation, export, modeling, training
+
+SCRIPT = Path(__file__).parent / "scripts" / "train_tiny.py"
+
+
+def _run(model, output_dir, slow=False):
+    return subprocess.Popen([sys.executable, str(SCRIPT), model, str(output_dir), "slow" if slow else "fast"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_killed_run_resumes_to_the_same_result(tiny_qwen2, tmp_path):
+    reference = _run(tiny_qwen2, tmp_path / "uninterrupted")
+    assert reference.wait(timeout=300) == 0, reference.stderr.read()
+
+    victim = _run(tiny_qwen2, tmp_path / "interrupted", slow=True)
+    deadline = time.time() + 300
+    while not (tmp_path / "interrupted" / "checkpoint-30").is_dir():  # mid-epoch 1 (35 steps an epoch)
+        assert victim.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert not (tmp_path / "interrupted" / "outcome.json").exists()
+
+    rerun = _run(tiny_qwen2, tmp_path / "interrupted")
+    assert rerun.wait(timeout=300) == 0, rerun.stderr.read()
+    expected = json.loads((tmp_path / "uninterrupted" / "outcome.json").read_text())
+    resumed = json.loads((tmp_path / "interrupted" / "outcome.json").read_text())
+    assert resumed["resumed_from"].endswith("checkpoint-30")
+    assert expected["losses"].keys() == resumed["losses"].keys() and len(expected["losses"]) == 70  # 2 x 35
+    after_resume = [step for step in expected["losses"] if int(step) > 30]
+    assert max(abs(expected["losses"][s] - resumed["losses"][s]) for s in after_resume) <= 1e-6
+    assert resumed["predictions"] == expected["predictions"]
+
+
+def test_cuda_oom_retries_with_half_the_micro_batch(tiny_qwen2, small_split, tmp_path, monkeypatch):
+    loaded = modeling.load_model(tiny_qwen2, "lora")
+    rows = data.tokenize(small_split[0], loaded.tokenizer, max_length=64)
+    seen = []
+    real_train_once = training._train_once
+
+    def oom_above_8(loaded, rows, config):
+        seen.append((config.batch_size, config.gradient_accumulation))
+        if config.batch_size > 8:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_train_once(loaded, rows, config)
+
+    monkeypatch.setattr(training, "_train_once", oom_above_8)
+    config = training.default_train_config("lora", output_dir=str(tmp_path), batch_size=32, max_steps=3,
+                                           save_steps=100)
+    stats = training.train(loaded, rows, config)
+    assert seen == [(32, 1), (16, 2), (8, 4)]
+    assert stats.steps == 3 and stats.examples == 3 * 32  # the effective batch is unchanged
+
+    with pytest.raises(training.OutOfMemoryAdvice, match="halve batch_size and double gradient_accumulation"):
+        training.train(loaded, rows, training.default_train_config(
+            "lora", output_dir=str(tmp_path / "b"), batch_size=32, retry_on_oom=False))
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora", "full"])
+def test_saved_model_reloads_with_identical_predictions(tiny_qwen2, small_split, tmp_path, method):
+    loaded = modeling.load_model(tiny_qwen2, method)
+    names = list(data.BANKING77_INTENTS)
+    rows = data.tokenize(small_split[0], loaded.tokenizer, max_length=64)
+    training.train(loaded, rows, training.default_train_config(
+        method, output_dir=str(tmp_path / "ckpt"), max_steps=5, learning_rate=5e-3, save_steps=100))
+    test_rows = data.tokenize(small_split[1], loaded.tokenizer, max_length=64)
+    before = evaluation.predict(loaded.model, test_rows, loaded.tokenizer)
+
+    folder = export.save_trained(loaded, tmp_path / "saved", names)
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    reloaded, labels = export.load_trained(folder)
+    assert labels == names and reloaded.method == method
+    assert np.array_equal(evaluation.predict(reloaded.model, test_rows, reloaded.tokenizer), before)
+    texts = small_split[1]["text"][:4]
+    assert (evaluation.predict_texts(reloaded.model, reloaded.tokenizer, texts, labels)
+            == [names[i] for i in before[:4]])
+    if method != "full":
+        assert size < loaded.footprint_bytes  # only adapters and head were saved
+
+
+def test_merge_goes_into_a_16bit_copy_not_the_4bit_weights(minilm_path, banking77, tmp_path):
+    loaded = modeling.load_model(minilm_path, "qlora", num_labels=77)
+    rows = data.tokenize(data.stratified_subsample(banking77.train, 300, seed=0), loaded.tokenizer, max_length=64)
+    training.train(loaded, rows, training.default_train_config(
+        "qlora", output_dir=str(tmp_path / "ckpt"), max_steps=8, learning_rate=5e-3, save_steps=100))
+    saved = export.save_trained(loaded, tmp_path / "adapter", banking77.label_names)
+    merged_folder = export.merge_to_16bit(saved, tmp_path / "merged", dtype=torch.float32)
+
+    from transformers import AutoModelForSequenceClassification
+
+    merged = AutoModelForSequenceClassification.from_pretrained(merged_folder)
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    assert not any(type(m).__name__ == "Linear4bit" for m in merged.modules())
+    test_rows = data.tokenize(banking77.test.select(range(0, 3_080, 10)), loaded.tokenizer, max_length=64)
+    from peft import PeftModel
+
+    unmerged = PeftModel.from_pretrained(modeling.load_base(minilm_path, "lora", 77).model, str(saved))
+    batch = loaded.tokenizer(banking77.test["text"][:64], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        unmerged.eval(), merged.eval()
+        assert torch.allclose(merged(**batch).logits, unmerged(**batch).logits, atol=1e-4)
+    four_bit = evaluation.predict(loaded.model, test_rows, loaded.tokenizer)
+    sixteen = evaluation.predict(merged, test_rows, loaded.tokenizer)
+    assert (four_bit == sixteen).mean() > 0.8  # the same adapters; the bases differ by NF4 rounding
+    with pytest.raises(ValueError, match="already a standalone model"):
+        full = modeling.load_model(minilm_path, "full")
+        export.merge_to_16bit(export.save_trained(full, tmp_path / "full", banking77.label_names), tmp_path / "x")
