@@ -10,6 +10,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding
 
+from . import distributed
+
 
 @dataclass
 class Evaluation:
@@ -24,10 +26,14 @@ class Evaluation:
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, dataset, tokenizer, batch_size: int = 64) -> np.ndarray:
-    """Predicted label ids for a tokenized dataset, in its order, batches sorted by length for speed."""
+    """Predicted label ids for a tokenized dataset, in its order, batches sorted by length for speed.
+
+    Under DDP each process predicts its shard and every process gets the whole, gathered result.
+    """
     model.eval()
     lengths = np.asarray(dataset["length"])
-    order = np.argsort(-lengths, kind="stable")
+    mine = distributed.shard(np.arange(len(dataset)))
+    order = mine[np.argsort(-lengths[mine], kind="stable")]
     collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)
     columns = [c for c in ("input_ids", "attention_mask") if c in dataset.column_names]
     rows = dataset.select(order).select_columns(columns)
@@ -37,9 +43,9 @@ def predict(model: torch.nn.Module, dataset, tokenizer, batch_size: int = 64) ->
         logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
         predictions.append(logits.argmax(-1).cpu().numpy())
     ordered = np.concatenate(predictions)
-    result = np.empty_like(ordered)
-    result[order] = ordered
-    return result
+    local = np.empty_like(ordered)
+    local[np.searchsorted(mine, order)] = ordered  # back to shard order
+    return distributed.gather_shards(local, len(dataset))
 
 
 def predict_texts(model: torch.nn.Module, tokenizer, texts: list[str], label_names: list[str],

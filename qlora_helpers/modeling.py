@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BitsAndBytesConfig, set_seed
 
+from .distributed import local_device
 from .offline_models import resolve_model_id
 
 METHODS = ("full", "lora", "qlora")
@@ -137,7 +138,7 @@ def load_base(model_id_or_path: str, method: str = "lora", num_labels: int = 77,
         raise ModelSetupError(f"unknown method {method!r}: use one of {', '.join(METHODS)}.")
     if method == "qlora":
         check_bitsandbytes()
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or local_device()
     compute_dtype = compute_dtype or choose_compute_dtype(device)
     check_compute_dtype(compute_dtype, device)
 
@@ -156,7 +157,8 @@ def load_base(model_id_or_path: str, method: str = "lora", num_labels: int = 77,
             # transformers would quantize BERT's `classifier` (Qwen2's `score` it already skips).
             llm_int8_skip_modules=list(HEAD_NAMES),
         )
-        kwargs["device_map"] = {"": 0} if device == "cuda" else {"": "cpu"}
+        # The whole model on this process's device: under DDP every GPU holds a full 4-bit copy.
+        kwargs["device_map"] = {"": torch.device(device)}
     set_seed(seed)  # a head missing from the checkpoint (BERT's classifier) is initialised here
     model = AutoModelForSequenceClassification.from_pretrained(model_id_or_path, **kwargs)
     if method != "qlora":

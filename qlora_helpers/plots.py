@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
+from .distributed import is_main_process
+
 
 def _normalise_rows(confusion: np.ndarray) -> np.ndarray:
     totals = confusion.sum(axis=1, keepdims=True)
@@ -18,7 +20,7 @@ def _normalise_rows(confusion: np.ndarray) -> np.ndarray:
 
 
 def _save(fig: Figure, path: str | Path | None) -> Figure:
-    if path is not None:
+    if path is not None and is_main_process():
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=fig.dpi, bbox_inches="tight")
     return fig

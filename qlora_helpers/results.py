@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from .distributed import is_main_process
+
 SCHEMA = "qlora-notebooks/run-result"
 SCHEMA_VERSION = 1
 
@@ -94,9 +96,12 @@ def validate(record: dict, source: str = "results") -> dict:
 
 
 def write_result(record: dict, path: str | Path) -> Path:
-    """Validate, then write atomically: the file is either the old one or the complete new one."""
+    """Validate, then write atomically: the file is either the old one or the complete new one.
+    Under DDP only the main process writes."""
     validate(record)
     path = Path(path)
+    if not is_main_process():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
         try:

@@ -18,6 +18,7 @@ import torch
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
+from .distributed import sum_across_processes
 from .modeling import LoadedModel
 
 
@@ -134,6 +135,9 @@ class MeasureCallback(TrainerCallback):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         self.seconds = time.perf_counter() - self.start
+        # Under DDP the job's throughput is every process's examples over the shared wall time.
+        self.examples, self.real_tokens, self.padded_tokens = sum_across_processes(
+            [self.examples, self.real_tokens, self.padded_tokens])
 
 
 def peak_memory() -> tuple[int, str]:
@@ -170,6 +174,7 @@ def build_trainer(loaded: LoadedModel, train_dataset, config: TrainConfig) -> tu
         eval_strategy="no",
         report_to="none",
         use_cpu=not on_gpu,
+        ddp_find_unused_parameters=False,
         dataloader_num_workers=0,
     )
     collator = LengthDroppingCollator(loaded.tokenizer, pad_to_multiple_of=config.pad_to_multiple_of)

@@ -1,0 +1,60 @@
+"""Data-parallel training on every visible GPU (e.g. Kaggle's "GPU T4 x2") through DDP.
+
+Launched with `accelerate launch` or `torchrun`, each process holds a whole copy of the model on its
+own GPU (a 4-bit model is placed whole, not split across GPUs by device_map="auto"), the Trainer
+synchronises gradients, evaluation is sharded and gathered, and only the main process writes files.
+A single process (no launcher) behaves exactly as before.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main_process() -> bool:
+    """True in a single process and in rank 0: the one process that writes results and plots."""
+    return int(os.environ.get("RANK", rank())) == 0
+
+
+def local_device() -> str:
+    """This process's device: `cuda:<LOCAL_RANK>` under a launcher, `cuda` alone, else `cpu`."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+
+
+def shard(indices: np.ndarray) -> np.ndarray:
+    """This process's share of `indices` (every world_size-th one): a disjoint cover of all of them."""
+    return indices[rank()::world_size()]
+
+
+def gather_shards(local: np.ndarray, total: int) -> np.ndarray:
+    """Reassemble the per-process results of `shard(np.arange(total))` into one array, in order."""
+    if world_size() == 1:
+        return local
+    pieces: list = [None] * world_size()
+    dist.all_gather_object(pieces, local)
+    result = np.empty(total, dtype=local.dtype)
+    for process, piece in enumerate(pieces):
+        result[process::world_size()] = piece
+    return result
+
+
+def sum_across_processes(values: list[int]) -> list[int]:
+    """Totals over all processes (e.g. examples trained on), for throughput of the whole job."""
+    if world_size() == 1:
+        return values
+    totals = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(totals)
+    return [int(v) for v in totals.tolist()]
