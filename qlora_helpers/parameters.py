@@ -1,0 +1,214 @@
+"""The knobs of a notebook, checked before anything heavy runs.
+
+papermill injects parameters as plain Python values, so `-p epochs two` or `-p batch_size "32"`
+arrives as a string and would otherwise fail deep inside the Trainer (or, worse, run with a
+silently wrong value). `from_namespace` picks the knobs out of the notebook's variables, checks
+every one, and raises a single `ParameterError` listing each bad parameter with its fix, before
+any data or model is loaded.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+METHODS = ("full", "lora", "qlora")  # the same as modeling.METHODS; kept here so this module stays light
+DATA_SOURCES = ("auto", "local", "hub")
+
+
+class ParameterError(ValueError):
+    """One or more notebook parameters are wrong: the message names each and says how to fix it."""
+
+
+def _type_name(kind) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "True or False"}[kind]
+
+
+def _check(name: str, value, kind, optional: bool = False) -> str | None:
+    """None if `value` fits `kind`, else the problem and its fix."""
+    if value is None and optional:
+        return None
+    ok = (isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))) or (
+        kind is float and isinstance(value, int) and not isinstance(value, bool))
+    if ok:
+        return None
+    expected = _type_name(kind) + (" or None" if optional else "")
+    fix = f"set {name} to {expected}"
+    if isinstance(value, str) and kind in (int, float):
+        try:
+            number = kind(value)
+        except ValueError:
+            pass
+        else:
+            fix = (f"pass it without quotes ({name}={number!r}; with papermill `-p {name} {number}`, "
+                   f"not a quoted string)")
+    return f"{name}={value!r} is {type(value).__name__}, but must be {expected}: {fix}."
+
+
+@dataclass(frozen=True)
+class NotebookParameters:
+    """Every knob of a training notebook (01-03). Defaults are the Kaggle T4 settings."""
+
+    notebook: str  # the notebook's stem: names its folder in run_dir
+    model_id: str = "Qwen/Qwen2.5-0.5B"  # a hub id, a local folder, or "offline:..." (offline_models)
+    method: str = "full"  # "full", "lora" or "qlora"
+    data_dir: str | None = None  # a folder with train.csv, test.csv, categories.json; None: look for one
+    data_source: str = "auto"  # "local" (data_dir), "hub" (PolyAI/banking77) or "auto" (folder, else hub)
+    max_train_samples: int | None = None  # None: all 10,003 training rows
+    max_eval_samples: int | None = None  # None: all 3,080 test rows
+    epochs: float = 2.0
+    batch_size: int = 32
+    gradient_accumulation: int = 1
+    learning_rate: float = 5e-5
+    max_length: int = 64  # Banking77 utterances are short; 64 tokens keep all but a handful whole
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    gradient_checkpointing: bool | None = None  # None: on for qlora, off otherwise
+    upcast_all_to_fp32: bool = False  # qlora only: do what prepare_model_for_kbit_training does
+    save_steps: int = 200  # a checkpoint every this many optimizer steps (resumable runs)
+    keep_checkpoints: bool = False  # keep <run_dir>/<notebook>/checkpoints after a finished run
+    run_dir: str = "runs/kaggle-t4"  # results go to <run_dir>/<notebook>/
+    profile: str = "kaggle-t4"  # a label recorded in the results
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        problems = []
+        for item in dataclasses.fields(self):
+            kind, optional = _FIELD_TYPES[item.name]
+            problem = _check(item.name, getattr(self, item.name), kind, optional)
+            if problem:
+                problems.append(problem)
+        if not problems:
+            problems = self._check_values()
+        if problems:
+            raise ParameterError("bad notebook parameter(s):\n  - " + "\n  - ".join(problems))
+
+    def _check_values(self) -> list[str]:
+        problems = []
+        if self.method not in METHODS:
+            problems.append(f"method={self.method!r} is not a method: use one of {', '.join(map(repr, METHODS))}.")
+        if self.data_source not in DATA_SOURCES:
+            problems.append(f"data_source={self.data_source!r} is not a source: use one of "
+                            f"{', '.join(map(repr, DATA_SOURCES))}.")
+        if self.data_source == "local" and self.data_dir is None and not os.environ.get("BANKING77_DIR"):
+            from .data import default_data_dir
+
+            if default_data_dir() is None:
+                problems.append("data_source='local' but data_dir is None and no Banking77 folder was "
+                                "found: set data_dir to the folder holding train.csv, test.csv and "
+                                "categories.json (or set BANKING77_DIR).")
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "learning_rate": self.learning_rate,
+                    "max_length": self.max_length, "gradient_accumulation": self.gradient_accumulation,
+                    "lora_r": self.lora_r, "lora_alpha": self.lora_alpha, "save_steps": self.save_steps}
+        for name, value in positive.items():
+            if value <= 0:
+                problems.append(f"{name}={value!r} must be greater than 0.")
+        for name in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 77:
+                problems.append(f"{name}={value!r} cannot hold one example of each of the 77 intents: "
+                                "use at least 77, or None for all rows.")
+        if not 0 <= self.lora_dropout < 1:
+            problems.append(f"lora_dropout={self.lora_dropout!r} must be in [0, 1).")
+        if self.learning_rate > 1:
+            problems.append(f"learning_rate={self.learning_rate!r} is far too large: typical values are "
+                            "1e-5 to 2e-3.")
+        if not self.model_id.strip():
+            problems.append("model_id is empty: set a hub id (e.g. 'Qwen/Qwen2.5-0.5B'), a local folder, "
+                            "or 'offline:all-MiniLM-L6-v2'.")
+        if not self.notebook.strip() or "/" in self.notebook:
+            problems.append(f"notebook={self.notebook!r} must be the notebook's file name without .ipynb.")
+        return problems
+
+    # What the notebooks use -------------------------------------------------------------------
+    @property
+    def demo(self) -> bool:
+        """True for the offline stand-in models: their numbers demonstrate the pipeline, not Qwen."""
+        return self.model_id.startswith("offline:")
+
+    @property
+    def output_dir(self) -> Path:
+        """<run_dir>/<notebook>: results.json, confusion PNGs and checkpoints/ of this notebook."""
+        return Path(self.run_dir) / self.notebook
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.output_dir / "checkpoints"
+
+    def as_dict(self) -> dict:
+        return {item.name: getattr(self, item.name) for item in dataclasses.fields(self)}
+
+    def table(self):
+        """The knobs as a two-column table, for the notebook to show what it runs with."""
+        import pandas as pd
+
+        return pd.DataFrame({"value": {k: repr(v) for k, v in self.as_dict().items()}})
+
+
+@dataclass(frozen=True)
+class ComparisonParameters:
+    """The knobs of 04_comparison: where the training notebooks wrote their results."""
+
+    notebook: str = "04_comparison"
+    run_dir: str = "runs/kaggle-t4"
+    profile: str = "kaggle-t4"
+    focus_intents: tuple = ("card_arrival", "card_delivery_estimate")
+
+    def __post_init__(self) -> None:
+        problems = [p for p in (_check("run_dir", self.run_dir, str), _check("profile", self.profile, str)) if p]
+        intents = self.focus_intents
+        if not (isinstance(intents, (list, tuple)) and len(intents) == 2
+                and all(isinstance(i, str) for i in intents)):
+            problems.append(f"focus_intents={intents!r} must be two intent names, e.g. "
+                            "['card_arrival', 'card_delivery_estimate'].")
+        else:
+            object.__setattr__(self, "focus_intents", tuple(intents))
+        if problems:
+            raise ParameterError("bad notebook parameter(s):\n  - " + "\n  - ".join(problems))
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.run_dir) / self.notebook
+
+    def as_dict(self) -> dict:
+        return {item.name: getattr(self, item.name) for item in dataclasses.fields(self)}
+
+
+_FIELD_TYPES = {
+    "notebook": (str, False), "model_id": (str, False), "method": (str, False), "data_dir": (str, True),
+    "data_source": (str, False), "max_train_samples": (int, True), "max_eval_samples": (int, True),
+    "epochs": (float, False), "batch_size": (int, False), "gradient_accumulation": (int, False),
+    "learning_rate": (float, False), "max_length": (int, False), "lora_r": (int, False),
+    "lora_alpha": (int, False), "lora_dropout": (float, False), "gradient_checkpointing": (bool, True),
+    "upcast_all_to_fp32": (bool, False), "save_steps": (int, False), "keep_checkpoints": (bool, False),
+    "run_dir": (str, False), "profile": (str, False), "seed": (int, False),
+}
+
+
+def field_names(kind: type = NotebookParameters) -> list[str]:
+    return [item.name for item in dataclasses.fields(kind)]
+
+
+def from_namespace(namespace: dict, notebook: str):
+    """Build the notebook's parameters from its variables (the `parameters` cell plus whatever
+    papermill injected). Variables that are not knobs are ignored; missing knobs keep their default.
+
+    04_comparison gets `ComparisonParameters`, the training notebooks `NotebookParameters`.
+    """
+    kind = ComparisonParameters if notebook == "04_comparison" else NotebookParameters
+    values = {name: namespace[name] for name in field_names(kind) if name in namespace and name != "notebook"}
+    if isinstance(values.get("data_dir"), Path):
+        values["data_dir"] = str(values["data_dir"])
+    if isinstance(values.get("run_dir"), Path):
+        values["run_dir"] = str(values["run_dir"])
+    return kind(notebook=notebook, **values)
+
+
+def check_overrides(values: dict, kind: type = NotebookParameters) -> None:
+    """Refuse knobs this kind of notebook does not have (a typo would otherwise be ignored)."""
+    unknown = sorted(set(values) - set(field_names(kind)))
+    if unknown:
+        raise ParameterError(f"unknown parameter(s) {', '.join(unknown)}: valid ones are "
+                             f"{', '.join(field_names(kind))}.")
