@@ -1,0 +1,265 @@
+"""The steps every training notebook (01-03) takes, one function per notebook cell.
+
+The notebooks differ in their parameters (model, method, hyper-parameters) and in the prose around
+the steps, not in the steps: data, model, tokens, training, evaluation, figures, results file. Each
+function prints or returns what its cell should show, and files go to `params.output_dir`
+(`<run_dir>/<notebook>/`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+with warnings.catch_warnings():
+    # Without ipywidgets, tqdm warns on import that it falls back to text progress bars: harmless.
+    warnings.filterwarnings("ignore", message="IProgress not found")
+    from . import data, evaluation, modeling, plots, results, training
+from .distributed import is_main_process
+from .parameters import NotebookParameters
+
+RESULTS_FILE = "results.json"
+CONFUSION_FILE = "confusion_matrix.png"
+ZOOM_FILE = "confusion_zoom.png"
+LOSS_FILE = "loss_curve.png"
+
+
+def results_path(params: NotebookParameters) -> Path:
+    return params.output_dir / RESULTS_FILE
+
+
+# Data -----------------------------------------------------------------------------------------
+def load_data(params: NotebookParameters) -> data.Banking77:
+    """Banking77 from the folder or the hub, then the stratified subsets the parameters ask for."""
+    bank = data.load_banking77(params.data_dir, source=params.data_source)
+    full_train, full_test = len(bank.train), len(bank.test)
+    bank = dataclasses.replace(
+        bank,
+        train=data.stratified_subsample(bank.train, params.max_train_samples, seed=params.seed),
+        test=data.stratified_subsample(bank.test, params.max_eval_samples, seed=params.seed),
+    )
+    print(f"Banking77 from {_short_source(bank.source)}: {bank.num_labels} intents; training on "
+          f"{len(bank.train):,} of {full_train:,} rows, testing on {len(bank.test):,} of {full_test:,}.")
+    return bank
+
+
+def _short_source(source: str) -> str:
+    """The data source without the machine's folder layout (it ends up in shared HTML)."""
+    return Path(source).name if Path(source).is_absolute() else source
+
+
+def show_examples(bank: data.Banking77, n: int = 8, seed: int = 0) -> pd.DataFrame:
+    """A few training utterances and their intents."""
+    rows = np.random.default_rng(seed).choice(len(bank.train), size=min(n, len(bank.train)), replace=False)
+    picked = bank.train.select(sorted(rows))
+    return pd.DataFrame({"text": picked["text"], "intent": [bank.label_names[i] for i in picked["label"]]})
+
+
+# Model ----------------------------------------------------------------------------------------
+def load_model(params: NotebookParameters, bank: data.Banking77) -> modeling.LoadedModel:
+    """The classifier set up for params.method, its head sized to the data's intents."""
+    data.check_num_labels(bank, bank.num_labels)
+    loaded = modeling.load_model(
+        params.model_id, params.method, num_labels=bank.num_labels, lora_r=params.lora_r,
+        lora_alpha=params.lora_alpha, lora_dropout=params.lora_dropout,
+        gradient_checkpointing=params.gradient_checkpointing,
+        upcast_all_to_fp32=params.upcast_all_to_fp32, seed=params.seed,
+    )
+    print(loaded.summary())
+    return loaded
+
+
+def memory_table(loaded: modeling.LoadedModel) -> pd.DataFrame:
+    """The weights' size in 16-bit (2 bytes a parameter) against what was actually loaded, and, for
+    a 4-bit model, how the loaded bytes split between packed 4-bit and unquantized weights."""
+    sixteen = 2 * loaded.total_params
+    rows = {
+        "16-bit weights (parameters x 2 bytes)": sixteen,
+        f"as loaded ({loaded.method}, get_memory_footprint)": loaded.footprint_bytes,
+    }
+    packed = other = 0
+    dtypes = set()
+    for param in loaded.model.parameters():
+        if param.__class__.__name__ == "Params4bit":
+            packed += param.numel() * param.element_size()
+        else:
+            other += param.numel() * param.element_size()
+            dtypes.add(str(param.dtype).replace("torch.", ""))
+    if packed:
+        rows["  of which 4-bit packed linear weights"] = packed
+        rows[f"  of which unquantized weights ({', '.join(sorted(dtypes))})"] = other
+    table = pd.DataFrame({"bytes": rows})
+    table["GB"] = (table["bytes"] / 1e9).round(3)
+    table["share of 16-bit"] = (table["bytes"] / sixteen).map("{:.0%}".format)
+    return table
+
+
+_FLAG_WHY = {
+    "load_in_4bit": "store the frozen base weights in 4 bits: about a quarter of their 16-bit size",
+    "bnb_4bit_quant_type": "nf4 (NormalFloat4) spaces its 16 levels for normally distributed weights, "
+                           "which pretrained weights roughly are: less error than plain fp4",
+    "bnb_4bit_use_double_quant": "quantize the per-block scaling constants too (8-bit): saves about "
+                                 "0.4 bit per parameter, ~0.35 GB on a 7B model",
+    "bnb_4bit_compute_dtype": "weights are dequantized to this dtype for each matmul: bf16 on Ampere+, "
+                              "fp16 on a T4 (no native bf16), fp32 on CPU",
+    "llm_int8_skip_modules": "modules left unquantized: the new classification head must train in "
+                             "full precision (transformers would quantize BERT's `classifier`)",
+}
+
+
+def quantization_table(loaded: modeling.LoadedModel) -> pd.DataFrame:
+    """Each BitsAndBytesConfig flag the model was loaded with, its value, and why it is set."""
+    config = getattr(_base_config(loaded.model), "quantization_config", None)
+    if config is None:
+        return pd.DataFrame({"value": {"quantization": "none"},
+                             "why": {"quantization": f"method={loaded.method!r} loads the base unquantized"}})
+    values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    return pd.DataFrame({"value": {flag: str(values.get(flag)) for flag in _FLAG_WHY}, "why": _FLAG_WHY})
+
+
+def _base_config(model):
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.config
+
+
+def weights_table(loaded: modeling.LoadedModel) -> pd.DataFrame:
+    """What preparing for k-bit training left behind: which weights are 4-bit, which frozen, which
+    train (and in which dtype), and whether gradient checkpointing is on."""
+    groups: dict[tuple, list] = {}
+    for name, param in loaded.model.named_parameters():
+        packed = param.__class__.__name__ == "Params4bit"
+        count = (param.quant_state.shape.numel() if packed and param.quant_state else param.numel())
+        if param.requires_grad:
+            kind = "trainable: head" if any(f"{h}." in name for h in modeling.HEAD_NAMES) else "trainable: LoRA adapters"
+        else:
+            kind = "frozen: 4-bit packed" if packed else "frozen: not quantized (norms, embeddings, ...)"
+        dtype = "nf4 (stored as uint8)" if packed else str(param.dtype).replace("torch.", "")
+        entry = groups.setdefault((kind, dtype), [0, 0])
+        entry[0] += 1
+        entry[1] += count
+    table = pd.DataFrame([{"weights": kind, "dtype": dtype, "tensors": n, "parameters": count}
+                          for (kind, dtype), (n, count) in sorted(groups.items())])
+    base = loaded.model.get_base_model() if hasattr(loaded.model, "get_base_model") else loaded.model
+    checkpointing = getattr(base, "is_activation_checkpointing", None)
+    if checkpointing is None:  # transformers < 5.24
+        checkpointing = getattr(base, "is_gradient_checkpointing", False)
+    print(f"gradient checkpointing: {'on' if checkpointing else 'off'}")
+    return table
+
+
+# Tokens ---------------------------------------------------------------------------------------
+def tokenize(params: NotebookParameters, bank: data.Banking77, loaded: modeling.LoadedModel):
+    """Token ids without padding (each batch is padded to its own longest row later)."""
+    train_rows = data.tokenize(bank.train, loaded.tokenizer, max_length=params.max_length)
+    test_rows = data.tokenize(bank.test, loaded.tokenizer, max_length=params.max_length)
+    lengths = np.asarray(train_rows["length"])
+    print(f"training tokens per utterance: median {np.median(lengths):.0f}, 95th percentile "
+          f"{np.percentile(lengths, 95):.0f}, max {lengths.max()} (max_length={params.max_length}; "
+          f"{np.mean(lengths >= params.max_length):.1%} truncated)")
+    return train_rows, test_rows
+
+
+# Training -------------------------------------------------------------------------------------
+def train_config(params: NotebookParameters, train_examples: int) -> training.TrainConfig:
+    """The method's defaults (training.default_train_config) with this notebook's knobs."""
+    steps = math.ceil(math.ceil(train_examples / params.batch_size) / params.gradient_accumulation) * params.epochs
+    return training.default_train_config(
+        params.method, output_dir=str(params.checkpoint_dir), epochs=params.epochs,
+        batch_size=params.batch_size, gradient_accumulation=params.gradient_accumulation,
+        learning_rate=params.learning_rate, max_length=params.max_length, seed=params.seed,
+        save_steps=params.save_steps, logging_steps=max(1, min(50, int(steps) // 40)),
+    )
+
+
+def train(params: NotebookParameters, loaded: modeling.LoadedModel, train_rows) -> training.TrainStats:
+    """Train (resuming an interrupted run from its last checkpoint), then show what was measured."""
+    config = train_config(params, len(train_rows))
+    _drop_finished_checkpoints(config.output_dir)
+    stats = training.train(loaded, train_rows, config)
+    print(f"trained {stats.steps} steps in {stats.train_seconds:.0f} s: {stats.examples_per_second:.1f} "
+          f"examples/s, {stats.tokens_per_second:.0f} real tokens/s, {stats.padding_share:.0%} padding, "
+          f"peak memory {stats.peak_memory_bytes / 2**30:.2f} GiB ({stats.peak_memory_kind}); "
+          f"final loss {stats.final_loss:.3f}")
+    record = {"run_name": params.notebook, "method": loaded.method, "model_id": loaded.model_id,
+              "training": {"losses": stats.losses}}
+    plots.plot_loss_curves([record], path=params.output_dir / LOSS_FILE)
+    return stats
+
+
+def _drop_finished_checkpoints(folder: str) -> None:
+    """A checkpoint from a run that already finished would 'resume' into zero steps (and zero
+    throughput): start afresh instead. An interrupted run's checkpoint is kept and resumed."""
+    folder = Path(folder)
+    if not folder.is_dir() or not is_main_process():
+        return
+    last = training.get_last_checkpoint(str(folder))
+    state_file = Path(last) / "trainer_state.json" if last else None
+    if state_file and state_file.is_file():
+        state = json.loads(state_file.read_text())
+        if state.get("max_steps") and state.get("global_step", 0) >= state["max_steps"]:
+            print(f"{folder} holds a finished run's checkpoint: training from scratch instead.")
+            shutil.rmtree(folder)
+
+
+# Evaluation -----------------------------------------------------------------------------------
+def evaluate(params: NotebookParameters, loaded: modeling.LoadedModel, test_rows,
+             bank: data.Banking77) -> evaluation.Evaluation:
+    """Accuracy and macro-F1 on the test rows (never seen in training)."""
+    result = evaluation.evaluate(loaded.model, test_rows, loaded.tokenizer, bank.label_names,
+                                 batch_size=max(64, params.batch_size * 2))
+    print(f"test accuracy {result.accuracy:.2%}, macro-F1 {result.macro_f1:.3f} "
+          f"on {len(test_rows):,} examples (chance: {1 / bank.num_labels:.1%})")
+    return result
+
+
+def confused_pairs_table(result: evaluation.Evaluation, k: int = 10) -> pd.DataFrame:
+    """The intents most often mistaken for another: how many, and what share of the true intent."""
+    table = pd.DataFrame(result.confused_pairs[:k])
+    if not table.empty:
+        table["share_of_true"] = table["share_of_true"].map("{:.0%}".format)
+    return table
+
+
+def plot_confusions(params: NotebookParameters, result: evaluation.Evaluation, label_names: list[str]) -> None:
+    """The full 77x77 matrix and the zoom on the most confused intents, shown and saved as PNG."""
+    title = f"{params.notebook}: {params.method} {Path(params.model_id).name}"
+    plots.plot_confusion_matrix(result.confusion, label_names, title=f"{title} (rows normalised)",
+                                path=params.output_dir / CONFUSION_FILE)
+    plots.plot_confusion_zoom(result.confusion, label_names, title=f"{title}: most confused intents",
+                              path=params.output_dir / ZOOM_FILE)
+
+
+def try_examples(loaded: modeling.LoadedModel, bank: data.Banking77, params: NotebookParameters,
+                 texts: list[str] | None = None) -> pd.DataFrame:
+    texts = texts or ["When will my new card arrive?", "How long does card delivery take?",
+                      "I was charged twice for the same coffee", "My card got swallowed by the ATM"]
+    predicted = evaluation.predict_texts(loaded.model, loaded.tokenizer, texts, bank.label_names,
+                                         max_length=params.max_length)
+    return pd.DataFrame({"text": texts, "predicted intent": predicted})
+
+
+# Results --------------------------------------------------------------------------------------
+def save_results(params: NotebookParameters, loaded: modeling.LoadedModel, stats: training.TrainStats,
+                 result: evaluation.Evaluation, bank: data.Banking77) -> dict:
+    """Write <run_dir>/<notebook>/results.json (atomically) for 04_comparison and the runner, then
+    drop the checkpoints (unless keep_checkpoints): they only serve to resume an interrupted run."""
+    record = results.build_result(
+        run_name=params.notebook, loaded=loaded, stats=stats, evaluation=result,
+        label_names=bank.label_names, demo=params.demo,
+        data={"source": _short_source(bank.source), "train_examples": len(bank.train),
+              "test_examples": len(bank.test), "max_length": params.max_length},
+        config={"parameters": params.as_dict(), "profile": params.profile},
+    )
+    path = results.write_result(record, results_path(params))
+    if not params.keep_checkpoints and is_main_process():
+        shutil.rmtree(params.checkpoint_dir, ignore_errors=True)
+    kind = "offline demo model" if params.demo else "real model"
+    print(f"wrote {path.name} to {params.notebook}/ ({kind}): accuracy {record['metrics']['accuracy']:.2%}, "
+          f"macro-F1 {record['metrics']['macro_f1']:.3f}")
+    return record
