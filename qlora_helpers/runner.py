@@ -1,0 +1,306 @@
+"""Run the notebook series headless with papermill: one profile, four notebooks, one run folder.
+
+For each notebook, in order: skip it if its outputs are complete (unless force), else execute it on
+a kernel of this very interpreter with the profile's parameters injected, then write the executed
+notebook and its HTML render (images embedded) under temporary names and rename them into place, so
+a half-written file never passes as complete. A failing notebook stops the run with an error that
+names the notebook and the cell.
+
+Run folder layout (`runs/<profile>/` by default):
+    01_full_precision_baseline.ipynb / .html     executed notebook and its render
+    01_full_precision_baseline/results.json       metrics, memory, throughput (results schema v1)
+    01_full_precision_baseline/*.png              confusion matrix, zoom, loss curve
+    ...                                            likewise 02 and 03
+    04_comparison.ipynb / .html, 04_comparison/   the comparison and its table (CSV) and figures
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import parameters as params_module
+from . import profiles, results
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+KERNEL_NAME = "qlora-notebooks-runner"
+# Knobs that change the numbers: a results.json written with other values is stale.
+RESULT_KNOBS = ("model_id", "method", "max_train_samples", "max_eval_samples", "epochs", "batch_size",
+                "gradient_accumulation", "learning_rate", "max_length", "lora_r", "lora_alpha",
+                "lora_dropout", "upcast_all_to_fp32", "seed")
+
+
+class RunnerError(RuntimeError):
+    """The run cannot go on: the message says what and how to fix it."""
+
+
+class NotebookFailed(RunnerError):
+    def __init__(self, notebook: str, cell: int | None, message: str):
+        self.notebook, self.cell = notebook, cell
+        super().__init__(message)
+
+
+@dataclass
+class Outcome:
+    notebook: str
+    status: str  # "ran" or "skipped"
+    seconds: float
+    note: str = ""
+
+
+def default_run_dir(profile: str) -> Path:
+    return REPO_ROOT / "runs" / profile
+
+
+def find_data_dir() -> Path:
+    """The Banking77 folder: $BANKING77_DIR, or shared/data/banking77 beside/above the cwd or the repo."""
+    from .data import default_data_dir
+
+    found = default_data_dir()
+    if found is None:
+        for folder in (REPO_ROOT, *REPO_ROOT.parents):
+            for candidate in (folder / "shared/data/banking77", folder.parent / "shared/data/banking77"):
+                if (candidate / "categories.json").is_file():
+                    return candidate.resolve()
+        raise RunnerError("Banking77 folder not found: set BANKING77_DIR to the folder holding train.csv, "
+                          "test.csv and categories.json (or keep it at ../shared/data/banking77).")
+    return Path(found).resolve()
+
+
+def notebook_parameters(profile: profiles.Profile, notebook: str, run_dir: Path,
+                        data_dir: Path | None, overrides: dict | None = None) -> dict:
+    """What the runner injects into `notebook`, validated before any notebook starts."""
+    if notebook == profiles.COMPARISON_NOTEBOOK:
+        values = {"run_dir": str(run_dir), "profile": profile.name}
+        params_module.ComparisonParameters(notebook=notebook, **values)
+        return values
+    values = {**profile.parameters(notebook), "run_dir": str(run_dir), "profile": profile.name,
+              "data_source": profile.data_source, "data_dir": str(data_dir) if data_dir else None,
+              **(overrides or {})}
+    params_module.check_overrides(values)
+    try:
+        params_module.NotebookParameters(notebook=notebook, **values)
+    except params_module.ParameterError as error:
+        raise RunnerError(f"profile {profile.name!r}, notebook {notebook}: {error}") from error
+    return values
+
+
+# Completeness ---------------------------------------------------------------------------------
+def outputs(run_dir: Path, notebook: str) -> dict[str, Path]:
+    return {"ipynb": run_dir / f"{notebook}.ipynb", "html": run_dir / f"{notebook}.html",
+            "results": run_dir / notebook / "results.json"}
+
+
+def incomplete_reason(run_dir: Path, notebook: str, injected: dict) -> str | None:
+    """None if `notebook`'s outputs in run_dir are complete and current, else why not."""
+    files = outputs(run_dir, notebook)
+    for kind in ("ipynb", "html"):
+        if not files[kind].is_file():
+            return f"no executed {kind}"
+    if notebook == profiles.COMPARISON_NOTEBOOK:
+        newest = max((outputs(run_dir, n)["results"].stat().st_mtime for n in profiles.TRAINING_NOTEBOOKS
+                      if outputs(run_dir, n)["results"].is_file()), default=0)
+        return "results newer than the comparison" if newest > files["ipynb"].stat().st_mtime else None
+    try:
+        record = results.read_result(files["results"])
+    except results.ResultsError as error:
+        return f"results.json unusable ({str(error).split(': ', 1)[-1][:80]})"
+    ran_with = record.get("config", {}).get("parameters", {})
+    changed = [k for k in RESULT_KNOBS if k in injected and ran_with.get(k) != injected[k]]
+    if changed:
+        return f"parameters changed: {', '.join(changed)}"
+    return None
+
+
+# Execution ------------------------------------------------------------------------------------
+def _kernel_manager_class():
+    """A kernel manager that talks to the kernel over local IPC sockets instead of TCP ports."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    class LocalKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _default_transport(self):
+            return "ipc"
+
+    return LocalKernelManager
+
+
+# The executed notebooks are read as HTML: no text progress bars (ipywidgets is not installed
+# here) and no deprecation notices from the libraries.
+QUIET_ENV = {"TQDM_DISABLE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+             "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning"}
+
+
+@contextmanager
+def this_interpreter_kernel(env: dict[str, str]):
+    """A kernelspec that starts `sys.executable` (this venv's python), found through JUPYTER_PATH,
+    so the notebooks never run on some other Python that a `python3` kernelspec may point at."""
+    with tempfile.TemporaryDirectory(prefix="qlora-kernel-") as folder:
+        spec_dir = Path(folder) / "kernels" / KERNEL_NAME
+        spec_dir.mkdir(parents=True)
+        spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "Python 3 (qlora-notebooks runner)", "language": "python",
+                # the inline backend even if the caller exported MPLBACKEND=Agg: the HTML needs images
+                "env": {"MPLBACKEND": "module://matplotlib_inline.backend_inline", **QUIET_ENV, **env}}
+        (spec_dir / "kernel.json").write_text(json.dumps(spec))
+        previous = os.environ.get("JUPYTER_PATH")
+        os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in (folder, previous) if p)
+        try:
+            yield KERNEL_NAME
+        finally:
+            if previous is None:
+                os.environ.pop("JUPYTER_PATH", None)
+            else:
+                os.environ["JUPYTER_PATH"] = previous
+
+
+def _temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.partial-{os.getpid()}{path.suffix}")
+
+
+def _failed_cell(notebook_path: Path) -> tuple[int | None, str]:
+    """(index among the executed notebook's cells, first source line) of the cell that raised."""
+    import nbformat
+
+    try:
+        nb = nbformat.read(notebook_path, as_version=4)
+    except Exception:  # noqa: BLE001 - the notebook may not have been written at all
+        return None, ""
+    code_cells = [c for c in nb.cells if "papermill-error-cell-tag" not in c.metadata.get("tags", [])]
+    for index, cell in enumerate(code_cells):
+        if cell.cell_type == "code" and any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
+            first = next((line for line in cell.source.splitlines() if line.strip()), "")
+            return index, first.strip()[:100]
+    return None, ""
+
+
+def execute_notebook(notebook: str, run_dir: Path, injected: dict, kernel_name: str) -> None:
+    """Execute one notebook into run_dir; the .ipynb and .html appear only once complete."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    files = outputs(run_dir, notebook)
+    partial = _temp_name(files["ipynb"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        papermill.execute_notebook(
+            str(NOTEBOOKS_DIR / f"{notebook}.ipynb"), str(partial), parameters=injected,
+            kernel_name=kernel_name, cwd=str(NOTEBOOKS_DIR), progress_bar=False, log_output=False,
+            kernel_manager_class=_kernel_manager_class(),
+        )
+    except PapermillExecutionError as error:
+        failed = run_dir / f"{notebook}.failed.ipynb"
+        cell, first_line = _failed_cell(partial) if partial.exists() else (None, "")
+        if partial.exists():
+            os.replace(partial, failed)
+        cell = cell if cell is not None else error.cell_index
+        raise NotebookFailed(
+            notebook, cell,
+            f"notebook {notebook} failed at cell {cell} (In [{error.exec_count}]: {first_line}): "
+            f"{error.ename}: {error.evalue}\n  the executed notebook with the traceback: {failed}",
+        ) from error
+    except Exception as error:  # kernel died (out of memory, ...), timeout, missing kernel
+        if partial.exists():
+            os.replace(partial, run_dir / f"{notebook}.failed.ipynb")
+        raise NotebookFailed(notebook, None, f"notebook {notebook} failed: {type(error).__name__}: {error}") from error
+    except BaseException:  # Ctrl-C: leave no partial file behind
+        partial.unlink(missing_ok=True)
+        raise
+    os.replace(partial, files["ipynb"])
+    write_html(files["ipynb"], files["html"])
+
+
+def write_html(notebook_path: Path, html_path: Path) -> Path:
+    """The executed notebook as standalone HTML (figures embedded as base64 PNG), written atomically."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter().from_notebook_node(nbformat.read(notebook_path, as_version=4))
+    partial = _temp_name(html_path)
+    partial.write_text(body, encoding="utf-8")
+    os.replace(partial, html_path)
+    return html_path
+
+
+def _summary(run_dir: Path, notebook: str) -> str:
+    if notebook == profiles.COMPARISON_NOTEBOOK:
+        return "comparison written"
+    record = results.read_result(outputs(run_dir, notebook)["results"])
+    return (f"{record['method']} {record['model_id']}: accuracy {record['metrics']['accuracy']:.2%}, "
+            f"macro-F1 {record['metrics']['macro_f1']:.3f}")
+
+
+def run(profile_name: str, run_dir: str | Path | None = None, force: bool = False,
+        notebooks: list[str] | None = None, overrides: dict | None = None, echo=print) -> list[Outcome]:
+    """Run the profile's notebooks in order into run_dir; raise RunnerError on any problem."""
+    try:
+        profile = profiles.get_profile(profile_name)
+        selected = profiles.resolve_notebooks(notebooks)
+    except profiles.UnknownNameError as error:
+        raise RunnerError(str(error)) from error
+    overrides = dict(overrides or {})
+    try:
+        params_module.check_overrides(overrides)
+    except params_module.ParameterError as error:
+        raise RunnerError(str(error)) from error
+    fixed = sorted(set(overrides) & {"notebook", "run_dir", "profile"})
+    if fixed:
+        raise RunnerError(f"{', '.join(fixed)} cannot be overridden: use --run-dir and --profile.")
+    missing = [n for n in selected if not (NOTEBOOKS_DIR / f"{n}.ipynb").is_file()]
+    if missing:
+        raise RunnerError(f"notebook(s) {', '.join(missing)} not found in {NOTEBOOKS_DIR}: run from a "
+                          "clone of the repository (the notebooks are not part of the installed package).")
+    run_dir = Path(run_dir or default_run_dir(profile.name)).resolve()
+    data_dir = find_data_dir() if profile.data_source == "local" and "data_dir" not in overrides else None
+    injected = {n: notebook_parameters(profile, n, run_dir, data_dir, overrides) for n in selected}
+
+    echo(f"profile {profile.name}: {profile.description}")
+    echo(f"run folder: {run_dir}")
+    outcomes: list[Outcome] = []
+    ran_any = False
+    with this_interpreter_kernel(profile.env) as kernel_name:
+        for position, notebook in enumerate(selected, 1):
+            prefix = f"[{position}/{len(selected)}] {notebook}"
+            reason = "forced" if force else incomplete_reason(run_dir, notebook, injected[notebook])
+            if notebook == profiles.COMPARISON_NOTEBOOK and ran_any and reason is None:
+                reason = "training results changed"
+            if reason is None:
+                echo(f"{prefix}: skipped, outputs complete ({_summary(run_dir, notebook)})")
+                outcomes.append(Outcome(notebook, "skipped", 0.0))
+                continue
+            echo(f"{prefix}: running ({reason}) ...")
+            start = time.perf_counter()
+            execute_notebook(notebook, run_dir, injected[notebook], kernel_name)
+            seconds = time.perf_counter() - start
+            if notebook != profiles.COMPARISON_NOTEBOOK:
+                try:
+                    summary = _summary(run_dir, notebook)
+                except results.ResultsError as error:
+                    raise NotebookFailed(notebook, None, f"notebook {notebook} ran but left no valid "
+                                                         f"results.json: {error}") from error
+            else:
+                summary = _summary(run_dir, notebook)
+            ran_any = True
+            echo(f"{prefix}: done in {seconds:.0f} s: {summary}")
+            outcomes.append(Outcome(notebook, "ran", seconds, summary))
+    return outcomes
+
+
+def comparison_text(run_dir: str | Path) -> str:
+    """The comparison table as text, for the terminal."""
+    import pandas as pd
+
+    from .comparison import comparison_table
+
+    records = results.read_results(run_dir)
+    if not records:
+        return f"no results in {run_dir}"
+    with pd.option_context("display.width", 250, "display.max_columns", 30):
+        return comparison_table(records).to_string()
