@@ -1,0 +1,161 @@
+"""The notebook series: the committed notebooks are clean tutorials, and the whole series runs end to
+end through the runner on the smoke profile (tiny random Qwen2, CPU, offline), once per module."""
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import nbformat
+import pandas as pd
+import pytest
+
+from qlora_helpers import profiles, results, runner
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_FILES = sorted((ROOT / "notebooks").glob("*.ipynb"))
+MACHINE_PATH = re.compile(r"/(work|root|home)/")
+
+
+def read(path: Path):
+    return nbformat.read(path, as_version=4)
+
+
+def parameters_cell(nb):
+    cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(cells) == 1, "exactly one cell must be tagged `parameters`"
+    return cells[0]
+
+
+# The committed notebooks ------------------------------------------------------------------------
+def test_the_series_is_complete():
+    assert [p.stem for p in NOTEBOOK_FILES] == list(profiles.NOTEBOOKS)
+
+
+@pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: p.stem)
+def test_committed_notebook_is_clean(path):
+    nb = read(path)
+    nbformat.validate(nb)
+    text = path.read_text()
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [], f"{path.name}: a code cell has outputs (clear them before committing)"
+            assert cell.execution_count is None, f"{path.name}: a code cell has an execution count"
+    assert not MACHINE_PATH.search(text), f"{path.name} contains a machine path: {MACHINE_PATH.search(text)[0]}"
+    assert "matplotlib.use(" not in text  # the inline backend puts the figures in the HTML
+    parameters_cell(nb)
+
+
+@pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: p.stem)
+def test_notebook_reads_as_a_tutorial(path):
+    nb = read(path)
+    title = nb.cells[0]
+    assert title.cell_type == "markdown" and title.source.startswith("# ")
+    assert "kaggle.com/kernels/welcome?src=https://github.com/" in title.source and path.name in title.source
+    assert "colab.research.google.com/github/" in title.source
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    install = code[0].source
+    assert "KAGGLE_KERNEL_RUN_TYPE" in install and "COLAB_RELEASE_TAG" in install and "google.colab" in install
+    assert code[1] is parameters_cell(nb)
+    assert "parameters.from_namespace(globals()" in code[2].source  # checked before anything heavy
+    for index, cell in enumerate(nb.cells[1:], 1):
+        if cell.cell_type == "code" and cell is not parameters_cell(nb):
+            assert nb.cells[index - 1].cell_type == "markdown", f"{path.name}: code cell {index} has no prose above it"
+            assert len(cell.source.splitlines()) <= 8, f"{path.name}: cell {index} is long: move logic to qlora_helpers"
+
+
+@pytest.mark.parametrize("stem", profiles.TRAINING_NOTEBOOKS)
+def test_parameter_defaults_are_the_kaggle_t4_profile(stem):
+    namespace: dict = {}
+    exec(parameters_cell(read(ROOT / "notebooks" / f"{stem}.ipynb")).source, namespace)
+    for knob, value in profiles.KAGGLE_T4.parameters(stem).items():
+        assert namespace[knob] == value, f"{stem}: {knob}={namespace[knob]!r} but kaggle-t4 has {value!r}"
+    for knob in ("model_id", "method", "data_dir", "max_train_samples", "max_eval_samples", "epochs", "batch_size",
+                 "learning_rate", "max_length", "run_dir", "profile", "seed"):
+        assert knob in namespace, f"{stem}: the parameters cell lacks {knob}"
+
+
+def test_qlora_notebook_explains_quantization():
+    text = "\n".join(c.source for c in read(ROOT / "notebooks" / "03_qlora_qwen2.5_7b.ipynb").cells)
+    for flag in ("nf4", "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype", "llm_int8_skip_modules",
+                 "prepare_model_for_kbit_training", "loaded in 4-bit. footprint"):
+        assert flag in text
+
+
+# The series, run end to end ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("smoke-run")
+    lines: list[str] = []
+    start = time.perf_counter()
+    outcomes = runner.run("smoke", run_dir=run_dir, echo=lines.append)
+    return SimpleNamespace(run_dir=run_dir, outcomes=outcomes, lines=lines, seconds=time.perf_counter() - start)
+
+
+def test_every_notebook_ran_with_a_progress_line(smoke):
+    assert [(o.notebook, o.status) for o in smoke.outcomes] == [(n, "ran") for n in profiles.NOTEBOOKS]
+    for stem in profiles.NOTEBOOKS:
+        assert any(line.startswith(f"[") and stem in line and "done in" in line for line in smoke.lines)
+    print(f"smoke profile, four notebooks: {smoke.seconds:.0f} s")
+
+
+@pytest.mark.parametrize("stem", profiles.TRAINING_NOTEBOOKS)
+def test_training_notebook_wrote_valid_results_and_figures(smoke, stem):
+    folder = smoke.run_dir / stem
+    record = results.read_result(folder / "results.json")
+    injected = profiles.SMOKE.parameters(stem)
+    assert (record["model_id"], record["method"], record["demo"]) == (injected["model_id"], injected["method"], True)
+    assert record["run_name"] == stem
+    assert record["data"]["test_examples"] == injected["max_eval_samples"]
+    for png in ("confusion_matrix.png", "confusion_zoom.png", "loss_curve.png"):
+        assert (folder / png).read_bytes().startswith(b"\x89PNG")
+    assert not (folder / "checkpoints").exists()  # dropped once results.json is written
+
+
+@pytest.mark.parametrize("stem", profiles.NOTEBOOKS)
+def test_executed_notebook_and_html(smoke, stem):
+    executed = read(smoke.run_dir / f"{stem}.ipynb")
+    injected = next(c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", []))
+    assert str(smoke.run_dir) in injected.source
+    assert not any(o.get("output_type") == "error" for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    html = (smoke.run_dir / f"{stem}.html").read_text()
+    images = html.count("data:image/png;base64")
+    assert images >= (3 if stem in profiles.TRAINING_NOTEBOOKS else 4), f"{stem}.html embeds {images} PNG(s)"
+    if stem in profiles.TRAINING_NOTEBOOKS:
+        assert "confusion matrix" in html or "rows normalised" in html
+    if stem == "03_qlora_qwen2.5_7b":
+        assert "loaded in 4-bit. footprint:" in html
+
+
+def test_comparison_has_three_rows_and_says_which_runs_are_demo(smoke):
+    table = pd.read_csv(smoke.run_dir / "04_comparison" / "comparison.csv", index_col="run")
+    assert list(table.index) == list(profiles.TRAINING_NOTEBOOKS)
+    assert set(table["kind"]) == {"offline demo"}
+    for column in ("accuracy", "macro_f1", "footprint_gb", "trainable_params", "examples_per_s", "train_time_s",
+                   "hardware"):
+        assert column in table.columns
+    html = (smoke.run_dir / "04_comparison.html").read_text()
+    assert "Offline demo:" in html and "card_arrival -&gt; card_delivery_estimate" in html
+    text = runner.comparison_text(smoke.run_dir)
+    assert sum(stem in text for stem in profiles.TRAINING_NOTEBOOKS) == 3
+
+
+def test_no_partial_files_are_left(smoke):
+    assert not [p for p in smoke.run_dir.rglob("*") if ".partial-" in p.name or p.name.endswith(".failed.ipynb")]
+
+
+def test_a_second_run_skips_everything(smoke):
+    start = time.perf_counter()
+    outcomes = runner.run("smoke", run_dir=smoke.run_dir, echo=lambda line: None)
+    assert [o.status for o in outcomes] == ["skipped"] * 4
+    assert time.perf_counter() - start < 10  # no kernel was started
+
+
+def test_a_truncated_results_file_reruns_that_notebook_for_real(smoke):
+    path = smoke.run_dir / "01_full_precision_baseline" / "results.json"
+    path.write_text(path.read_text()[:100])
+    outcomes = runner.run("smoke", run_dir=smoke.run_dir, echo=lambda line: None)
+    assert [o.status for o in outcomes] == ["ran", "skipped", "skipped", "ran"]
+    assert json.loads(path.read_text())["run_name"] == "01_full_precision_baseline"

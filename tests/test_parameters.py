@@ -1,0 +1,106 @@
+"""Notebook parameters: a wrong type or value stops the notebook with one clear error, before any
+model is loaded, whether it comes from the parameters cell, papermill, or the runner."""
+from __future__ import annotations
+
+import pytest
+
+from qlora_helpers import parameters, runner
+from qlora_helpers.parameters import NotebookParameters, ParameterError
+
+
+def build(**values):
+    return NotebookParameters(notebook="01_full_precision_baseline", **values)
+
+
+def test_defaults_are_valid_and_derive_paths():
+    params = build(run_dir="runs/x")
+    assert params.output_dir.as_posix() == "runs/x/01_full_precision_baseline"
+    assert params.checkpoint_dir.name == "checkpoints"
+    assert not params.demo
+    assert build(model_id="offline:all-MiniLM-L6-v2").demo
+
+
+@pytest.mark.parametrize("name, value, words", [
+    ("epochs", "two", ["epochs='two'", "must be a number"]),
+    ("batch_size", "32", ["batch_size='32'", "must be an integer", "without quotes", "batch_size=32"]),
+    ("learning_rate", "1e-4", ["learning_rate='1e-4'", "without quotes"]),
+    ("max_train_samples", 20.5, ["max_train_samples=20.5", "an integer or None"]),
+    ("batch_size", True, ["batch_size=True", "must be an integer"]),
+    ("keep_checkpoints", "yes", ["keep_checkpoints='yes'", "True or False"]),
+])
+def test_wrong_type_names_the_parameter_and_the_fix(name, value, words):
+    with pytest.raises(ParameterError) as caught:
+        build(**{name: value})
+    message = str(caught.value)
+    for word in words:
+        assert word in message
+
+
+def test_unknown_method_lists_the_valid_ones():
+    with pytest.raises(ParameterError, match=r"method='sft' is not a method: use one of 'full', 'lora', 'qlora'"):
+        build(method="sft")
+
+
+@pytest.mark.parametrize("values, fragment", [
+    (dict(epochs=0), "epochs=0 must be greater than 0"),
+    (dict(max_eval_samples=10), "at least 77"),
+    (dict(data_source="kaggle"), "use one of 'auto', 'local', 'hub'"),
+    (dict(lora_dropout=1.5), "lora_dropout=1.5 must be in [0, 1)"),
+])
+def test_bad_values_are_explained(values, fragment):
+    with pytest.raises(ParameterError) as caught:
+        build(**values)
+    assert fragment in str(caught.value)
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(ParameterError) as caught:
+        build(epochs="two", batch_size="32")
+    assert "epochs='two'" in str(caught.value) and "batch_size='32'" in str(caught.value)
+
+
+def test_numbers_are_accepted_as_numbers():
+    params = build(epochs=3, learning_rate=1, max_train_samples=None)  # an int is a fine float
+    assert params.epochs == 3
+
+
+def test_from_namespace_takes_the_knobs_and_ignores_the_rest():
+    namespace = {"model_id": "offline:tiny-qwen2", "method": "lora", "epochs": 1, "os": object(),
+                 "In": [], "_": None}
+    params = parameters.from_namespace(namespace, notebook="02_lora_qwen2.5_1.5b")
+    assert (params.model_id, params.method, params.epochs, params.batch_size) == ("offline:tiny-qwen2", "lora", 1, 32)
+    comparison = parameters.from_namespace({"run_dir": "runs/demo"}, notebook="04_comparison")
+    assert isinstance(comparison, parameters.ComparisonParameters)
+    with pytest.raises(ParameterError, match="focus_intents"):
+        parameters.from_namespace({"focus_intents": "card_arrival"}, notebook="04_comparison")
+
+
+def test_runner_refuses_bad_overrides_before_running_anything(tmp_path):
+    with pytest.raises(runner.RunnerError) as caught:
+        runner.run("smoke", run_dir=tmp_path, overrides={"batch_size": "32"}, echo=lambda line: None)
+    assert "batch_size='32'" in str(caught.value) and "01_full_precision_baseline" in str(caught.value)
+    with pytest.raises(runner.RunnerError, match="unknown parameter.*epoch\\b"):
+        runner.run("smoke", run_dir=tmp_path, overrides={"epoch": 1}, echo=lambda line: None)
+    assert not any(tmp_path.iterdir())  # nothing ran, nothing was written
+
+
+def test_papermill_injected_wrong_type_stops_at_the_check_cell(tmp_path):
+    """Through papermill and a real kernel: the validation cell raises ParameterError, and no later
+    cell (data, model) runs."""
+    import nbformat
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    output = tmp_path / "out.ipynb"
+    with runner.this_interpreter_kernel({"HF_HUB_OFFLINE": "1"}) as kernel:
+        with pytest.raises(PapermillExecutionError) as caught:
+            papermill.execute_notebook(str(runner.NOTEBOOKS_DIR / "01_full_precision_baseline.ipynb"), str(output),
+                                       parameters={"epochs": "two", "model_id": "offline:tiny-qwen2"},
+                                       kernel_name=kernel, progress_bar=False, cwd=str(runner.NOTEBOOKS_DIR),
+                                       kernel_manager_class=runner._kernel_manager_class())
+    assert caught.value.ename == "ParameterError"
+    assert "epochs='two'" in caught.value.evalue and "must be a number" in caught.value.evalue
+    cells = [c for c in nbformat.read(output, as_version=4).cells if c.cell_type == "code"]
+    failed = next(i for i, c in enumerate(cells) if any(o.get("output_type") == "error" for o in c.outputs))
+    assert "parameters.from_namespace" in cells[failed].source
+    assert all(c.execution_count is None for c in cells[failed + 1:])  # nothing after it ran

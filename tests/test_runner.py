@@ -1,0 +1,144 @@
+"""The runner's decisions (what is complete, what reruns) and its errors. Execution is replaced by a
+fake here except in the failing-notebook test; test_notebooks.py runs the real series."""
+from __future__ import annotations
+
+import json
+import re
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from qlora_helpers import data, profiles, results, run, runner, training
+
+PROFILE = profiles.get_profile("smoke")
+
+
+def fake_record(notebook: str, injected: dict) -> dict:
+    loaded = SimpleNamespace(model_id=injected["model_id"], method=injected["method"], compute_dtype=torch.float32,
+                             footprint_bytes=1_000, trainable_params=10, total_params=100)
+    stats = training.TrainStats(train_seconds=1.0, steps=2, examples=32, real_tokens=200, padded_tokens=256,
+                                peak_memory_bytes=2**20, peak_memory_kind="process_peak_rss", final_loss=1.0,
+                                losses=[2.0, 1.0])
+    labels = list(data.BANKING77_INTENTS)
+    evaluation = SimpleNamespace(accuracy=0.5, macro_f1=0.4, confusion=np.eye(len(labels), dtype=int),
+                                 confused_pairs=[])
+    return results.build_result(run_name=notebook, loaded=loaded, stats=stats, evaluation=evaluation,
+                                label_names=labels, data={}, demo=True, config={"parameters": injected})
+
+
+class FakeExecution:
+    """Stands in for runner.execute_notebook: records the call and writes what a real run writes."""
+
+    def __init__(self):
+        self.calls: list[str] = []
+
+    def __call__(self, notebook, run_dir, injected, kernel_name):
+        self.calls.append(notebook)
+        if notebook in profiles.TRAINING_NOTEBOOKS:
+            results.write_result(fake_record(notebook, injected), run_dir / notebook / "results.json")
+        for suffix in (".ipynb", ".html"):
+            (run_dir / f"{notebook}{suffix}").write_text("{}")
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    execution = FakeExecution()
+    monkeypatch.setattr(runner, "execute_notebook", execution)
+    return execution
+
+
+@pytest.fixture
+def complete_run(tmp_path, fake):
+    """A run folder as a finished smoke run leaves it."""
+    runner.run("smoke", run_dir=tmp_path, echo=lambda line: None)
+    assert fake.calls == list(profiles.NOTEBOOKS)
+    fake.calls.clear()
+    return tmp_path
+
+
+def test_unknown_profile_lists_the_valid_ones(capsys):
+    with pytest.raises(runner.RunnerError, match="unknown profile 'nope': valid profiles are demo, smoke, kaggle-t4"):
+        runner.run("nope")
+    assert run.main(["--profile", "nope"]) != 0
+    assert "unknown profile 'nope'" in capsys.readouterr().err
+
+
+def test_unknown_notebook_lists_the_valid_ones():
+    with pytest.raises(runner.RunnerError) as caught:
+        runner.run("smoke", notebooks=["05_missing"])
+    assert "unknown notebook '05_missing'" in str(caught.value)
+    assert all(stem in str(caught.value) for stem in profiles.NOTEBOOKS)
+
+
+def test_notebook_names_accept_numbers():
+    assert profiles.resolve_notebooks(["4", "01", "02_lora_qwen2.5_1.5b.ipynb"]) == [
+        "01_full_precision_baseline", "02_lora_qwen2.5_1.5b", "04_comparison"]
+
+
+def test_complete_valid_results_are_skipped(complete_run, fake):
+    lines = []
+    outcomes = runner.run("smoke", run_dir=complete_run, echo=lines.append)
+    assert fake.calls == []
+    assert [o.status for o in outcomes] == ["skipped"] * 4
+    assert sum("skipped, outputs complete" in line for line in lines) == 4
+
+
+def test_truncated_results_make_the_notebook_rerun(complete_run, fake):
+    path = complete_run / "02_lora_qwen2.5_1.5b" / "results.json"
+    path.write_text(path.read_text()[:200])  # a write cut short
+    runner.run("smoke", run_dir=complete_run, echo=lambda line: None)
+    # the notebook reruns, and the comparison after it because its inputs changed
+    assert fake.calls == ["02_lora_qwen2.5_1.5b", "04_comparison"]
+    results.read_result(path)
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda d: (d / "01_full_precision_baseline.html").unlink(), ["01_full_precision_baseline", "04_comparison"]),
+    (lambda d: (d / "04_comparison.ipynb").unlink(), ["04_comparison"]),
+    (lambda d: (d / "03_qlora_qwen2.5_7b" / "results.json").write_text(json.dumps({"schema": "other"})),
+     ["03_qlora_qwen2.5_7b", "04_comparison"]),
+])
+def test_incomplete_outputs_rerun(complete_run, fake, damage, expected):
+    damage(complete_run)
+    runner.run("smoke", run_dir=complete_run, echo=lambda line: None)
+    assert fake.calls == expected
+
+
+def test_changed_parameters_and_force_rerun(complete_run, fake):
+    runner.run("smoke", run_dir=complete_run, overrides={"epochs": 2}, echo=lambda line: None)
+    assert fake.calls == list(profiles.NOTEBOOKS)
+    fake.calls.clear()
+    runner.run("smoke", run_dir=complete_run, notebooks=["01"], overrides={"epochs": 2}, force=True,
+               echo=lambda line: None)
+    assert fake.calls == ["01_full_precision_baseline"]
+
+
+def test_run_dir_and_profile_cannot_be_overridden(tmp_path):
+    with pytest.raises(runner.RunnerError, match="run_dir cannot be overridden"):
+        runner.run("smoke", run_dir=tmp_path, overrides={"run_dir": "elsewhere"})
+
+
+def test_cli_parses_overrides():
+    assert run.parse_overrides(["epochs=2", "learning_rate=1e-3", "data_dir=/tmp/x", "max_train_samples=None"]) == {
+        "epochs": 2, "learning_rate": 1e-3, "data_dir": "/tmp/x", "max_train_samples": None}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        run.parse_overrides(["epochs"])
+
+
+def test_failing_notebook_exits_non_zero_naming_notebook_and_cell(tmp_path, capsys):
+    """A real kernel: a data folder that does not exist passes the type checks and fails in the
+    notebook's data cell; the runner names the notebook and the cell and exits non-zero."""
+    missing = tmp_path / "no-such-folder"
+    code = run.main(["--profile", "smoke", "--run-dir", str(tmp_path / "run"), "--notebooks", "01",
+                     "--set", f"data_dir={missing}"])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "notebook 01_full_precision_baseline failed at cell" in err
+    assert re.search(r"cell \d+ \(In \[\d+\]: bank = experiment.load_data\(params\)\)", err)
+    assert "Banking77Error" in err and "does not exist" in err
+    folder = tmp_path / "run"
+    assert (folder / "01_full_precision_baseline.failed.ipynb").is_file()
+    assert not (folder / "01_full_precision_baseline.ipynb").exists()  # never passes as complete
+    assert not list(folder.glob(".*partial*"))
