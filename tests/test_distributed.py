@@ -22,3 +22,21 @@ def test_two_processes_train_in_sync_and_write_results_once(tiny_qwen2, tmp_path
                                                           "results.json"]
     record = json.loads((tmp_path / "results.json").read_text())
     assert record["training"]["examples"] == 96
+
+
+def test_a_notebooks_steps_run_on_two_processes_through_the_cli(tmp_path):
+    """`accelerate launch -m qlora_helpers.train_all_gpus` on Kaggle's two T4s, here as two CPU processes."""
+    from qlora_helpers import results
+
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
+                          "qlora_helpers.train_all_gpus", "--profile", "smoke", "--notebook",
+                          "02_lora_qwen2.5_1.5b", "--run-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "02_lora_qwen2.5_1.5b on 2 process(es)" in run.stdout
+    folder = tmp_path / "02_lora_qwen2.5_1.5b"
+    assert sorted(p.name for p in folder.iterdir()) == ["confusion_matrix.png", "confusion_zoom.png",
+                                                        "loss_curve.png", "results.json"]
+    record = results.read_result(folder / "results.json")
+    assert record["method"] == "lora" and record["demo"] is True
+    assert sum(sum(row) for row in record["confusion_matrix"]) == record["data"]["test_examples"]
