@@ -1,0 +1,183 @@
+#!/usr/bin/env python3
+"""Build bench/results/SUMMARY.md from the raw JSON of the device runs (no GPU needed).
+
+    python bench/summarize.py            # reads bench/results/run*.json, writes SUMMARY.md
+
+Peaks are reported above what earlier cells of the same process left allocated: run 2 measured
+0.5B full and 1.5B LoRA after the 7B cell, which left 1.08 GiB allocated (fixed from run 3 on by
+`start_cell`); those two cells' peaks are corrected here by that baseline, which the JSON records
+as the load's `allocated_before_bytes`.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from qlora_helpers import memory  # noqa: E402
+
+GIB = 2**30
+RESULTS = Path(__file__).with_name("results")
+TARGET_QLORA, TARGET_OTHERS, PEAK_LIMIT = 8.0, 3.0, 14.0
+
+
+def load_runs(folder: Path = RESULTS) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("run*.json"))}
+
+
+def speed_rows(runs: dict[str, dict]) -> list[dict]:
+    """Speed rows of runs 2 and later (run 1 was the pipeline check: its timings include the
+    profiler's teardown, fixed before run 2)."""
+    rows = []
+    for tag, result in runs.items():
+        if tag.startswith("run1_"):
+            continue
+        tflops = result.get("env", {}).get("fp16_matmul_tflops")
+        tutorial = {r["method"]: r.get("examples_per_second") for r in result.get("speed", [])
+                    if r["config"] == "tutorial"}
+        for r in result.get("speed", []):
+            baseline = r.get("cell_baseline_bytes")
+            peak = r["peak_bytes"]
+            if baseline is None:  # run 2: absolute peak; subtract what was allocated before the load
+                load = result.get("loads", {}).get(f"{r['model']}:{r['method']}", {})
+                peak -= load.get("allocated_before_bytes", 0)
+            eps = r.get("examples_per_second")
+            rows.append({**r, "run": tag, "peak_gib": peak / GIB, "tflops": tflops,
+                         "vs_tutorial": eps / tutorial[r["method"]] if eps and tutorial.get(r["method"]) else None})
+    return rows
+
+
+def _f(v, fmt="{:.1f}"):
+    return "-" if v is None else fmt.format(v)
+
+
+def speed_table(rows: list[dict]) -> list[str]:
+    out = ["| run | model | config | batch x accum | max len | ckpt | LoRA dropout | optimizer | ex/s | real tok/s | "
+           "x tutorial (same run) | peak GiB | padding | median step s | MFU | HFU | useful MFU | steps | status |",
+           "|" + " --- |" * 19]
+    for r in rows:
+        pad = "128 (fixed)" if r.get("fixed_padding") else str(r["max_length"])
+        out.append(
+            f"| {r['run'].split('_', 1)[0]} | {r['model'].replace('Qwen2.5-', '')} {r['method']} | {r['config']} | "
+            f"{r['batch_size']} x {r['gradient_accumulation']} | {pad} | {'on' if r['gradient_checkpointing'] else 'off'} | "
+            f"{r['lora_dropout'] if r['method'] != 'full' else '-'} | {r['optimizer']} | {_f(r.get('examples_per_second'))} | "
+            f"{_f(r.get('real_tokens_per_second'), '{:.0f}')} | {_f(r['vs_tutorial'], '{:.2f}x')} | {r['peak_gib']:.2f} | "
+            f"{_f(r.get('padding_share'), '{:.0%}')} | {_f(r.get('median_step_seconds'), '{:.3f}')} | "
+            f"{_f(r.get('mfu'), '{:.1%}')} | {_f(r.get('hfu'), '{:.1%}')} | {_f(r.get('useful_mfu'), '{:.1%}')} | "
+            f"{r.get('timed_steps', 0)} | {r['status']} |")
+    return out
+
+
+def estimator_rows(runs: dict[str, dict]) -> list[dict]:
+    """One measured row per model x method (the latest run's; run 1's cells were the calibration
+    run), with the prediction of the estimator as it is now."""
+    latest: dict[tuple, dict] = {}
+    for tag, result in runs.items():
+        if tag.startswith("run1_"):
+            continue
+        for r in result.get("estimator", []):
+            if r.get("status") == "ok" and r["model"].startswith("Qwen2.5"):
+                latest[(r["model"], r["method"])] = {**r, "run": tag}
+    rows = []
+    for (model, method), r in sorted(latest.items(), key=lambda kv: (memory.QWEN2_5[kv[0][0][8:]].linear_params,
+                                                                      ("full", "lora", "qlora").index(kv[0][1]))):
+        dropout = r.get("lora_dropout", 0.05 if method != "full" else 0.0)  # runs 2-3: the default then
+        est = memory.estimate(model[8:], method, batch_size=r["batch_size"], seq_len=r["seq_len"],
+                              gradient_checkpointing=r["gradient_checkpointing"], optimizer=r["optimizer"],
+                              lora_dropout=dropout)
+        rows.append({**r, "lora_dropout": dropout, "estimated_footprint_bytes": est.footprint_bytes,
+                     "estimated_peak_bytes": est.peak_bytes,
+                     "footprint_error": est.footprint_bytes / r["measured_footprint_bytes"] - 1,
+                     "peak_error": est.peak_bytes / r["measured_peak_bytes"] - 1})
+    return rows
+
+
+def main(results_dir: Path = RESULTS, out_path: Path | None = None) -> str:
+    runs = load_runs(results_dir)
+    env = next((r["env"] for r in runs.values() if r.get("env", {}).get("gpu")), {})
+    rates = [r["env"]["fp16_matmul_tflops"] for r in runs.values() if r.get("env", {}).get("fp16_matmul_tflops")]
+    rows = speed_rows(runs)
+    lines = ["# Benchmark summary (generated by bench/summarize.py from bench/results/run*.json)", "",
+             f"Hardware: 1x {env.get('gpu')} ({env.get('sms')} SMs), torch {env.get('torch')}, transformers "
+             f"{env.get('transformers')}, peft {env.get('peft')}, bitsandbytes {env.get('bitsandbytes')}. "
+             "T4 profile: fp16 autocast (no bf16), PyTorch's allocator capped at 14.5 GiB (a T4's 15360 MiB less "
+             "CUDA context), flash and cuDNN attention off (a T4 has neither: SDPA runs the memory-efficient kernel). "
+             "Random-weight models of the real Qwen2.5 shapes, saved and loaded through "
+             "`qlora_helpers.modeling.load_model`; random token ids with Banking77's token-length histogram "
+             "(bench/banking77_token_lengths.json); trained through `qlora_helpers.training.build_trainer`.", "",
+             "Throughput is over the timed steps after 2 warm-up steps (the profiled step and the one after it "
+             "left out); a step is timed CUDA-synchronised end to end (data collation, forward, backward, "
+             "unscale, clip, optimizer). MFU = model FLOPs / (time x the fp16 matmul rate measured in the same "
+             f"run, 8192^3 products: {min(rates):.0f}-{max(rates):.0f} TFLOP/s; the datasheet's dense rate is 989). "
+             "Model FLOPs per token: forward 2N, backward 4N for full fine-tuning, 2N (activation gradients "
+             "only) + 6N_lora for a frozen base; attention 4·L·h per token and layer forward, twice that backward; "
+             "N = decoder linear weights + head, computed on the padded tokens. HFU adds the forward that "
+             "gradient checkpointing recomputes; useful MFU counts only real (non-padding) tokens.", "",
+             "## Training speed and memory (T4 profile on the H200)", ""]
+    lines += speed_table(rows)
+    lines.append("")
+    profiled = [r for r in rows if r.get("profile", {}).get("gpu_ops")]
+    if profiled:
+        lines += ["### Where a step's time goes (torch.profiler, one step)", "",
+                  "| run | model | config | GPU ops per step | GPU busy ms | step wall ms (profiled) | GPU busy |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for r in profiled:
+            p = r["profile"]
+            lines.append(f"| {r['run'].split('_', 1)[0]} | {r['model']} {r['method']} | {r['config']} | {p['gpu_ops']:,} | "
+                         f"{p['gpu_busy_ms']:.0f} | {p['profiled_step_wall_ms']:.0f} | "
+                         f"{p['gpu_busy_ms'] / p['profiled_step_wall_ms']:.0%} |")
+        lines.append("")
+
+    # Footprints.
+    shape = memory.QWEN2_5["7B"]
+    floor = shape.linear_params // 2 + 2 * (shape.embedding_params + shape.head_params(77))
+    lines += ["## 7B QLoRA footprint", ""]
+    for tag, result in runs.items():
+        load = result.get("loads", {}).get("Qwen2.5-7B:qlora")
+        if load:
+            lines.append(f"- {tag}: get_memory_footprint() {load['footprint_bytes']:,} B = "
+                         f"{load['footprint_bytes'] / floor - 1:+.3%} vs the floor {floor:,} B (NF4 linear layers at "
+                         f"0.5 B/weight + 16-bit embeddings and head; the rest is norms and q/k/v biases in 16-bit). "
+                         f"Allocated after load_model (4-bit constants, fp32 LoRA + head copy): "
+                         f"{load['allocated_after_bytes'] / 1e9:.3f} GB; load peak {load['load_peak_bytes'] / 1e9:.3f} GB; "
+                         f"weights by dtype: {load['param_dtypes']}.")
+        up = result.get("upcast")
+        if up and up["load"]["footprint_bytes"] > 1e9:
+            ul, ur = up["load"], up["run"]
+            lines.append(f"- {tag}, upcast_all_to_fp32=True (peft's prepare_model_for_kbit_training): footprint with "
+                         f"adapters {ul['footprint_after_adapters_bytes']:,} B, allocated after load "
+                         f"{ul['allocated_after_bytes'] / 1e9:.3f} GB, load peak {ul['load_peak_bytes'] / 1e9:.3f} GB; "
+                         f"training at batch {ur['batch_size']}: {ur['status']}"
+                         + (f" ({ur.get('error', '')[:160]})" if ur['status'] != 'ok' else
+                            f", peak {ur['peak_bytes'] / GIB:.2f} GiB") + f"; weights by dtype: {ul['param_dtypes']}.")
+    lines.append("")
+
+    est = estimator_rows(runs)
+    if est:
+        lines += ["## Estimator (qlora_helpers.memory.estimate) vs measured, fixed shape", "",
+                  "Each cell trains 6 steps on batches of 16 x 64 tokens (one row in four shorter, so every batch "
+                  "carries a padding mask) with the method's default optimizer and checkpointing (7B full: 8-bit "
+                  "AdamW, as fp32 AdamW needs more than the card) and compares the allocator peak above the cell's "
+                  "baseline with the prediction of the estimator as committed (its activation terms were calibrated "
+                  "on the 0.5B probe of run 1, so the 1.5B and 7B cells are out of sample). Runs 2-3 used "
+                  "lora_dropout 0.05, the default then.", "",
+                  "| model | method | optimizer | ckpt | LoRA dropout | footprint meas GB | est GB | error | "
+                  "peak meas GiB | est GiB | error |", "|" + " --- |" * 11]
+        for r in est:
+            lines.append(f"| {r['model']} | {r['method']} | {r['optimizer']} | {'on' if r['gradient_checkpointing'] else 'off'} | "
+                         f"{r.get('lora_dropout', 0.05 if r['method'] != 'full' else '-')} | "
+                         f"{r['measured_footprint_bytes'] / 1e9:.3f} | {r['estimated_footprint_bytes'] / 1e9:.3f} | "
+                         f"{r['footprint_error']:+.2%} | {r['measured_peak_bytes'] / GIB:.2f} | "
+                         f"{r['estimated_peak_bytes'] / GIB:.2f} | {r['peak_error']:+.1%} |")
+        lines.append("")
+    text = "\n".join(lines) + "\n"
+    Path(out_path or results_dir / "SUMMARY.md").write_text(text)
+    return text
+
+
+if __name__ == "__main__":
+    print(main())

@@ -1,0 +1,95 @@
+"""bench/benchmark.py in its CPU mode (tiny shapes, a few steps): every section runs end to end and
+writes its JSON and markdown; bench/summarize.py rebuilds the summary from the committed results."""
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def cpu_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    bench = _load("benchmark")
+    common = ["--device", "cpu", "--out", str(out), "--models-dir", str(out / "models"), "--work-dir", str(out / "runs"),
+              "--steps", "3", "--warmup", "1", "--long-steps", "2", "--upcast-steps", "2", "--est-steps", "2",
+              "--rows", "160"]
+    results = bench.main(common + ["--sections", "env,build,speed,upcast,probe", "--build", "7B",
+                                   "--cells", "7B:qlora,0.5B:full,1.5B:lora", "--probe-cells", "0.5B:lora",
+                                   "--upcast-model", "0.5B", "--tag", "cpu_test",
+                                   "--only-configs", "tutorial,kaggle_t4_profile,library_default"])
+    estimator = bench.main(common + ["--sections", "estimator", "--cells", "0.5B:qlora", "--tag", "cpu_test_est"])
+    results["estimator"] += estimator["estimator"]
+    return out, results
+
+
+def test_cpu_mode_runs_every_section(cpu_run):
+    out, results = cpu_run
+    assert not results.get("errors"), results.get("errors")
+    written = json.loads((out / "cpu_test.json").read_text())
+    assert written["profile"] == "cpu" and set(written["section_seconds"]) == {
+        "env", "build", "speed", "upcast", "probe"}
+    markdown = (out / "cpu_test.md").read_text()
+    assert "## Training speed and memory" in markdown and "## Estimator" in markdown
+
+    runs = {(r["model"], r["config"]): r for r in results["speed"]}
+    for model in ("tiny-7B", "tiny-0.5B", "tiny-1.5B"):
+        tutorial = runs[(model, "tutorial")]
+        assert tutorial["fixed_padding"] and tutorial["status"] == "ok" and tutorial["batch_size"] == 8
+        assert tutorial["padding_share"] > 0.7  # Banking77 lengths padded to 128
+        default = runs[(model, "library_default")]
+        assert default["status"] == "ok" and default["examples_per_second"] > 0
+        assert default["padding_share"] < tutorial["padding_share"]
+        assert all(math.isfinite(v) for v in default["losses"])
+    assert runs[("tiny-7B", "library_default")]["batch_size"] == 128  # the QLoRA default
+    assert any(m == "tiny-7B" and c.endswith(":long") for m, c in runs)  # the fastest fitting config, longer
+
+
+def test_gradient_accumulation_logs_a_mean_loss(cpu_run):
+    """kaggle-t4 accumulates 2 micro-batches: the logged loss is their mean (~ln 77), not their sum."""
+    _, results = cpu_run
+    for r in results["speed"]:
+        if r["config"] == "kaggle_t4_profile" and r["gradient_accumulation"] > 1:
+            assert r["losses"] and max(r["losses"]) < 6.0, r["losses"]
+
+
+def test_cpu_estimator_footprints_are_exact(cpu_run):
+    _, results = cpu_run
+    rows = results["estimator"]
+    assert {(r["model"], r["method"]) for r in rows} >= {("tiny-7B", "qlora"), ("tiny-0.5B", "full"),
+                                                         ("tiny-1.5B", "lora"), ("tiny-0.5B", "qlora")}
+    assert all(r["status"] == "ok" and r["footprint_error"] == 0 for r in rows)
+    assert results["probe"] and results["upcast"]["run"]["status"] == "ok"
+
+
+def test_step_flops_follow_the_stated_formula():
+    bench = _load("benchmark")
+    from qlora_helpers.memory import QWEN2_5
+
+    shape = QWEN2_5["7B"]
+    n, n_lora = shape.matmul_params(77), shape.lora_params(16)
+    attention = 4 * 8 * 32 * 32 * shape.hidden_size * shape.num_layers
+    model, hardware = bench.step_flops(shape, "qlora", [(8, 32, 200)], checkpointing=True, lora_r=16)
+    tokens = 8 * 32
+    assert model == pytest.approx(4 * n * tokens + 6 * n_lora * tokens + 3 * attention)
+    assert hardware == pytest.approx(model + 2 * n * tokens + 2 * n_lora * tokens + attention)
+    full, _ = bench.step_flops(shape, "full", [(8, 32, 200)], checkpointing=False, lora_r=16)
+    assert full == pytest.approx(6 * n * tokens + 3 * attention)
+
+
+def test_summary_rebuilds_from_committed_results(tmp_path):
+    summarize = _load("summarize")
+    text = summarize.main(out_path=tmp_path / "SUMMARY.md")
+    assert "## Training speed and memory (T4 profile on the H200)" in text
+    assert "b128_dropout0:long" in text and "+0.015% vs the floor" in text
+    assert (tmp_path / "SUMMARY.md").read_text() == text

@@ -1,0 +1,131 @@
+"""qlora_helpers.memory: the footprint it predicts is the real get_memory_footprint() of random Qwen2
+models loaded by load_model (CPU, full / LoRA / QLoRA, fp32 and bf16), its fit answers, its
+agreement with the library defaults, and its error against the H200 measurements in bench/results."""
+import importlib.util
+import inspect
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from qlora_helpers import memory, modeling, training
+from qlora_helpers.memory import GIB, ModelShape
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_benchmark", REPO / "bench" / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# Two small shapes unlike each other: tied / untied embeddings, 2 / 4 kv heads, odd widths.
+SHAPES = [ModelShape("tiny-tied", 96, 224, 2, 6, 2, 1024, True),
+          ModelShape("tiny-untied", 128, 352, 3, 8, 4, 1536, False)]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    bench = _bench()
+    folder = tmp_path_factory.mktemp("memory_models")
+    return {shape.name: bench.build_checkpoint(shape, folder / shape.name, "cpu") for shape in SHAPES}
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.name)
+@pytest.mark.parametrize("method", ["full", "lora", "qlora"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_footprint_matches_get_memory_footprint(checkpoints, shape, method, dtype):
+    if method == "full" and dtype == torch.bfloat16:
+        pytest.skip("full fine-tuning always loads fp32 master weights")
+    loaded = modeling.load_model(str(checkpoints[shape.name]), method, 77, compute_dtype=dtype, device="cpu")
+    est = memory.estimate(shape, method, compute_dtype=dtype)
+    assert est.footprint_bytes == loaded.footprint_bytes  # exact: same arithmetic as the loader
+    base = loaded.model.get_base_model() if hasattr(loaded.model, "get_base_model") else loaded.model
+    with_adapters = base.get_memory_footprint()
+    assert est.footprint_bytes + est.adapter_bytes == with_adapters  # fp32 adapters + head copy
+    assert est.trainable_params == loaded.trainable_params
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.name)
+def test_upcast_all_to_fp32_is_predicted(checkpoints, shape):
+    """peft's prepare_model_for_kbit_training path: every non-4-bit weight becomes fp32."""
+    loaded = modeling.load_model(str(checkpoints[shape.name]), "qlora", 77, compute_dtype=torch.bfloat16,
+                                 device="cpu", upcast_all_to_fp32=True)
+    est = memory.estimate(shape, "qlora", compute_dtype="bfloat16", upcast_all_to_fp32=True)
+    assert est.footprint_bytes + est.adapter_bytes == loaded.model.get_base_model().get_memory_footprint()
+    plain = memory.estimate(shape, "qlora", compute_dtype="bfloat16")
+    assert est.adapter_bytes - plain.adapter_bytes == 2 * (shape.total_params() - shape.linear_params)
+
+
+def test_shape_from_config_and_real_qwen_sizes():
+    from transformers import Qwen2Config
+
+    config = Qwen2Config(**memory.QWEN2_5["7B"].config_kwargs())
+    assert ModelShape.from_config(config, "Qwen2.5-7B") == memory.QWEN2_5["7B"]
+    # Parameter counts of the published models (classifier with a 77-label head, no LM head).
+    assert memory.QWEN2_5["0.5B"].total_params(0) == 494_032_768
+    assert memory.QWEN2_5["7B"].linear_params == 6_525_288_448
+    # The tutorial's 4-bit causal LM footprint (5.443e9 B) is the 7B NF4 body + two 16-bit vocab matrices.
+    shape = memory.QWEN2_5["7B"]
+    causal = memory.estimate(shape, "qlora", num_labels=0).footprint_bytes + 2 * shape.embedding_params
+    assert round(causal / 1e9, 3) == 5.443
+
+
+def test_estimator_defaults_match_the_library():
+    for method in ("full", "lora", "qlora"):
+        config = training.default_train_config(method)
+        assert memory.DEFAULT_OPTIMIZER[method] == config.optimizer
+        assert memory.DEFAULT_BATCH_SIZE[method] == config.batch_size
+    signature = inspect.signature(modeling.load_model).parameters
+    assert inspect.signature(memory.estimate).parameters["lora_dropout"].default == signature["lora_dropout"].default
+    assert signature["gradient_checkpointing"].default is None  # None: on for qlora only
+    assert memory.DEFAULT_CHECKPOINTING == {"full": False, "lora": False, "qlora": True}
+
+
+def test_fit_table_answers():
+    table = memory.fit_table()
+    assert list(table.columns[-4:]) == ["T4", "L4", "A100-40GB", "A100-80GB"]
+    assert len(table) == 9
+    row = table.loc[("Qwen2.5-7B", "qlora")]
+    assert row["T4"] == "yes" and row["batch"] == 128 and row["footprint_gb"] == 4.35
+    assert table.loc[("Qwen2.5-7B", "lora")][["T4", "L4", "A100-40GB"]].tolist() == ["no", "no", "yes"]
+    assert (table.loc[("Qwen2.5-7B", "full")][["T4", "L4", "A100-40GB", "A100-80GB"]] == "no").all()
+    assert table.loc[("Qwen2.5-0.5B", "full")]["T4"] == "yes"
+    assert table.loc[("Qwen2.5-1.5B", "full")][["T4", "A100-40GB"]].tolist() == ["no", "yes"]
+    # A 16 GB card gets "no" once the predicted peak passes its memory; bigger batches cost more.
+    small = memory.estimate("1.5B", "lora", batch_size=8, seq_len=64)
+    large = memory.estimate("1.5B", "lora", batch_size=64, seq_len=128)
+    assert small.fits("T4") and not large.fits("T4") and large.peak_bytes > small.peak_bytes
+    assert "| Qwen2.5-7B | qlora | 128 |" in memory.markdown_table(table)
+
+
+def test_paged_optimizer_state_is_outside_the_allocator_peak():
+    paged = memory.estimate("7B", "qlora", optimizer="paged_adamw_8bit")
+    plain = memory.estimate("7B", "qlora", optimizer="adamw_bnb_8bit")
+    assert paged.optimizer_bytes == 0 and paged.paged_optimizer_bytes > 0
+    assert plain.optimizer_bytes == paged.paged_optimizer_bytes
+    assert plain.peak_bytes - paged.peak_bytes == plain.optimizer_bytes
+
+
+def _measured_cells() -> list[dict]:
+    """The nine fixed-shape cells measured on the H200 (bench/results), latest run of each."""
+    spec = importlib.util.spec_from_file_location("bench_summarize", REPO / "bench" / "summarize.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.estimator_rows(module.load_runs(RESULTS))
+
+
+def test_estimator_error_against_the_h200_measurements():
+    rows = _measured_cells()
+    assert {(r["model"], r["method"]) for r in rows} == {
+        (f"Qwen2.5-{m}", k) for m in ("0.5B", "1.5B", "7B") for k in ("full", "lora", "qlora")}
+    for r in rows:
+        assert abs(r["footprint_error"]) <= 0.02, r
+        assert abs(r["peak_error"]) <= 0.15, r
+    measured = json.loads((RESULTS / "run2_h200_t4.json").read_text())["loads"]["Qwen2.5-7B:qlora"]
+    assert memory.estimate("7B", "qlora").footprint_bytes == measured["footprint_bytes"] == 4_353_858_048
+    assert measured["allocated_after_bytes"] / GIB < 4.4
