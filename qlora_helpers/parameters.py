@@ -64,7 +64,7 @@ class NotebookParameters:
     max_length: int = 64  # Banking77 utterances are short; 64 tokens keep all but a handful whole
     lora_r: int = 16
     lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    lora_dropout: float = 0.0  # 0.05 costs speed and memory (bench/results/SUMMARY.md)
     gradient_checkpointing: bool | None = None  # None: on for qlora, off otherwise
     upcast_all_to_fp32: bool = False  # qlora only: do what prepare_model_for_kbit_training does
     save_steps: int = 200  # a checkpoint every this many optimizer steps (resumable runs)
