@@ -15,6 +15,7 @@ Run folder layout (`runs/<profile>/` by default):
 """
 from __future__ import annotations
 
+import ast
 import json
 import os
 import sys
@@ -73,16 +74,35 @@ def find_data_dir() -> Path:
     return Path(found).resolve()
 
 
+def cell_knobs(notebook: str) -> set[str]:
+    """The variables assigned in the notebook's `parameters` cell."""
+    import nbformat
+
+    nb = nbformat.read(NOTEBOOKS_DIR / f"{notebook}.ipynb", as_version=4)
+    cell = next((c for c in nb.cells if "parameters" in c.metadata.get("tags", [])), None)
+    if cell is None:
+        raise RunnerError(f"notebook {notebook} has no cell tagged `parameters`: papermill cannot inject.")
+    return {target.id for node in ast.parse(cell.source).body if isinstance(node, ast.Assign)
+            for target in node.targets if isinstance(target, ast.Name)}
+
+
 def notebook_parameters(profile: profiles.Profile, notebook: str, run_dir: Path,
                         data_dir: Path | None, overrides: dict | None = None) -> dict:
-    """What the runner injects into `notebook`, validated before any notebook starts."""
+    """What the runner injects into `notebook`, validated before any notebook starts.
+
+    Every knob of the notebook's parameters cell is injected: the profile's value, else the
+    dataclass default, so a run never inherits a value from the cell's own (Kaggle) defaults.
+    """
     if notebook == profiles.COMPARISON_NOTEBOOK:
         values = {"run_dir": str(run_dir), "profile": profile.name}
         params_module.ComparisonParameters(notebook=notebook, **values)
         return values
-    values = {**profile.parameters(notebook), "run_dir": str(run_dir), "profile": profile.name,
-              "data_source": profile.data_source, "data_dir": str(data_dir) if data_dir else None,
-              **(overrides or {})}
+    defaults = params_module.NotebookParameters(notebook=notebook).as_dict()
+    knobs = cell_knobs(notebook)
+    values = {name: value for name, value in defaults.items() if name in knobs and name != "notebook"}
+    values.update({**profile.parameters(notebook), "run_dir": str(run_dir), "profile": profile.name,
+                   "data_source": profile.data_source, "data_dir": str(data_dir) if data_dir else None,
+                   **(overrides or {})})
     params_module.check_overrides(values)
     try:
         params_module.NotebookParameters(notebook=notebook, **values)
@@ -150,15 +170,19 @@ def this_interpreter_kernel(env: dict[str, str]):
                 # the inline backend even if the caller exported MPLBACKEND=Agg: the HTML needs images
                 "env": {"MPLBACKEND": "module://matplotlib_inline.backend_inline", **QUIET_ENV, **env}}
         (spec_dir / "kernel.json").write_text(json.dumps(spec))
-        previous = os.environ.get("JUPYTER_PATH")
-        os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in (folder, previous) if p)
+        # The connection file and the IPC sockets go in a short temporary path too (a socket path
+        # must stay under ~100 characters, which a deep $HOME can exceed).
+        previous = {name: os.environ.get(name) for name in ("JUPYTER_PATH", "JUPYTER_RUNTIME_DIR")}
+        os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in (folder, previous["JUPYTER_PATH"]) if p)
+        os.environ["JUPYTER_RUNTIME_DIR"] = str(Path(folder) / "run")
         try:
             yield KERNEL_NAME
         finally:
-            if previous is None:
-                os.environ.pop("JUPYTER_PATH", None)
-            else:
-                os.environ["JUPYTER_PATH"] = previous
+            for name, value in previous.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 def _temp_name(path: Path) -> Path:

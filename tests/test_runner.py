@@ -142,3 +142,17 @@ def test_failing_notebook_exits_non_zero_naming_notebook_and_cell(tmp_path, caps
     assert (folder / "01_full_precision_baseline.failed.ipynb").is_file()
     assert not (folder / "01_full_precision_baseline.ipynb").exists()  # never passes as complete
     assert not list(folder.glob(".*partial*"))
+
+
+@pytest.mark.parametrize("stem", profiles.TRAINING_NOTEBOOKS)
+def test_every_knob_of_the_cell_is_injected(stem, tmp_path):
+    """A profile never inherits a value from the notebook's own (Kaggle) defaults."""
+    from qlora_helpers.parameters import NotebookParameters
+
+    injected = runner.notebook_parameters(PROFILE, stem, tmp_path, tmp_path, None)
+    assert runner.cell_knobs(stem) <= set(injected)
+    defaults = NotebookParameters(notebook=stem).as_dict()
+    for knob, value in injected.items():
+        expected = PROFILE.parameters(stem).get(knob, defaults[knob])
+        if knob not in ("run_dir", "profile", "data_dir", "data_source"):
+            assert value == expected, knob
