@@ -41,15 +41,18 @@ DEMO = Profile(
     notebooks={
         "01_full_precision_baseline": dict(model_id=_MINILM, method="full", max_train_samples=None,
                                            max_eval_samples=None, epochs=2.0, batch_size=32,
-                                           learning_rate=3e-4, max_length=64, seed=42),
+                                           gradient_accumulation=2, learning_rate=3e-4, max_length=64,
+                                           seed=42),
         "02_lora_qwen2.5_1.5b": dict(model_id=_MINILM, method="lora", max_train_samples=None,
                                      max_eval_samples=None, epochs=2.0, batch_size=32,
-                                     learning_rate=2e-3, max_length=64, lora_r=16, lora_alpha=32, seed=42),
+                                     gradient_accumulation=1, learning_rate=2e-3, max_length=64,
+                                     lora_r=16, lora_alpha=32, lora_dropout=0.0, seed=42),
         # Gradient checkpointing saves memory a 23M-parameter model does not need, and costs about a
         # third of the CPU time: off here, on (the default) for the 7B on a T4.
         "03_qlora_qwen2.5_7b": dict(model_id=_MINILM, method="qlora", max_train_samples=None,
                                     max_eval_samples=None, epochs=2.0, batch_size=32,
-                                    learning_rate=2e-3, max_length=64, lora_r=16, lora_alpha=32,
+                                    gradient_accumulation=2, learning_rate=2e-3, max_length=64,
+                                    lora_r=16, lora_alpha=32, lora_dropout=0.0,
                                     gradient_checkpointing=False, seed=42),
     },
     env=_OFFLINE_ENV,
