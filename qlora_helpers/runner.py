@@ -189,6 +189,18 @@ def _temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.partial-{os.getpid()}{path.suffix}")
 
 
+def _remove_stale_partials(run_dir: Path, notebook: str) -> None:
+    """Partial files left by a runner that was killed (its pid is gone): never complete, remove them."""
+    for path in run_dir.glob(f".{notebook}.*.partial-*"):
+        try:
+            pid = int(path.name.rsplit(".partial-", 1)[1].split(".")[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)
+        except (ValueError, PermissionError):
+            continue
+
+
 def _failed_cell(notebook_path: Path) -> tuple[int | None, str]:
     """(index among the executed notebook's cells, first source line) of the cell that raised."""
     import nbformat
@@ -213,6 +225,7 @@ def execute_notebook(notebook: str, run_dir: Path, injected: dict, kernel_name: 
     files = outputs(run_dir, notebook)
     partial = _temp_name(files["ipynb"])
     run_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(run_dir, notebook)
     try:
         papermill.execute_notebook(
             str(NOTEBOOKS_DIR / f"{notebook}.ipynb"), str(partial), parameters=injected,

@@ -156,3 +156,17 @@ def test_every_knob_of_the_cell_is_injected(stem, tmp_path):
         expected = PROFILE.parameters(stem).get(knob, defaults[knob])
         if knob not in ("run_dir", "profile", "data_dir", "data_source"):
             assert value == expected, knob
+
+
+def test_partial_files_of_a_killed_runner_are_removed(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale = tmp_path / f".01_full_precision_baseline.ipynb.partial-{dead}.ipynb"
+    alive = tmp_path / f".01_full_precision_baseline.ipynb.partial-{__import__('os').getpid()}.ipynb"
+    for path in (stale, alive):
+        path.write_text("{}")
+    runner._remove_stale_partials(tmp_path, "01_full_precision_baseline")
+    assert not stale.exists() and alive.exists()
