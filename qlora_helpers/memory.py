@@ -233,7 +233,7 @@ def optimizer_state_bytes(sizes: list[int], optimizer: str) -> tuple[int, int, i
 
 
 def activation_bytes_per_token_layer(shape: ModelShape, method: str, *, compute_bytes: int = 2,
-                                     lora_dropout: float = 0.0, lora_r: int = 16,
+                                     lora_dropout: float = 0.05, lora_r: int = 16,
                                      padding_mask: bool = True) -> float:
     """Bytes saved for backward per token in one decoder layer, without checkpointing (CUDA autocast).
 
@@ -274,7 +274,7 @@ def _calibrated_per_layer(shape: ModelShape, method: str, a: int, lora_dropout: 
 def estimate(shape: ModelShape | str, method: str, *, batch_size: int = 32, seq_len: int = 64,
              num_labels: int = 77, gradient_checkpointing: bool | None = None,
              optimizer: str | None = None, compute_dtype="float16", lora_r: int = 16,
-             lora_dropout: float = 0.0, upcast_all_to_fp32: bool = False,
+             lora_dropout: float = 0.05, upcast_all_to_fp32: bool = False,
              padding_mask: bool = True) -> MemoryEstimate:
     """Predict the footprint and the peak training memory of `method` on `shape`.
 

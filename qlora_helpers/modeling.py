@@ -97,7 +97,7 @@ def load_model(
     compute_dtype: torch.dtype | None = None,
     lora_r: int = 16,
     lora_alpha: int = 32,
-    lora_dropout: float = 0.0,  # 0.05 costs speed and memory (bench/results/SUMMARY.md)
+    lora_dropout: float = 0.05,
     target_modules: str | list[str] = "all-linear",
     gradient_checkpointing: bool | None = None,
     upcast_all_to_fp32: bool = False,
