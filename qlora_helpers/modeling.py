@@ -163,10 +163,30 @@ def load_base(model_id_or_path: str, method: str = "lora", num_labels: int = 77,
     model = AutoModelForSequenceClassification.from_pretrained(model_id_or_path, **kwargs)
     if method != "qlora":
         model.to(device)
+    else:
+        keep_4bit_weights_in_training_layout(model)
     model.config.pad_token_id = tokenizer.pad_token_id
     trainable, total = count_parameters(model)
     return LoadedModel(model, tokenizer, model_id, method, compute_dtype, model.get_memory_footprint(),
                        trainable, total)
+
+
+def keep_4bit_weights_in_training_layout(model: torch.nn.Module) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel.
+
+    bitsandbytes 0.50 (nn/modules.py, Linear4bit.forward) repacks a layer's NF4 weights into the
+    layout of its AVX-512 BF16 CPU kernel the first time the layer runs in eval mode without grad on
+    a CPU that has that instruction set (`Linear4bit.support_avx512bf16_for_cpu`, read from
+    `has_avx512bf16()` when the layer is built), and never packs them back: every later forward,
+    training ones too, takes that inference-only path, which has no backward to the input and fails
+    on `result += bias` ("a view of a leaf Variable that requires grad is being used in an in-place
+    operation"). The repacking also rounds the double-quantized block scales to bf16, so an
+    evaluation would change the model. With it off, CPU forwards dequantize as training does, on
+    every CPU alike. GPU layers never take that path.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def _load_tokenizer_or_explain(model_id_or_path: str):
