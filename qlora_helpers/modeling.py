@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BitsAndBytesConfig, set_seed
 
+from . import emulation
 from .distributed import local_device
 from .offline_models import resolve_model_id
 
@@ -53,6 +54,8 @@ def choose_compute_dtype(device: str | torch.device | None = None) -> torch.dtyp
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type != "cuda":
         return torch.float32
+    if emulation.emulated_gpu() == "t4":  # a bigger GPU standing in for a T4 (emulation.py)
+        return torch.float16
     major, _ = torch.cuda.get_device_capability(device)
     return torch.bfloat16 if major >= 8 else torch.float16
 
@@ -139,6 +142,7 @@ def load_base(model_id_or_path: str, method: str = "lora", num_labels: int = 77,
     if method == "qlora":
         check_bitsandbytes()
     device = device or local_device()
+    emulation.apply_from_environment(device)
     compute_dtype = compute_dtype or choose_compute_dtype(device)
     check_compute_dtype(compute_dtype, device)
 
