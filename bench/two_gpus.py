@@ -54,9 +54,12 @@ def launch(processes: int, run_dir: Path, overrides: dict, log: Path) -> dict:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tag", default="h200x2_t4")
+    parser.add_argument("--out-dir", default=str(REPO / "bench" / "results"))
     parser.add_argument("--work-dir", default="/tmp/qlora_two_gpus")
     parser.add_argument("--speed-train-samples", type=int, default=3000)
     parser.add_argument("--parts", default="speed,accuracy")
+    parser.add_argument("--gpu-counts", default="1,2", help="which runs now, e.g. 1 (while the other GPU is busy), then 2")
+    parser.add_argument("--accuracy-train-samples", type=int, default=2000)
     parser.add_argument("--chosen", help="JSON file from `bench/sweep.py choose`: its qlora knobs replace the profile's")
     args = parser.parse_args(argv)
     from bench.benchmark import build_checkpoint
@@ -72,21 +75,27 @@ def main(argv=None) -> None:
     tuned = {k: knobs[k] for k in ("learning_rate", "lora_dropout", "gradient_accumulation")}
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip() or "unknown"
+    out = Path(args.out_dir) / f"two_gpus_{args.tag}"
+    counts = [int(n) for n in args.gpu_counts.split(",")]
     report = {"tag": args.tag, "commit": commit, "versions": results.library_versions(),
               "notebook_knobs": knobs, "speed": {}, "accuracy": {}}
-    out = REPO / "bench" / "results" / f"two_gpus_{args.tag}"
+    if out.with_suffix(".json").is_file():  # runs made earlier in this lease (another --gpu-counts)
+        earlier = json.loads(out.with_suffix(".json").read_text())
+        for part in ("speed", "accuracy"):
+            report[part] = {int(n): r for n, r in earlier[part].items()}
     if "speed" in args.parts:
         model = build_checkpoint(memory.QWEN2_5["7B"], work / "qwen2.5-7b-random", "cuda")
-        for n in (1, 2):
+        for n in counts:
             report["speed"][n] = launch(n, work / f"speed{n}", {
                 **tuned, "batch_size": knobs["batch_size"], "model_id": str(model),
                 "max_train_samples": args.speed_train_samples, "max_eval_samples": 770, "epochs": 1.0}, work / f"speed{n}.log")
             print(f"7B QLoRA on {n} GPU(s): {report['speed'][n]}", flush=True)
             out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str))
     if "accuracy" in args.parts:
-        for n in (1, 2):
+        for n in counts:
             report["accuracy"][n] = launch(n, work / f"accuracy{n}", {
-                **tuned, "batch_size": knobs["batch_size"] // n, "epochs": knobs["epochs"]},
+                **tuned, "batch_size": knobs["batch_size"] // n, "epochs": knobs["epochs"],
+                "max_train_samples": args.accuracy_train_samples, "max_eval_samples": None},
                 work / f"accuracy{n}.log")
             print(f"SmolLM2 QLoRA on {n} GPU(s): {report['accuracy'][n]}", flush=True)
             out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str))
@@ -95,13 +104,14 @@ def main(argv=None) -> None:
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for part in ("speed", "accuracy"):
         one = report[part].get(1, {}).get("examples_per_second")
-        for n, r in report[part].items():
+        for n, r in sorted(report[part].items()):
             if r["status"] != "ok":
                 lines.append(f"| {part} | {n} | | | | | | | | | {r['status']} |")
                 continue
+            speedup = f"{r['examples_per_second'] / one:.2f}x" if one else "-"
             lines.append(f"| {part} | {n} | {r['parameters']['batch_size']} | {r['examples_per_second']:.1f} | "
-                         f"{r['examples_per_second'] / one:.2f}x | {r['train_seconds']:.0f} | {r['steps']} | "
-                         f"{r['peak_memory_gib']:.2f} | {r['accuracy']:.2%} | {r['macro_f1']:.3f} | ok |")
+                         f"{speedup} | {r['train_seconds']:.0f} | {r['steps']} | {r['peak_memory_gib']:.2f} | "
+                         f"{r['accuracy']:.2%} | {r['macro_f1']:.3f} | ok |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
