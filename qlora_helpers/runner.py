@@ -21,6 +21,7 @@ import os
 import sys
 import tempfile
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,6 +144,15 @@ def _kernel_manager_class():
         @default("transport")
         def _default_transport(self):
             return "ipc"
+
+        @default("ip")
+        def _default_ip(self):
+            # The sockets' path prefix. jupyter_client's default, "kernel-ipc" relative to the current
+            # folder, is the same for every runner started there: two at once pick the same sockets
+            # and read each other's messages ("Invalid Signature"). One private absolute prefix each.
+            folder = Path(os.environ.get("JUPYTER_RUNTIME_DIR") or tempfile.mkdtemp(prefix="qlora-kernel-"))
+            folder.mkdir(parents=True, exist_ok=True)
+            return str(folder / f"kernel-{uuid.uuid4().hex[:12]}-ipc")
 
     return LocalKernelManager
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -170,3 +171,15 @@ def test_partial_files_of_a_killed_runner_are_removed(tmp_path):
         path.write_text("{}")
     runner._remove_stale_partials(tmp_path, "01_full_precision_baseline")
     assert not stale.exists() and alive.exists()
+
+
+def test_two_runners_at_once_get_their_own_kernel_sockets(tmp_path, monkeypatch):
+    """Two runners started in the same folder (two profiles at once, or a GPU each) must not share
+    the kernels' IPC sockets: they would read each other's messages ("Invalid Signature")."""
+    monkeypatch.chdir(tmp_path)
+    manager_class = runner._kernel_manager_class()
+    with runner.this_interpreter_kernel({}):
+        first, second = manager_class(), manager_class()
+    assert first.transport == second.transport == "ipc"
+    assert first.ip != second.ip
+    assert all(Path(m.ip).is_absolute() and tmp_path not in Path(m.ip).parents for m in (first, second))
