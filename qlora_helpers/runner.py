@@ -148,9 +148,8 @@ def _kernel_manager_class():
 
 
 # The executed notebooks are read as HTML: no text progress bars (ipywidgets is not installed
-# here) and no deprecation notices from the libraries.
-QUIET_ENV = {"TQDM_DISABLE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-             "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning"}
+# here). Library notices are filtered one by one where the notebook steps meet them (experiment.py).
+QUIET_ENV = {"TQDM_DISABLE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
 
 @contextmanager
