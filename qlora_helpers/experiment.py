@@ -267,7 +267,7 @@ def train(params: NotebookParameters, loaded: modeling.LoadedModel, train_rows) 
           f"peak memory {stats.peak_memory_bytes / 2**30:.2f} GiB ({stats.peak_memory_kind}); "
           f"final loss {stats.final_loss:.3f}")
     record = {"run_name": params.notebook, "method": loaded.method, "model_id": loaded.model_id,
-              "training": {"losses": stats.losses}}
+              "training": {"losses": stats.losses, "loss_examples_seen": stats.loss_examples_seen}}
     plots.plot_loss_curves([record], path=params.output_dir / LOSS_FILE)
     return stats
 

@@ -121,11 +121,20 @@ def plot_throughput(records: list[dict], path: str | Path | None = None) -> Figu
 
 
 def plot_loss_curves(records: list[dict], path: str | Path | None = None) -> Figure:
+    """Training loss against training examples seen: one axis for every run, whatever its batch
+    size, accumulation or logging interval. A results file written before examples were counted
+    per logged loss has no curve (a note says so)."""
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     for record in records:
-        ax.plot(record["training"]["losses"], label=run_label(record))
-    ax.set_xlabel("logging step")
-    ax.set_ylabel("training loss")
-    ax.legend(fontsize=8)
+        training = record["training"]
+        if training.get("loss_examples_seen") is None:
+            print(f"{run_label(record)}: no loss curve; its results.json predates the examples-seen count "
+                  "per logged loss: rerun that notebook to plot it.")
+            continue
+        ax.plot(training["loss_examples_seen"], training["losses"], marker=".", label=run_label(record))
+    ax.set_xlabel("training examples seen")
+    ax.set_ylabel("training loss (mean over each logging interval)")
+    if ax.lines:
+        ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
