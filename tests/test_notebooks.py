@@ -161,8 +161,10 @@ def render_problems(run_dir: Path) -> list[str]:
             problems += [f"{path.name}: machine path {f}" for f in machine_folders(run_dir) if f in text]
             problems += [f"{path.name}: library noise {n!r}" for n in noise if n in text]
         streams = [o for c in read(run_dir / f"{stem}.ipynb").cells if c.cell_type == "code"
-                   for o in c.outputs if o.get("name") == "stderr"]
-        problems += [f"{stem}.ipynb: stderr output {o.text[:200]!r}" for o in streams]
+                   for o in c.outputs if o.output_type == "stream"]
+        problems += [f"{stem}.ipynb: stderr output {o.text[:200]!r}" for o in streams if o.name == "stderr"]
+        problems += [f"{stem}.ipynb: empty lines in {o.text[:80]!r}" for o in streams
+                     if o.text.startswith("\n") or "\n\n" in o.text]
     return problems
 
 
