@@ -9,17 +9,55 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
+import re
 import shutil
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-with warnings.catch_warnings():
+
+# Library notices a reader can do nothing about, each matched by its logger or warning category and
+# its message, and hidden only around the step that meets it; anything else still shows.
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+@contextmanager
+def _quiet(logs: tuple[tuple[str, str], ...] = (), warns: tuple[tuple[type[Warning], str], ...] = (),
+           filters: tuple[tuple[str, logging.Filter], ...] = ()):
+    """Within the block: drop the records of logger `name` whose message contains `text` (logs),
+    ignore warnings of `category` whose message starts with `text` (warns), and apply `filters`."""
+    added = [(logging.getLogger(name), _DropMessage(text)) for name, text in logs]
+    added += [(logging.getLogger(name), f) for name, f in filters]
+    for logger, f in added:
+        logger.addFilter(f)
+    try:
+        with warnings.catch_warnings():
+            for category, text in warns:
+                warnings.filterwarnings("ignore", message=re.escape(text), category=category)
+            yield
+    finally:
+        for logger, f in added:
+            logger.removeFilter(f)
+
+
+with _quiet(
+    # bitsandbytes tries a faster CPU 4-bit matmul from the hub's `kernels` package, then uses its own.
+    logs=(("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward from kernels-community: "
+                                            "No module named 'kernels'"),),
     # Without ipywidgets, tqdm warns on import that it falls back to text progress bars: harmless.
-    warnings.filterwarnings("ignore", message="IProgress not found")
+    warns=((Warning, "IProgress not found"),),
+):
     from . import data, evaluation, modeling, plots, results, training
 from .distributed import is_main_process
 from .parameters import NotebookParameters
@@ -65,14 +103,55 @@ def show_examples(bank: data.Banking77, n: int = 8, seed: int = 0) -> pd.DataFra
 def load_model(params: NotebookParameters, bank: data.Banking77) -> modeling.LoadedModel:
     """The classifier set up for params.method, its head sized to the data's intents."""
     data.check_num_labels(bank, bank.num_labels)
-    loaded = modeling.load_model(
-        params.model_id, params.method, num_labels=bank.num_labels, lora_r=params.lora_r,
-        lora_alpha=params.lora_alpha, lora_dropout=params.lora_dropout,
-        gradient_checkpointing=params.gradient_checkpointing,
-        upcast_all_to_fp32=params.upcast_all_to_fp32, seed=params.seed,
-    )
+    report = _LoadReport(params.model_id)
+    # transformers 5.24 renamed gradient checkpointing to activation checkpointing; peft and
+    # modeling.py still call the old names, which work until transformers 6. An offline GGUF model
+    # is dequantized once into a 16-bit folder: advice on the speed of GGUF matmuls does not apply.
+    with _quiet(logs=(("transformers.quantizers.quantizer_gguf",
+                       "Loading a GGUF checkpoint with its weights packed is fastest in float32"),),
+                warns=((FutureWarning, "`gradient_checkpointing_enable` is deprecated"),
+                       (FutureWarning, "`is_gradient_checkpointing` is deprecated")),
+                filters=(("transformers.modeling_utils", report),)):
+        loaded = modeling.load_model(
+            params.model_id, params.method, num_labels=bank.num_labels, lora_r=params.lora_r,
+            lora_alpha=params.lora_alpha, lora_dropout=params.lora_dropout,
+            gradient_checkpointing=params.gradient_checkpointing,
+            upcast_all_to_fp32=params.upcast_all_to_fp32, seed=params.seed,
+        )
+    if report.new_heads:
+        print(f"The classification head ({', '.join(f'`{h}`' for h in sorted(report.new_heads))}) is not in the "
+              "checkpoint: it is new and starts untrained.")
+    if report.unused_lm_head:
+        print("The checkpoint's language-model head (`lm_head`) is not loaded: a classifier does not use it.")
     print(loaded.summary())
     return loaded
+
+
+class _LoadReport(logging.Filter):
+    """transformers' LOAD REPORT table, when all it lists is a new classification head (and a causal
+    LM's `lm_head`, unused by a classifier): dropped and remembered, for load_model to say in a
+    sentence. Any other report shows, naming the model by its id rather than its folder."""
+
+    def __init__(self, model_id: str):
+        super().__init__()
+        self.model_id = model_id
+        self.new_heads: set[str] = set()
+        self.unused_lm_head = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "LOAD REPORT" not in message:
+            return True
+        rows = re.findall(r"^(\S+)\s*\|\s*([A-Z]+)\s*\|", re.sub(r"\x1b\[[0-9;]*m", "", message), re.M)
+        new_head = [key.split(".")[0] for key, status in rows
+                    if status == "MISSING" and key.split(".")[0] in modeling.HEAD_NAMES]
+        lm_head = [key for key, status in rows if status == "UNEXPECTED" and key.split(".")[0] == "lm_head"]
+        if new_head and len(new_head) + len(lm_head) == len(rows):
+            self.new_heads.update(new_head)
+            self.unused_lm_head = self.unused_lm_head or bool(lm_head)
+            return False
+        record.msg, record.args = re.sub(r"from: .*", lambda _: f"from: {self.model_id}", message, count=1), ()
+        return True
 
 
 def memory_table(loaded: modeling.LoadedModel) -> pd.DataFrame:
@@ -181,13 +260,17 @@ def train(params: NotebookParameters, loaded: modeling.LoadedModel, train_rows) 
     """Train (resuming an interrupted run from its last checkpoint), then show what was measured."""
     config = train_config(params, len(train_rows))
     _drop_finished_checkpoints(config.output_dir)
-    stats = training.train(loaded, train_rows, config)
+    # On CPU bitsandbytes runs a paged optimizer unpaged (paging only moves state out of GPU memory);
+    # checkpoints saved less than a second apart make transformers doubt the file system's clock.
+    with _quiet(logs=(("transformers.trainer_utils", "mtime may not be reliable on this filesystem"),),
+                warns=((UserWarning, "Paged optimizers are not supported on CPU"),)):
+        stats = training.train(loaded, train_rows, config)
     print(f"trained {stats.steps} steps in {stats.train_seconds:.0f} s: {stats.examples_per_second:.1f} "
           f"examples/s, {stats.tokens_per_second:.0f} real tokens/s, {stats.padding_share:.0%} padding, "
           f"peak memory {stats.peak_memory_bytes / 2**30:.2f} GiB ({stats.peak_memory_kind}); "
           f"final loss {stats.final_loss:.3f}")
     record = {"run_name": params.notebook, "method": loaded.method, "model_id": loaded.model_id,
-              "training": {"losses": stats.losses}}
+              "training": {"losses": stats.losses, "loss_examples_seen": stats.loss_examples_seen}}
     plots.plot_loss_curves([record], path=params.output_dir / LOSS_FILE)
     return stats
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.transforms import Bbox
 
 from .distributed import is_main_process
 
@@ -93,18 +94,55 @@ def run_label(record: dict) -> str:
     return f"{record['run_name']}: {record['method']} {Path(record['model_id']).name}"
 
 
+MARKER_AREA = 60  # scatter marker area, points^2
+
+
 def plot_accuracy_vs_memory(records: list[dict], path: str | Path | None = None) -> Figure:
-    """Test accuracy against the weight footprint: what each GB bought."""
+    """Test accuracy against the weight footprint: what each GB bought. Each label goes where it
+    overlaps no other label or marker (_place_labels), so runs at close or equal points stay readable."""
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
-    for record in records:
-        x, y = record["footprint_bytes"] / 1e9, record["metrics"]["accuracy"]
-        ax.scatter(x, y, s=60)
-        ax.annotate(run_label(record), (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    points = [(record["footprint_bytes"] / 1e9, record["metrics"]["accuracy"]) for record in records]
+    for x, y in points:
+        ax.scatter(x, y, s=MARKER_AREA)
+    ax.margins(x=0.15, y=0.15)
     ax.set_xlabel("model footprint (GB = 1e9 bytes)")
     ax.set_ylabel("test accuracy")
     ax.set_title("accuracy vs memory")
     ax.grid(alpha=0.3)
+    _place_labels(ax, [run_label(record) for record in records], points)
     return _save(fig, path)
+
+
+def _place_labels(ax, labels: list[str], points: list[tuple[float, float]], fontsize: int = 8) -> None:
+    """Annotate each point, in order, at the first offset (right/left of the point, above/below,
+    then one line further out each round) where its label overlaps no earlier label and no marker
+    and stays inside the axes; failing that, where it overlaps least. Deterministic."""
+    ax.autoscale_view()
+    renderer = ax.figure.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    radius = np.sqrt(MARKER_AREA) / 2 * ax.figure.dpi / 72  # marker radius, pixels
+    taken = [Bbox.from_extents(x - radius, y - radius, x + radius, y + radius)
+             for x, y in ax.transData.transform(np.asarray(points, dtype=float).reshape(-1, 2))]
+    line = fontsize * 1.4  # points
+    offsets = [((dx, sign * (3 + round_ * line)), ha, "bottom" if sign > 0 else "top")
+               for round_ in range(len(labels) + 1) for sign in (1, -1) for dx, ha in ((6, "left"), (-6, "right"))]
+
+    def put(text, offset, ha, va) -> Bbox:
+        text.xyann = offset
+        text.set_horizontalalignment(ha)
+        text.set_verticalalignment(va)
+        return text.get_window_extent(renderer)
+
+    for label, point in zip(labels, points):
+        text = ax.annotate(label, point, xytext=offsets[0][0], textcoords="offset points", fontsize=fontsize)
+        costs = []
+        for place in offsets:
+            box = put(text, *place)
+            outside = box.x0 < frame.x0 or box.x1 > frame.x1 or box.y0 < frame.y0 or box.y1 > frame.y1
+            costs.append((sum(box.overlaps(other) for other in taken), outside))
+            if costs[-1] == (0, False):
+                break
+        taken.append(put(text, *offsets[costs.index(min(costs))]))
 
 
 def plot_throughput(records: list[dict], path: str | Path | None = None) -> Figure:
@@ -121,11 +159,20 @@ def plot_throughput(records: list[dict], path: str | Path | None = None) -> Figu
 
 
 def plot_loss_curves(records: list[dict], path: str | Path | None = None) -> Figure:
+    """Training loss against training examples seen: one axis for every run, whatever its batch
+    size, accumulation or logging interval. A results file written before examples were counted
+    per logged loss has no curve (a note says so)."""
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     for record in records:
-        ax.plot(record["training"]["losses"], label=run_label(record))
-    ax.set_xlabel("logging step")
-    ax.set_ylabel("training loss")
-    ax.legend(fontsize=8)
+        training = record["training"]
+        if training.get("loss_examples_seen") is None:
+            print(f"{run_label(record)}: no loss curve; its results.json predates the examples-seen count "
+                  "per logged loss: rerun that notebook to plot it.")
+            continue
+        ax.plot(training["loss_examples_seen"], training["losses"], marker=".", label=run_label(record))
+    ax.set_xlabel("training examples seen")
+    ax.set_ylabel("training loss (mean over each logging interval)")
+    if ax.lines:
+        ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)

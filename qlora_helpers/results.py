@@ -97,6 +97,11 @@ def validate(record: dict, source: str = "results") -> dict:
             if not isinstance(values[key], types) or (types is int and isinstance(values[key], bool)):
                 raise ResultsError(f"{source}: {f'{section}.' if section else ''}{key} has the wrong type "
                                    f"({type(values[key]).__name__}).")
+    # Optional (results written before it lack it): where each logged loss falls, in examples seen.
+    seen, losses = record["training"].get("loss_examples_seen"), record["training"].get("losses")
+    if seen is not None and not (isinstance(seen, list) and isinstance(losses, list) and len(seen) == len(losses)):
+        raise ResultsError(f"{source}: training.loss_examples_seen must list one count per training.losses "
+                           "entry: rerun the notebook that wrote it.")
     return record
 
 

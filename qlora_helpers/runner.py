@@ -158,9 +158,8 @@ def _kernel_manager_class():
 
 
 # The executed notebooks are read as HTML: no text progress bars (ipywidgets is not installed
-# here) and no deprecation notices from the libraries.
-QUIET_ENV = {"TQDM_DISABLE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-             "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning"}
+# here). Library notices are filtered one by one where the notebook steps meet them (experiment.py).
+QUIET_ENV = {"TQDM_DISABLE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
 
 @contextmanager
@@ -232,9 +231,12 @@ def execute_notebook(notebook: str, run_dir: Path, injected: dict, kernel_name: 
     run_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(run_dir, notebook)
     try:
+        # The kernel runs in the run folder's parent and gets the run folder by name, so the
+        # injected cell, the parameter table and every path the notebook prints stay machine-free.
         papermill.execute_notebook(
-            str(NOTEBOOKS_DIR / f"{notebook}.ipynb"), str(partial), parameters=injected,
-            kernel_name=kernel_name, cwd=str(NOTEBOOKS_DIR), progress_bar=False, log_output=False,
+            str(NOTEBOOKS_DIR / f"{notebook}.ipynb"), str(partial),
+            parameters={**injected, "run_dir": run_dir.name}, cwd=str(run_dir.parent),
+            kernel_name=kernel_name, progress_bar=False, log_output=False,
             kernel_manager_class=_kernel_manager_class(),
         )
     except PapermillExecutionError as error:
@@ -255,8 +257,20 @@ def execute_notebook(notebook: str, run_dir: Path, injected: dict, kernel_name: 
     except BaseException:  # Ctrl-C: leave no partial file behind
         partial.unlink(missing_ok=True)
         raise
+    _drop_machine_paths(partial, notebook)
     os.replace(partial, files["ipynb"])
     write_html(files["ipynb"], files["html"])
+
+
+def _drop_machine_paths(path: Path, notebook: str) -> None:
+    """papermill records the absolute paths it read and wrote: keep the project-relative source and
+    the output's own name instead."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata.setdefault("papermill", {}).update(
+        input_path=f"{NOTEBOOKS_DIR.name}/{notebook}.ipynb", output_path=f"{notebook}.ipynb")
+    nbformat.write(nb, path)
 
 
 def write_html(notebook_path: Path, html_path: Path) -> Path:
@@ -303,11 +317,20 @@ def run(profile_name: str, run_dir: str | Path | None = None, force: bool = Fals
     data_dir = find_data_dir() if profile.data_source == "local" and "data_dir" not in overrides else None
     injected = {n: notebook_parameters(profile, n, run_dir, data_dir, overrides) for n in selected}
 
+    # The kernel finds the data folder through $BANKING77_DIR (data_dir None: "look for one"), so
+    # the machine's folder layout stays out of the rendered notebooks.
+    kernel_env = dict(profile.env)
+    if data_dir is not None:
+        kernel_env["BANKING77_DIR"] = str(data_dir)
+        for values in injected.values():
+            if "data_dir" in values:
+                values["data_dir"] = None
+
     echo(f"profile {profile.name}: {profile.description}")
     echo(f"run folder: {run_dir}")
     outcomes: list[Outcome] = []
     ran_any = False
-    with this_interpreter_kernel(profile.env) as kernel_name:
+    with this_interpreter_kernel(kernel_env) as kernel_name:
         for position, notebook in enumerate(selected, 1):
             prefix = f"[{position}/{len(selected)}] {notebook}"
             reason = "forced" if force else incomplete_reason(run_dir, notebook, injected[notebook])

@@ -75,7 +75,10 @@ class TrainStats:
     peak_memory_bytes: int
     peak_memory_kind: str  # "cuda_max_allocated" or "process_peak_rss"
     final_loss: float
-    losses: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)  # the mean loss over each logging interval
+    # training examples seen when each of `losses` was logged: epoch x training rows, so runs with
+    # other batch sizes or logging intervals share one axis (exact at epoch ends, within a batch between)
+    loss_examples_seen: list[int] | None = None  # None: not recorded (results from before it existed)
 
     @property
     def examples_per_second(self) -> float:
@@ -227,7 +230,9 @@ def _train_once(loaded: LoadedModel, train_dataset, config: TrainConfig) -> Trai
     finally:
         measure.hook.remove()  # a retry builds a new callback; never count a batch twice
     peak, kind = peak_memory()
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    losses = [entry["loss"] for entry in logged]
+    seen = [round(entry["epoch"] * len(train_dataset)) for entry in logged]
     final = losses[-1] if losses else float("nan")
     return TrainStats(measure.seconds, trainer.state.global_step, measure.examples, measure.real_tokens,
-                      measure.padded_tokens, peak, kind, final, losses)
+                      measure.padded_tokens, peak, kind, final, losses, seen)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -118,7 +119,7 @@ def test_training_notebook_wrote_valid_results_and_figures(smoke, stem):
 def test_executed_notebook_and_html(smoke, stem):
     executed = read(smoke.run_dir / f"{stem}.ipynb")
     injected = next(c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", []))
-    assert str(smoke.run_dir) in injected.source
+    assert f'run_dir = "{smoke.run_dir.name}"' in injected.source  # relative to the kernel's cwd
     assert not any(o.get("output_type") == "error" for c in executed.cells if c.cell_type == "code" for o in c.outputs)
     html = (smoke.run_dir / f"{stem}.html").read_text()
     images = html.count("data:image/png;base64")
@@ -127,6 +128,48 @@ def test_executed_notebook_and_html(smoke, stem):
         assert "confusion matrix" in html or "rows normalised" in html
     if stem == "03_qlora_qwen2.5_7b":
         assert "loaded in 4-bit. footprint:" in html
+
+
+def readable_text(path: Path) -> str:
+    """A rendered notebook (.ipynb or .html) without its embedded images, which are base64 noise."""
+    text = path.read_text()
+    if path.suffix == ".ipynb":
+        nb = json.loads(text)
+        for cell in nb["cells"]:
+            for output in cell.get("outputs", []):
+                output.get("data", {}).pop("image/png", None)
+        return json.dumps(nb, indent=1)
+    return re.sub(r"data:image/[a-z+]+;base64,[A-Za-z0-9+/=\s]+", "", text)
+
+
+def machine_folders(run_dir: Path) -> set[str]:
+    """Absolute folders of the machine that ran the series: none may appear in what it rendered."""
+    folders = {ROOT, Path(sys.prefix), Path.home(), runner.find_data_dir(), run_dir}
+    return {str(f) for folder in folders for f in (folder, folder.resolve())}
+
+
+def render_problems(run_dir: Path) -> list[str]:
+    """Machine paths and library noise in the executed notebooks and HTML of run_dir (a smoke run
+    here; any render the project commits passes the same checks)."""
+    noise = ("Failed to load CPU gemm_4bit_forward", "Paged optimizers are not supported on CPU",
+             "`gradient_checkpointing_enable` is deprecated", "`is_gradient_checkpointing` is deprecated",
+             "LOAD REPORT", "mtime may not be reliable")
+    problems = []
+    for stem in profiles.NOTEBOOKS:
+        for path in (run_dir / f"{stem}.ipynb", run_dir / f"{stem}.html"):
+            text = readable_text(path)
+            problems += [f"{path.name}: machine path {f}" for f in machine_folders(run_dir) if f in text]
+            problems += [f"{path.name}: library noise {n!r}" for n in noise if n in text]
+        streams = [o for c in read(run_dir / f"{stem}.ipynb").cells if c.cell_type == "code"
+                   for o in c.outputs if o.output_type == "stream"]
+        problems += [f"{stem}.ipynb: stderr output {o.text[:200]!r}" for o in streams if o.name == "stderr"]
+        problems += [f"{stem}.ipynb: empty lines in {o.text[:80]!r}" for o in streams
+                     if o.text.startswith("\n") or "\n\n" in o.text]
+    return problems
+
+
+def test_render_has_no_machine_paths_and_no_library_noise(smoke):
+    assert render_problems(smoke.run_dir) == []
 
 
 def test_comparison_has_three_rows_and_says_which_runs_are_demo(smoke):

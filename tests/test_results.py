@@ -13,7 +13,7 @@ from qlora_helpers.training import TrainStats
 def _record():
     names = [f"intent_{i}" for i in range(5)]
     loaded = LoadedModel(None, None, "offline:tiny-qwen2", "qlora", __import__("torch").float32, 1234, 10, 100)
-    stats = TrainStats(2.0, 10, 320, 4000, 5000, 2**30, "process_peak_rss", 1.5, [2.0, 1.5])
+    stats = TrainStats(2.0, 10, 320, 4000, 5000, 2**30, "process_peak_rss", 1.5, [2.0, 1.5], [160, 320])
     evaluation = compute_metrics(np.array([0, 1, 2, 3, 4, 0]), np.array([0, 1, 2, 3, 3, 1]), names)
     return results.build_result(run_name="03_qlora", loaded=loaded, stats=stats, evaluation=evaluation,
                                 label_names=names, data={"train_examples": 320}, demo=True, config={"epochs": 1})
@@ -36,6 +36,7 @@ def test_round_trip(tmp_path):
     (lambda r: r["training"].pop("examples_per_second"), "missing training.examples_per_second"),
     (lambda r: r.update(footprint_bytes="1.2 GB"), "footprint_bytes has the wrong type"),
     (lambda r: r["metrics"].update(accuracy=None), "metrics.accuracy has the wrong type"),
+    (lambda r: r["training"].update(loss_examples_seen=[16]), "one count per training.losses entry"),
 ])
 def test_wrong_schema_is_rejected(tmp_path, edit, message):
     record = _record()
@@ -47,6 +48,14 @@ def test_wrong_schema_is_rejected(tmp_path, edit, message):
     with pytest.raises(results.ResultsError):
         results.write_result(record, tmp_path / "other.json")
     assert not (tmp_path / "other.json").exists()
+
+
+def test_results_from_before_the_examples_seen_count_still_read(tmp_path):
+    record = _record()
+    record["training"].pop("loss_examples_seen")
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(record))
+    assert "loss_examples_seen" not in results.read_result(path)["training"]
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):

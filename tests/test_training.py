@@ -50,6 +50,10 @@ def test_training_lowers_loss_trains_adapters_and_head_and_keeps_the_base(
     assert 0 < stats.padding_share < 0.5 and stats.real_tokens < stats.padded_tokens
     assert stats.examples_per_second > 0 and stats.peak_memory_bytes > 0
     assert len(stats.losses) == 4 and all(math.isfinite(l) for l in stats.losses)
+    # logged at steps 10, 20, 30, 40: examples seen, to within one batch of what was trained on
+    seen = stats.loss_examples_seen
+    assert len(seen) == 4 and abs(seen[-1] - stats.examples) < 16 and abs(seen[0] - 10 * 16) < 16
+    assert all(later - earlier > 0 for earlier, later in zip(seen, seen[1:]))
 
 
 def test_non_finite_loss_stops_training_with_advice(tiny_qwen2, small_split, tmp_path):

