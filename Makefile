@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo smoke test
+.PHONY: setup demo smoke test kaggle-dataset
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -27,3 +27,7 @@ smoke: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# The wheel and dist/kaggle-dataset/ for `kaggle datasets create -p dist/kaggle-dataset` (see README).
+kaggle-dataset: setup
+	$(BIN)/python -m qlora_helpers.kaggle dataset

@@ -8,10 +8,13 @@ non-4-bit weight that `prepare_model_for_kbit_training` makes.
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub import get_token
+from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BitsAndBytesConfig, set_seed
 
 from . import emulation
@@ -194,17 +197,55 @@ def keep_4bit_weights_in_training_layout(model: torch.nn.Module) -> None:
 
 
 def _load_tokenizer_or_explain(model_id_or_path: str):
-    """Load the tokenizer; turn an offline hub miss into advice before any weights are fetched."""
+    """Load the tokenizer; turn an offline hub miss or a refused gated model into advice before any
+    weights are fetched."""
+    if not Path(model_id_or_path).exists():
+        use_kaggle_hub_token()
     try:
         return load_tokenizer(model_id_or_path)
     except OSError as error:
         if Path(model_id_or_path).exists():
             raise
+        if status := _hub_refusal(error):
+            raise ModelSetupError(_gated_model_advice(model_id_or_path, status)) from error
         raise ModelSetupError(
             f"cannot find model {model_id_or_path!r}: it is not a local folder and could not be "
             "fetched from the Hugging Face hub (offline, or a typo in the id). Online, check the id; "
             "offline, pass the path of a folder saved with save_pretrained()."
         ) from error
+
+
+def use_kaggle_hub_token() -> None:
+    """Copy a Kaggle secret named HF_TOKEN (Add-ons > Secrets) into $HF_TOKEN, where huggingface_hub
+    looks for it; it finds $HF_TOKEN, `hf auth login` and Colab's secrets by itself, not Kaggle's."""
+    if os.environ.get("HF_TOKEN"):
+        return
+    try:
+        from kaggle_secrets import UserSecretsClient
+
+        os.environ["HF_TOKEN"] = UserSecretsClient().get_secret("HF_TOKEN")
+    except Exception:  # not on Kaggle, no such secret, or not attached to this notebook: go on without
+        pass
+
+
+def _hub_refusal(error: BaseException | None) -> int | None:
+    """The HTTP status if the hub refused access (401/403: gated, private, no or a wrong token)
+    anywhere in `error`'s chain (transformers wraps the hub's error in an OSError), else None."""
+    while error is not None:
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        if isinstance(error, GatedRepoError) or (isinstance(error, HfHubHTTPError) and status in (401, 403)):
+            return status or 403
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _gated_model_advice(model_id: str, status: int) -> str:
+    found = "A token was found: its account has no access yet." if get_token() else "No token was found."
+    return (f"the Hugging Face hub refused {model_id!r} (HTTP {status}): the model is gated (a licence to accept) "
+            f"or private, or the id is misspelled. Log in at https://huggingface.co/{model_id} and accept its "
+            "terms, then give this notebook a token with read access named HF_TOKEN: on Kaggle a secret (Add-ons > "
+            "Secrets, attached to this notebook), on Colab a secret (the key icon, notebook access on), elsewhere "
+            f"`export HF_TOKEN=hf_...` or `hf auth login`. {found}")
 
 
 def _add_lora(model, method: str, *, r: int, alpha: int, dropout: float, target_modules,

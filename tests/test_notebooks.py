@@ -64,7 +64,9 @@ def test_notebook_reads_as_a_tutorial(path):
     for index, cell in enumerate(nb.cells[1:], 1):
         if cell.cell_type == "code" and cell is not parameters_cell(nb):
             assert nb.cells[index - 1].cell_type == "markdown", f"{path.name}: code cell {index} has no prose above it"
-            assert len(cell.source.splitlines()) <= 8, f"{path.name}: cell {index} is long: move logic to qlora_helpers"
+            # The install cell runs before the package exists: it is qlora_helpers/install.py (test_install.py).
+            if cell is not code[0]:
+                assert len(cell.source.splitlines()) <= 8, f"{path.name}: cell {index} is long: move logic to qlora_helpers"
 
 
 @pytest.mark.parametrize("stem", profiles.TRAINING_NOTEBOOKS)
