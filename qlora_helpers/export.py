@@ -7,13 +7,12 @@ fp32) copy of the base: merging into 4-bit weights would round the update away.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForSequenceClassification
 
+from . import atomic
 from .modeling import LoadedModel, count_parameters, load_base, load_model, load_tokenizer
 from .offline_models import resolve_model_id
 
@@ -22,20 +21,12 @@ MANIFEST = "qlora_helpers.json"
 
 def save_trained(loaded: LoadedModel, folder: str | Path, label_names: list[str]) -> Path:
     """Save adapters + head (or the whole model for `full`), tokenizer and a manifest, atomically."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
+    with atomic.folder(folder) as staging:
         loaded.model.save_pretrained(staging)
         loaded.tokenizer.save_pretrained(staging)
         manifest = {"base_model": loaded.model_id, "method": loaded.method, "label_names": label_names}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.rename(folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
+    return Path(folder)
 
 
 def read_manifest(folder: str | Path) -> dict:
@@ -62,7 +53,8 @@ def load_trained(folder: str | Path, device: str | None = None) -> tuple[LoadedM
 
 
 def merge_to_16bit(folder: str | Path, out_folder: str | Path, dtype: torch.dtype = torch.bfloat16) -> Path:
-    """Merge the saved adapter into a `dtype` copy of the base model and save a standalone model.
+    """Merge the saved adapter into a `dtype` copy of the base model and save a standalone model
+    (atomically).
 
     The base is loaded unquantized even for a QLoRA run (its adapters were trained against the NF4
     base, so the merged model differs from the 4-bit one by the quantization error only).
@@ -77,7 +69,7 @@ def merge_to_16bit(folder: str | Path, out_folder: str | Path, dtype: torch.dtyp
     tokenizer = load_tokenizer(str(folder))
     base.config.pad_token_id = tokenizer.pad_token_id
     merged = PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
-    out_folder = Path(out_folder)
-    merged.save_pretrained(out_folder)
-    tokenizer.save_pretrained(out_folder)
-    return out_folder
+    with atomic.folder(out_folder) as staging:
+        merged.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+    return Path(out_folder)

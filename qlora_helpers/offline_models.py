@@ -8,8 +8,9 @@ Any other model id is passed through unchanged (hub ids, local folders).
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
+
+from . import atomic
 
 PREFIX = "offline:"
 
@@ -71,14 +72,7 @@ def build_tiny_qwen2(folder: str | Path, num_labels: int = 77, seed: int = 0) ->
                          eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
     torch.manual_seed(seed)
     model = Qwen2ForSequenceClassification(config)
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    try:
-        staging.rename(folder)
-    except OSError:  # another process built it first
-        import shutil
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
+    with atomic.folder(folder, replace=False) as staging:  # another process may have built it first
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+    return Path(folder)
