@@ -69,7 +69,7 @@ def load_model(params: NotebookParameters, bank: data.Banking77) -> modeling.Loa
         params.model_id, params.method, num_labels=bank.num_labels, lora_r=params.lora_r,
         lora_alpha=params.lora_alpha, lora_dropout=params.lora_dropout,
         gradient_checkpointing=params.gradient_checkpointing,
-        upcast_all_to_fp32=params.upcast_all_to_fp32, seed=params.seed,
+        upcast_all_to_fp32=params.upcast_all_to_fp32, seed=params.seed, label_names=bank.label_names,
     )
     print(loaded.summary())
     return loaded

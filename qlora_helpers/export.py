@@ -13,14 +13,20 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from . import atomic
-from .modeling import LoadedModel, count_parameters, load_base, load_model, load_tokenizer
+from .modeling import LoadedModel, count_parameters, load_base, load_model, load_tokenizer, set_label_names
 from .offline_models import resolve_model_id
 
 MANIFEST = "qlora_helpers.json"
 
 
 def save_trained(loaded: LoadedModel, folder: str | Path, label_names: list[str]) -> Path:
-    """Save adapters + head (or the whole model for `full`), tokenizer and a manifest, atomically."""
+    """Save adapters + head (or the whole model for `full`), tokenizer and a manifest, atomically.
+
+    The model's config gets the intent names (id2label/label2id) first, so a `full` save answers
+    with them in any transformers loader. An adapter folder must hold no config.json (transformers
+    would take it for a whole model): it reloads named through load_trained, or merge_to_16bit.
+    """
+    set_label_names(loaded.model, label_names)
     with atomic.folder(folder) as staging:
         loaded.model.save_pretrained(staging)
         loaded.tokenizer.save_pretrained(staging)
@@ -43,10 +49,10 @@ def load_trained(folder: str | Path, device: str | None = None) -> tuple[LoadedM
     manifest = read_manifest(folder)
     method, labels = manifest["method"], manifest["label_names"]
     if method == "full":
-        loaded = load_model(str(folder), "full", num_labels=len(labels), device=device)
+        loaded = load_model(str(folder), "full", num_labels=len(labels), device=device, label_names=labels)
         loaded.model_id = manifest["base_model"]
         return loaded, labels
-    loaded = load_base(manifest["base_model"], method, num_labels=len(labels), device=device)
+    loaded = load_base(manifest["base_model"], method, num_labels=len(labels), device=device, label_names=labels)
     loaded.model = PeftModel.from_pretrained(loaded.model, str(folder))
     loaded.trainable_params, loaded.total_params = count_parameters(loaded.model)
     return loaded, labels
@@ -54,7 +60,7 @@ def load_trained(folder: str | Path, device: str | None = None) -> tuple[LoadedM
 
 def merge_to_16bit(folder: str | Path, out_folder: str | Path, dtype: torch.dtype = torch.bfloat16) -> Path:
     """Merge the saved adapter into a `dtype` copy of the base model and save a standalone model
-    (atomically).
+    (atomically), its config naming the intents.
 
     The base is loaded unquantized even for a QLoRA run (its adapters were trained against the NF4
     base, so the merged model differs from the 4-bit one by the quantization error only).
@@ -66,6 +72,7 @@ def merge_to_16bit(folder: str | Path, out_folder: str | Path, dtype: torch.dtyp
         raise ValueError(f"{folder} is a full fine-tune: it is already a standalone model, nothing to merge.")
     base = AutoModelForSequenceClassification.from_pretrained(
         resolve_model_id(manifest["base_model"]), num_labels=len(manifest["label_names"]), dtype=dtype)
+    set_label_names(base, manifest["label_names"])
     tokenizer = load_tokenizer(str(folder))
     base.config.pad_token_id = tokenizer.pad_token_id
     merged = PeftModel.from_pretrained(base, str(folder)).merge_and_unload()

@@ -2,8 +2,8 @@
 
 Pitfalls handled here: a tokenizer without a pad token (Qwen2 refuses batches > 1 without
 `config.pad_token_id`), a classification head that would stay frozen or get quantized, bf16 asked
-for on a T4 (where `torch.cuda.is_bf16_supported()` can say yes), and the fp32 copy of every
-non-4-bit weight that `prepare_model_for_kbit_training` makes.
+for on a T4 (where `torch.cuda.is_bf16_supported()` can say yes), the fp32 copy of every
+non-4-bit weight that `prepare_model_for_kbit_training` makes, and class names left as `LABEL_n`.
 """
 from __future__ import annotations
 
@@ -103,6 +103,7 @@ def load_model(
     upcast_all_to_fp32: bool = False,
     device: str | None = None,
     seed: int = 42,
+    label_names: list[str] | None = None,
 ) -> LoadedModel:
     """Load `AutoModelForSequenceClassification` set up for `method`.
 
@@ -114,9 +115,10 @@ def load_model(
       embeddings included, to fp32: ~+1.1 GB on a 7B model); by default only the trainable
       weights (adapters, head) are fp32 and the frozen ones stay as loaded.
     seed fixes the random initialisation of a new head and of the adapters, so reruns are identical.
+    label_names (one per class, in label-id order) name the classes in the config: see set_label_names.
     """
     loaded = load_base(model_id_or_path, method, num_labels, compute_dtype=compute_dtype, device=device,
-                       seed=seed)
+                       seed=seed, label_names=label_names)
     if gradient_checkpointing is None:
         gradient_checkpointing = method == "qlora"
     if method != "full":
@@ -131,9 +133,10 @@ def load_model(
 
 def load_base(model_id_or_path: str, method: str = "lora", num_labels: int = 77, *,
               compute_dtype: torch.dtype | None = None, device: str | None = None,
-              seed: int = 42) -> LoadedModel:
+              seed: int = 42, label_names: list[str] | None = None) -> LoadedModel:
     """The base classifier as `method` loads it (fp32 for full, 16-bit for lora, NF4 for qlora),
-    without adapters: what `load_model` builds on and what a saved adapter is loaded onto."""
+    without adapters: what `load_model` builds on and what a saved adapter is loaded onto.
+    label_names: see set_label_names."""
     if method not in METHODS:
         raise ModelSetupError(f"unknown method {method!r}: use one of {', '.join(METHODS)}.")
     if method == "qlora":
@@ -164,9 +167,23 @@ def load_base(model_id_or_path: str, method: str = "lora", num_labels: int = 77,
     if method != "qlora":
         model.to(device)
     model.config.pad_token_id = tokenizer.pad_token_id
+    if label_names is not None:
+        set_label_names(model, label_names)
     trainable, total = count_parameters(model)
     return LoadedModel(model, tokenizer, model_id, method, compute_dtype, model.get_memory_footprint(),
                        trainable, total)
+
+
+def set_label_names(model: torch.nn.Module, label_names: list[str]) -> None:
+    """Name the classes in the (base) model's config, `id2label` and `label2id`, so that whatever
+    is saved from it answers `card_arrival`, not `LABEL_11`, in any transformers loader (a
+    `pipeline("text-classification")` too). Raises ModelSetupError if the head has another size."""
+    config = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
+    if len(label_names) != config.num_labels:
+        raise ModelSetupError(f"{len(label_names)} label names for a head of {config.num_labels} classes: "
+                              "pass the label names of the data the model was trained on.")
+    config.id2label = dict(enumerate(label_names))
+    config.label2id = {name: index for index, name in enumerate(label_names)}
 
 
 def _load_tokenizer_or_explain(model_id_or_path: str):

@@ -119,3 +119,21 @@ def test_merge_goes_into_a_16bit_copy_not_the_4bit_weights(minilm_path, banking7
     with pytest.raises(ValueError, match="already a standalone model"):
         full = modeling.load_model(minilm_path, "full")
         export.merge_to_16bit(export.save_trained(full, tmp_path / "full", banking77.label_names), tmp_path / "x")
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora", "full"])
+def test_saved_reloaded_and_merged_models_name_the_intents(tiny_qwen2, tmp_path, method):
+    """Any plain transformers loader answers `card_arrival`, not `LABEL_11`, with no file of ours."""
+    from transformers import AutoConfig, pipeline
+
+    names = list(data.BANKING77_INTENTS)
+    id2label = dict(enumerate(names))
+    saved = export.save_trained(modeling.load_model(tiny_qwen2, method), tmp_path / "saved", names)
+    reloaded, _ = export.load_trained(saved)
+    assert reloaded.model.config.id2label == id2label
+    standalone = saved if method == "full" else export.merge_to_16bit(saved, tmp_path / "merged", torch.float32)
+    config = AutoConfig.from_pretrained(standalone)
+    assert config.id2label == id2label and config.label2id == {name: i for i, name in enumerate(names)}
+    answer = pipeline("text-classification", model=str(standalone), device="cpu")("when will my card arrive?")
+    assert answer[0]["label"] in names
+    assert modeling.load_model(tiny_qwen2, method, label_names=names).model.config.id2label == id2label
