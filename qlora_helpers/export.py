@@ -13,7 +13,8 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from . import atomic
-from .modeling import LoadedModel, count_parameters, load_base, load_model, load_tokenizer, set_label_names
+from .modeling import (LoadedModel, ModelSetupError, count_parameters, load_base, load_model, load_tokenizer,
+                       saved_quantization, set_label_names)
 from .offline_models import resolve_model_id
 
 MANIFEST = "qlora_helpers.json"
@@ -58,20 +59,29 @@ def load_trained(folder: str | Path, device: str | None = None) -> tuple[LoadedM
     return loaded, labels
 
 
-def merge_to_16bit(folder: str | Path, out_folder: str | Path, dtype: torch.dtype = torch.bfloat16) -> Path:
+def merge_to_16bit(folder: str | Path, out_folder: str | Path, dtype: torch.dtype = torch.bfloat16,
+                   base_model: str | None = None) -> Path:
     """Merge the saved adapter into a `dtype` copy of the base model and save a standalone model
     (atomically), its config naming the intents.
 
     The base is loaded unquantized even for a QLoRA run (its adapters were trained against the NF4
-    base, so the merged model differs from the 4-bit one by the quantization error only).
+    base, so the merged model differs from the 4-bit one by the quantization error only). A base
+    saved already quantized (`...-bnb-4bit`) has no 16-bit weights to merge into: pass the model it
+    was quantized from as `base_model`, else ModelSetupError.
     """
     from peft import PeftModel
 
     manifest = read_manifest(folder)
     if manifest["method"] == "full":
         raise ValueError(f"{folder} is a full fine-tune: it is already a standalone model, nothing to merge.")
+    base_model = base_model or manifest["base_model"]
+    if saved_quantization(base_model) is not None:
+        raise ModelSetupError(
+            f"the adapter's base {base_model} is a checkpoint already quantized: merging needs 16-bit "
+            "weights. Pass base_model= the model it was quantized from (e.g. Qwen/Qwen2.5-7B for "
+            "unsloth/Qwen2.5-7B-bnb-4bit).")
     base = AutoModelForSequenceClassification.from_pretrained(
-        resolve_model_id(manifest["base_model"]), num_labels=len(manifest["label_names"]), dtype=dtype)
+        resolve_model_id(base_model), num_labels=len(manifest["label_names"]), dtype=dtype)
     set_label_names(base, manifest["label_names"])
     tokenizer = load_tokenizer(str(folder))
     base.config.pad_token_id = tokenizer.pad_token_id
