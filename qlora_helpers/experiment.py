@@ -198,7 +198,7 @@ def _drop_finished_checkpoints(folder: str) -> None:
     folder = Path(folder)
     if not folder.is_dir() or not is_main_process():
         return
-    last = training.get_last_checkpoint(str(folder))
+    last = training.last_complete_checkpoint(folder)
     state_file = Path(last) / "trainer_state.json" if last else None
     if state_file and state_file.is_file():
         state = json.loads(state_file.read_text())
