@@ -300,9 +300,9 @@ def checkpoint_to_resume(folder: str | Path, settings: dict) -> Path | None:
 
     Tidies `folder` first, each step with a printed note: removes incomplete checkpoints (a save cut
     short, e.g. by a kill: no readable trainer_state.json, which the Trainer writes last), and moves
-    checkpoints made with other settings, or with none recorded, to a sibling `<folder>.set-aside-N`
-    so the run starts afresh (resuming them would mix two runs). Then records `settings` in
-    `folder/run_settings.json`. Only the main process changes files.
+    checkpoints made with other settings, or with none recorded, and their record to a sibling
+    `<folder>.set-aside-N` so the run starts afresh (resuming them would mix two runs). Then
+    records `settings` in `folder/run_settings.json`. Only the main process changes files.
     """
     folder = Path(folder)
     main = is_main_process()
@@ -316,7 +316,11 @@ def checkpoint_to_resume(folder: str | Path, settings: dict) -> Path | None:
         if main:
             aside = next(folder.with_name(f"{folder.name}.set-aside-{n}") for n in range(1, 10_000)
                          if not folder.with_name(f"{folder.name}.set-aside-{n}").exists())
-            folder.rename(aside)
+            aside.mkdir()
+            # The record goes last: after a kill midway, the rest has none and is set aside next time.
+            for path in [*_checkpoints(folder), folder / SETTINGS_FILE]:
+                if path.exists():
+                    path.rename(aside / path.name)
             print(f"{folder.name}/ holds checkpoints made with other settings ({_differences(recorded, settings)}): "
                   f"moved them to {aside.name}/ (delete it once not needed) and training from scratch.")
         last = None
