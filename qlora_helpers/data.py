@@ -64,16 +64,37 @@ class Banking77:
         return len(self.label_names)
 
 
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the checkout, for an editable install
+SHARED_FOLDER = Path("shared/data/banking77")
+
+
 def default_data_dir() -> Path | None:
-    """The folder named by $BANKING77_DIR, else `shared/data/banking77` beside or above the cwd."""
+    """The Banking77 folder every caller without a `data_dir` uses, looked up in this order:
+    $BANKING77_DIR; `shared/data/banking77` beside or above the checkout (the package's own folder);
+    the same beside or above the current directory. None if none holds `categories.json`.
+
+    The checkout comes before the cwd so that a process started elsewhere (a test's temporary
+    folder, a launcher) finds the same data as the notebooks do.
+    """
     if os.environ.get("BANKING77_DIR"):
         return Path(os.environ["BANKING77_DIR"])
-    here = Path.cwd().resolve()
-    for folder in (here, *here.parents):
-        for candidate in (folder / "shared/data/banking77", folder / "../shared/data/banking77"):
-            if (candidate / "categories.json").is_file():
-                return candidate.resolve()
+    for start in (PACKAGE_ROOT, Path.cwd().resolve()):
+        for folder in (start, *start.parents):
+            if (folder / SHARED_FOLDER / "categories.json").is_file():
+                return (folder / SHARED_FOLDER).resolve()
     return None
+
+
+def find_data_dir() -> Path:
+    """`default_data_dir()`, or a `Banking77Error` that says where the folder is looked for."""
+    found = default_data_dir()
+    if found is None:
+        raise Banking77Error(
+            "no Banking77 folder found: set BANKING77_DIR to the folder holding train.csv, test.csv and "
+            f"categories.json, or keep it at {SHARED_FOLDER} beside or above the checkout "
+            "(or pass data_dir=..., or use source='hub' when online)."
+        )
+    return found
 
 
 def load_banking77(data_dir: str | Path | None = None, source: str = "auto") -> Banking77:
@@ -83,12 +104,7 @@ def load_banking77(data_dir: str | Path | None = None, source: str = "auto") -> 
         raise Banking77Error(f"unknown data source {source!r}: use 'local', 'hub' or 'auto'.")
     if source == "hub" or (source == "auto" and data_dir is None and default_data_dir() is None):
         return _load_from_hub()
-    folder = Path(data_dir) if data_dir is not None else default_data_dir()
-    if folder is None:
-        raise Banking77Error(
-            "no Banking77 folder found: pass data_dir=..., set BANKING77_DIR to a folder holding "
-            "train.csv, test.csv and categories.json, or use source='hub' when online."
-        )
+    folder = Path(data_dir) if data_dir is not None else find_data_dir()
     return _load_from_folder(folder)
 
 
@@ -200,11 +216,27 @@ def train_validation_split(dataset: Dataset, validation_fraction: float = 0.1,
 
 
 def tokenize(dataset: Dataset, tokenizer, max_length: int = 128) -> Dataset:
-    """Tokenize without padding: the collator pads each batch to its own longest row."""
+    """Tokenize without padding: the collator pads each batch to its own longest row.
+
+    Returns the rows with `input_ids`, `attention_mask` (lists of at most `max_length` ints) and
+    `length` (their token count: the trainer groups batches by it, `evaluation.predict` sorts by it,
+    and the collator drops it) in place of `text`.
+    Raises Banking77Error if the tokenizer turns any row into zero tokens (a broken or mismatched
+    tokenizer), before such rows fail deep inside attention.
+    """
 
     def encode(batch: dict) -> dict:
         encoded = tokenizer(batch["text"], truncation=True, max_length=max_length)
         encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
         return encoded
 
-    return dataset.map(encode, batched=True, remove_columns=["text"], desc="tokenize")
+    rows = dataset.map(encode, batched=True, remove_columns=["text"], desc="tokenize")
+    empty = np.flatnonzero(np.asarray(rows["length"]) == 0)
+    if len(empty):
+        name = getattr(tokenizer, "name_or_path", "") or "?"
+        raise Banking77Error(
+            f"the tokenizer {type(tokenizer).__name__} ({name}) turned {len(empty)} of {len(rows)} rows into "
+            f"zero tokens, e.g. row {empty[0]}: {dataset[int(empty[0])]['text']!r}. The tokenizer does not fit "
+            "this text (a word-level vocabulary without an unknown token, a normalizer that deletes the text?): use the tokenizer saved with the model."
+        )
+    return rows

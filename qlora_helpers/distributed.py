@@ -39,22 +39,31 @@ def shard(indices: np.ndarray) -> np.ndarray:
     return indices[rank()::world_size()]
 
 
+def all_gather(value) -> list:
+    """Every process's `value` (any picklable object), in rank order: the one collective this
+    package uses. An object collective works under NCCL and gloo alike, whereas a tensor collective
+    under NCCL refuses CPU tensors ("No backend type associated with device type cpu"). NCCL moves
+    the pickled bytes through the current CUDA device, so that is set to this process's GPU first.
+    """
+    if world_size() == 1:
+        return [value]
+    if torch.cuda.is_available() and dist.get_backend() == "nccl":
+        torch.cuda.set_device(torch.device(local_device()))
+    pieces: list = [None] * world_size()
+    dist.all_gather_object(pieces, value)
+    return pieces
+
+
 def gather_shards(local: np.ndarray, total: int) -> np.ndarray:
     """Reassemble the per-process results of `shard(np.arange(total))` into one array, in order."""
     if world_size() == 1:
         return local
-    pieces: list = [None] * world_size()
-    dist.all_gather_object(pieces, local)
     result = np.empty(total, dtype=local.dtype)
-    for process, piece in enumerate(pieces):
+    for process, piece in enumerate(all_gather(local)):
         result[process::world_size()] = piece
     return result
 
 
 def sum_across_processes(values: list[int]) -> list[int]:
     """Totals over all processes (e.g. examples trained on), for throughput of the whole job."""
-    if world_size() == 1:
-        return values
-    totals = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(totals)
-    return [int(v) for v in totals.tolist()]
+    return [int(sum(column)) for column in zip(*all_gather(list(values)))]

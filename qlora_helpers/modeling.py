@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BitsAndBytesConfig, set_seed
 
+from . import emulation
 from .distributed import local_device
 from .offline_models import resolve_model_id
 
@@ -54,6 +55,8 @@ def choose_compute_dtype(device: str | torch.device | None = None) -> torch.dtyp
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type != "cuda":
         return torch.float32
+    if emulation.emulated_gpu() == "t4":  # a bigger GPU standing in for a T4 (emulation.py)
+        return torch.float16
     major, _ = torch.cuda.get_device_capability(device)
     return torch.bfloat16 if major >= 8 else torch.float16
 
@@ -145,6 +148,7 @@ def load_base(model_id_or_path: str, method: str = "lora", num_labels: int = 77,
     if method == "qlora":
         check_bitsandbytes()
     device = device or local_device()
+    emulation.apply_from_environment(device)
     compute_dtype = compute_dtype or choose_compute_dtype(device)
     check_compute_dtype(compute_dtype, device)
 
@@ -172,6 +176,8 @@ def load_base(model_id_or_path: str, method: str = "lora", num_labels: int = 77,
     model = AutoModelForSequenceClassification.from_pretrained(model_id_or_path, **kwargs)
     if method != "qlora":
         model.to(device)
+    else:
+        keep_4bit_weights_in_training_layout(model)
     model.config.pad_token_id = tokenizer.pad_token_id
     if label_names is not None:
         set_label_names(model, label_names)
@@ -230,6 +236,24 @@ def _load_quantized_checkpoint(model_id: str, path: str, method: str, saved: dic
                                   "bnb_4bit_compute_dtype": str(compute_dtype).replace("torch.", "")}
     return {**{k: v for k, v in kwargs.items() if k not in ("num_labels", "quantization_config")},
             "config": config}
+
+
+def keep_4bit_weights_in_training_layout(model: torch.nn.Module) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel.
+
+    bitsandbytes 0.50 (nn/modules.py, Linear4bit.forward) repacks a layer's NF4 weights into the
+    layout of its AVX-512 BF16 CPU kernel the first time the layer runs in eval mode without grad on
+    a CPU that has that instruction set (`Linear4bit.support_avx512bf16_for_cpu`, read from
+    `has_avx512bf16()` when the layer is built), and never packs them back: every later forward,
+    training ones too, takes that inference-only path, which has no backward to the input and fails
+    on `result += bias` ("a view of a leaf Variable that requires grad is being used in an in-place
+    operation"). The repacking also rounds the double-quantized block scales to bf16, so an
+    evaluation would change the model. With it off, CPU forwards dequantize as training does, on
+    every CPU alike. GPU layers never take that path.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def _load_tokenizer_or_explain(model_id_or_path: str):

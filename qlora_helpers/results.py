@@ -38,12 +38,17 @@ class ResultsError(ValueError):
 
 
 def hardware() -> dict:
+    """The machine that ran: device kind, name, count, memory; `emulating` names a GPU profile
+    (emulation.py, e.g. "t4") that a bigger GPU played, else None."""
+    from .emulation import emulated_gpu
+
     if torch.cuda.is_available():
         return {"device": "cuda", "name": torch.cuda.get_device_name(0),
                 "count": torch.cuda.device_count(),
-                "memory_bytes": torch.cuda.get_device_properties(0).total_memory}
+                "memory_bytes": torch.cuda.get_device_properties(0).total_memory,
+                "emulating": emulated_gpu()}
     return {"device": "cpu", "name": platform.processor() or platform.machine(),
-            "count": os.cpu_count() or 1, "memory_bytes": None}
+            "count": os.cpu_count() or 1, "memory_bytes": None, "emulating": None}
 
 
 def library_versions() -> dict:

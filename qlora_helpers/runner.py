@@ -60,18 +60,13 @@ def default_run_dir(profile: str) -> Path:
 
 
 def find_data_dir() -> Path:
-    """The Banking77 folder: $BANKING77_DIR, or shared/data/banking77 beside/above the cwd or the repo."""
-    from .data import default_data_dir
+    """The Banking77 folder (data.find_data_dir), as a RunnerError if there is none."""
+    from .data import Banking77Error, find_data_dir as find_banking77
 
-    found = default_data_dir()
-    if found is None:
-        for folder in (REPO_ROOT, *REPO_ROOT.parents):
-            for candidate in (folder / "shared/data/banking77", folder.parent / "shared/data/banking77"):
-                if (candidate / "categories.json").is_file():
-                    return candidate.resolve()
-        raise RunnerError("Banking77 folder not found: set BANKING77_DIR to the folder holding train.csv, "
-                          "test.csv and categories.json (or keep it at ../shared/data/banking77).")
-    return Path(found).resolve()
+    try:
+        return find_banking77()
+    except Banking77Error as error:
+        raise RunnerError(str(error)) from error
 
 
 def cell_knobs(notebook: str) -> set[str]:

@@ -15,6 +15,7 @@ launcher it runs in one process, like the notebook does.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from . import experiment, profiles, runner
@@ -37,13 +38,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", default="kaggle-t4", help=f"one of {', '.join(profiles.PROFILES)}")
     parser.add_argument("--notebook", required=True, help=f"one of {', '.join(profiles.TRAINING_NOTEBOOKS)}")
     parser.add_argument("--run-dir", type=Path, help="default: runs/<profile>")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a notebook parameter, e.g. --set max_train_samples=2000")
     args = parser.parse_args(argv)
+    from .run import parse_overrides
+
+    try:
+        overrides = parse_overrides(args.set)
+    except ValueError as error:
+        parser.error(str(error))
     profile = profiles.get_profile(args.profile)
+    for name, value in profile.env.items():  # what the runner gives the notebooks' kernel (offline, T4 emulation)
+        os.environ.setdefault(name, value)
     if args.notebook not in profiles.TRAINING_NOTEBOOKS:
         parser.error(f"--notebook must be one of {', '.join(profiles.TRAINING_NOTEBOOKS)}")
     run_dir = (args.run_dir or runner.default_run_dir(profile.name)).resolve()
     data_dir = runner.find_data_dir() if profile.data_source == "local" else None
-    values = runner.notebook_parameters(profile, args.notebook, run_dir, data_dir)
+    values = runner.notebook_parameters(profile, args.notebook, run_dir, data_dir, overrides)
     record = run_notebook_steps(NotebookParameters(notebook=args.notebook, **values))
     if is_main_process():
         print(f"{args.notebook} on {world_size()} process(es): accuracy {record['metrics']['accuracy']:.2%}, "

@@ -30,6 +30,37 @@ def test_env_var_chooses_the_folder(monkeypatch, banking77_dir, tmp_path):
     assert len(data.load_banking77().test) == 3_080
 
 
+def test_the_folder_is_found_from_any_directory(monkeypatch, banking77_dir, tmp_path):
+    """A process started in a temporary folder (a test's subprocess, a launcher) finds the same data."""
+    monkeypatch.delenv("BANKING77_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert data.default_data_dir() == banking77_dir.resolve()
+    elsewhere = tmp_path / "somewhere" / "else"
+    elsewhere.mkdir(parents=True)
+    monkeypatch.setattr(data, "PACKAGE_ROOT", elsewhere)  # an installed package, far from the data
+    assert data.default_data_dir() is None
+    with pytest.raises(Banking77Error, match="no Banking77 folder found: set BANKING77_DIR"):
+        data.load_banking77(source="local")
+    shutil.copytree(banking77_dir, tmp_path / "shared/data/banking77")  # ... unless the cwd is beside it
+    monkeypatch.chdir(elsewhere)
+    assert data.default_data_dir() == (tmp_path / "shared/data/banking77").resolve()
+
+
+def test_a_tokenizer_that_yields_no_tokens_is_refused_at_tokenize(banking77):
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    # a broken word-level tokenizer: its normalizer deletes everything but digits, so most rows vanish
+    words = Tokenizer(models.WordLevel({"[UNK]": 0, "[PAD]": 1}, unk_token="[UNK]"))
+    words.normalizer = normalizers.Replace(Regex("[^0-9 ]"), "")
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, pad_token="[PAD]", name_or_path="broken-words")
+    rows = banking77.train.select(range(40))
+    with pytest.raises(Banking77Error, match=r"\w+ \(broken-words\) turned \d+ of 40 rows "
+                                             r"into zero tokens, e.g. row \d+: '"):
+        data.tokenize(rows, tokenizer)
+
+
 def test_stratified_subsample_keeps_every_class_in_proportion(banking77):
     small = data.stratified_subsample(banking77.train, 1_000, seed=1)
     labels = np.asarray(small["label"])

@@ -40,3 +40,40 @@ def test_a_notebooks_steps_run_on_two_processes_through_the_cli(tmp_path):
     record = results.read_result(folder / "results.json")
     assert record["method"] == "lora" and record["demo"] is True
     assert sum(sum(row) for row in record["confusion_matrix"]) == record["data"]["test_examples"]
+
+
+class NcclLikeGroup:
+    """Stands in for a two-process NCCL group on CPU: refuses CPU tensors as NCCL does, and answers
+    object collectives with this process's object and a second process's copy of it."""
+
+    def __init__(self):
+        self.object_calls = 0
+
+    def refuse_cpu(self, tensor, *args, **kwargs):
+        if tensor.device.type == "cpu":
+            raise RuntimeError("No backend type associated with device type cpu")
+
+    def all_gather_object(self, pieces, value, group=None):
+        self.object_calls += 1
+        pieces[:] = [value, value]
+
+
+def test_every_collective_works_where_nccl_refuses_cpu_tensors(monkeypatch):
+    import numpy as np
+    import torch.distributed as dist
+
+    from qlora_helpers import distributed
+
+    group = NcclLikeGroup()
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    monkeypatch.setattr(dist, "get_rank", lambda group=None: 0)
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: "nccl")
+    for name in ("all_reduce", "all_gather", "all_gather_into_tensor", "reduce", "broadcast", "reduce_scatter"):
+        monkeypatch.setattr(dist, name, group.refuse_cpu)
+    monkeypatch.setattr(dist, "all_gather_object", group.all_gather_object)
+
+    assert distributed.sum_across_processes([96, 1000, 1200]) == [192, 2000, 2400]
+    mine = distributed.shard(np.arange(5))  # rank 0 of 2: rows 0, 2, 4
+    assert list(distributed.gather_shards(mine * 10, 6)) == [0, 0, 20, 20, 40, 40]
+    assert group.object_calls == 2

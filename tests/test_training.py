@@ -75,3 +75,42 @@ def test_length_grouping_cuts_padding(tiny_qwen2, banking77, tmp_path):
         shares[grouped] = stats.padding_share
     fixed_padding_share = 1 - stats.real_tokens / (stats.examples * 128)
     assert shares[True] < shares[False] / 2 and fixed_padding_share > 0.8, shares
+
+
+def test_qlora_on_cpu_trains_after_eval_forwards_on_the_avx512_bf16_path(tiny_qwen2, small_split, tmp_path,
+                                                                          monkeypatch):
+    """eval -> train -> eval -> train on 4-bit layers, as a resumed notebook or predict_texts-then-train does.
+
+    bitsandbytes repacks 4-bit weights for its CPU inference kernel on CPUs with AVX-512 BF16; the test
+    makes every CPU report that instruction set (as `Linear4bit` reads it when built) so the path is
+    taken here whatever the machine."""
+    import bitsandbytes.nn.modules
+
+    from qlora_helpers import evaluation
+
+    monkeypatch.setattr(bitsandbytes.nn.modules, "has_avx512bf16", lambda: True)
+    train_rows, test_rows = small_split
+
+    def run(evaluate_between: bool):
+        loaded = modeling.load_model(tiny_qwen2, "qlora")
+        rows = data.tokenize(train_rows, loaded.tokenizer, max_length=64)
+        tests = data.tokenize(test_rows, loaded.tokenizer, max_length=64)
+        losses = []
+        for part in range(2):
+            if evaluate_between:
+                losses.append(_mean_loss(loaded, rows.select(range(0, len(rows), 5))))
+                evaluation.predict(loaded.model, tests, loaded.tokenizer)
+            config = training.default_train_config("qlora", output_dir=str(tmp_path / f"{evaluate_between}{part}"),
+                                                   max_steps=15, batch_size=16, learning_rate=5e-3,
+                                                   save_steps=1000, seed=part)
+            training.train(loaded, rows, config)
+        losses.append(_mean_loss(loaded, rows.select(range(0, len(rows), 5))))
+        packed = [m for m in loaded.model.modules()
+                  if getattr(getattr(getattr(m, "weight", None), "quant_state", None), "packing_format_for_cpu", False)]
+        return losses, evaluation.predict(loaded.model, tests, loaded.tokenizer), packed
+
+    losses, predictions, packed = run(evaluate_between=True)
+    _, fresh_predictions, _ = run(evaluate_between=False)
+    assert losses[2] < losses[1] < losses[0] and losses[2] < losses[0] - 0.2, losses
+    assert not packed  # the weights stayed in the layout training uses
+    assert (predictions == fresh_predictions).mean() == 1.0

@@ -1,0 +1,396 @@
+"""Choose training defaults by validation accuracy per minute, on real decoder weights.
+
+Each candidate (a method and its knobs, CANDIDATES below) trains SmolLM2-135M (real weights, see
+qlora_helpers/offline_models.py) on Banking77's training split less a stratified 10% validation
+split (data.train_validation_split; the test set is never read here), and every ~`--eval-every`
+examples its validation accuracy is measured with the clock stopped. One worker process per
+candidate; the candidates share the GPUs so that a sweep fits a short lease.
+
+Time: sharing a GPU slows each process by a varying amount, so a curve's time axis is not its
+wall clock. Each worker first trains `--solo-steps` steps ALONE on its GPU (the workers of one GPU
+take turns under a file lock, and none goes on until all have had their turn); its examples/s in
+that window, times the examples seen, gives "solo seconds": the time that candidate would have
+needed by itself. Speed claims compare solo seconds to a given validation accuracy.
+
+    python bench/sweep.py run --gpus 0,1 --tag h200_t4           # on a CUDA machine, T4 profile
+    python bench/sweep.py report bench/results/sweep_h200_t4.json  # here: the table and the plot
+
+`run --device cpu --candidates lora_b32_lr1e-3 --max-train 400 ...` is the tiny CPU version that
+tests/test_bench.py runs.
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# name -> knobs. method; batch x accumulation; learning rate; LoRA dropout; "tutorial" = the common
+# tutorial recipe: micro-batch 8, every row padded to 128 tokens, random batches (no length grouping).
+CANDIDATES: dict[str, dict] = {
+    "full_tutorial": dict(method="full", batch_size=8, learning_rate=2e-5, tutorial=True),
+    "full_b32_lr2e-5": dict(method="full", batch_size=32, learning_rate=2e-5),
+    "full_b32_lr1e-4": dict(method="full", batch_size=32, learning_rate=1e-4),
+    "full_b32_lr2e-4": dict(method="full", batch_size=32, learning_rate=2e-4),
+    "lora_tutorial": dict(method="lora", batch_size=8, learning_rate=2e-4, lora_dropout=0.05, tutorial=True),
+    "lora_b32_lr2e-4": dict(method="lora", batch_size=32, learning_rate=2e-4),
+    "lora_b32_lr1e-3": dict(method="lora", batch_size=32, learning_rate=1e-3),
+    "lora_b64_lr2e-3": dict(method="lora", batch_size=64, learning_rate=2e-3),
+    "qlora_tutorial": dict(method="qlora", batch_size=8, learning_rate=2e-4, lora_dropout=0.05, tutorial=True),
+    "qlora_b128_lr2e-4": dict(method="qlora", batch_size=128, learning_rate=2e-4),
+    "qlora_b32_lr2e-4": dict(method="qlora", batch_size=32, learning_rate=2e-4),
+    "qlora_b32_lr1e-3": dict(method="qlora", batch_size=32, learning_rate=1e-3),
+    "qlora_b64_lr2e-3": dict(method="qlora", batch_size=64, learning_rate=2e-3),
+}
+SHARED = dict(epochs=2.0, gradient_accumulation=1, lora_r=16, lora_alpha=32, lora_dropout=0.0, max_length=64,
+              tutorial=False)
+
+
+def candidate(name: str) -> dict:
+    if name not in CANDIDATES:
+        raise SystemExit(f"unknown candidate {name!r}: choose from {', '.join(CANDIDATES)}")
+    return {**SHARED, **CANDIDATES[name], "name": name}
+
+
+# Worker ---------------------------------------------------------------------------------------
+def mark_solo_done(args, name: str) -> None:
+    """Tell the other workers of this GPU that this one no longer needs the GPU alone."""
+    if args.lock_dir:
+        (Path(args.lock_dir) / f"solo_done.{name}").write_text("1")
+
+
+def worker(args) -> None:
+    try:
+        _worker(args)
+    finally:  # a worker that fails before its solo window must not keep the others waiting
+        mark_solo_done(args, args.candidate)
+
+
+def _worker(args) -> None:
+    import numpy as np
+    import torch
+    from transformers import DataCollatorWithPadding, TrainerCallback
+
+    from qlora_helpers import data, emulation, evaluation, modeling, results, training
+
+    knobs = candidate(args.candidate)
+    on_gpu = args.device == "cuda"
+    if on_gpu and args.profile == "t4":
+        emulation.apply_t4_profile(0)
+    else:
+        torch.set_num_threads(1)
+    compute_dtype = torch.float16 if on_gpu and args.profile == "t4" else None
+    bank = data.load_banking77(args.data_dir)
+    train_split, validation = data.train_validation_split(bank.train, 0.1, seed=42)
+    train_split = data.stratified_subsample(train_split, args.max_train, seed=0)
+    validation = data.stratified_subsample(validation, args.max_validation, seed=0)
+    loaded = modeling.load_model(args.model, knobs["method"], num_labels=bank.num_labels,
+                                 compute_dtype=compute_dtype, lora_r=knobs["lora_r"],
+                                 lora_alpha=knobs["lora_alpha"], lora_dropout=knobs["lora_dropout"])
+    max_length = 128 if knobs["tutorial"] else knobs["max_length"]
+    train_rows = data.tokenize(train_split, loaded.tokenizer, max_length=max_length)
+    val_rows = data.tokenize(validation, loaded.tokenizer, max_length=max_length)
+    config = training.default_train_config(
+        knobs["method"], output_dir=str(Path(args.work_dir) / knobs["name"]), epochs=knobs["epochs"],
+        batch_size=knobs["batch_size"], gradient_accumulation=knobs["gradient_accumulation"],
+        learning_rate=knobs["learning_rate"], max_length=max_length, save_steps=10**9, logging_steps=10,
+        group_by_length=not knobs["tutorial"], retry_on_oom=False)
+    trainer, measure = training.build_trainer(loaded, train_rows, config)
+    if knobs["tutorial"]:  # padding="max_length": every row 128 tokens, as the tutorials tokenize
+        trainer.data_collator = training.LengthDroppingCollator(loaded.tokenizer, padding="max_length",
+                                                                max_length=128)
+    effective = knobs["batch_size"] * knobs["gradient_accumulation"]
+    eval_steps = max(1, round(args.eval_every / effective))
+    record = {"candidate": knobs, "model": args.model, "profile": args.profile, "device": args.device,
+              "train_rows": len(train_rows), "validation_rows": len(val_rows), "eval_every_steps": eval_steps,
+              "hardware": results.hardware(), "versions": results.library_versions(), "commit": args.commit,
+              "curve": [], "solo": None, "status": "running"}
+    out = Path(args.out)
+
+    def sync():
+        if on_gpu:
+            torch.cuda.synchronize()
+
+    class Sweep(TrainerCallback):
+        """Solo window, then validation accuracy every eval_steps with the clock stopped."""
+
+        def __init__(self):
+            self.start = self.paused = 0.0
+            self.lock = None
+            self.solo_start = None
+
+        def on_train_begin(self, a, state, control, **kw):
+            if args.lock_dir:
+                self.lock = open(Path(args.lock_dir) / "gpu.lock", "w")
+                fcntl.flock(self.lock, fcntl.LOCK_EX)  # my turn alone on this GPU
+            sync()
+            self.start = time.perf_counter()
+
+        def on_step_end(self, a, state, control, **kw):
+            step = state.global_step
+            if step == args.solo_warmup:
+                sync()
+                self.solo_start = (time.perf_counter(), measure.examples, self.paused)
+            if step == args.solo_warmup + args.solo_steps and self.solo_start:
+                sync()
+                began, examples_before, paused_before = self.solo_start
+                seconds = time.perf_counter() - began - (self.paused - paused_before)
+                examples = measure.examples - examples_before
+                record["solo"] = {"steps": args.solo_steps, "examples": examples, "seconds": seconds,
+                                  "examples_per_second": examples / seconds}
+                self._release(wait=True)
+            if step % eval_steps == 0 or step == state.max_steps:
+                self.evaluate(state)
+            elapsed = time.perf_counter() - self.start - self.paused
+            if elapsed > args.max_seconds:
+                control.should_training_stop = True
+                record["status"] = f"stopped at {args.max_seconds} s"
+
+        def _release(self, wait: bool):
+            if self.lock:
+                fcntl.flock(self.lock, fcntl.LOCK_UN)
+                self.lock.close()
+                self.lock = None
+            mark_solo_done(args, knobs["name"])
+            deadline = time.time() + 600
+            while wait and (len(list(Path(args.lock_dir).glob("solo_done.*"))) < args.workers_on_gpu
+                            and time.time() < deadline):
+                time.sleep(0.5)  # nobody trains alongside another's solo window
+
+        def evaluate(self, state):
+            sync()
+            paused = time.perf_counter()
+            predictions = evaluation.predict(loaded.model, val_rows, loaded.tokenizer, batch_size=256)
+            accuracy = float(np.mean(predictions == np.asarray(val_rows["label"])))
+            loaded.model.train()
+            sync()
+            now = time.perf_counter()
+            self.paused += now - paused
+            record["curve"].append({"step": state.global_step, "examples": measure.examples,
+                                    "epoch": state.epoch, "seconds_shared": now - self.start - self.paused,
+                                    "validation_accuracy": accuracy})
+            out.write_text(json.dumps(record, indent=1))
+            print(f"[{knobs['name']}] step {state.global_step} examples {measure.examples} "
+                  f"val acc {accuracy:.4f}", flush=True)
+
+    sweep = Sweep()
+    trainer.add_callback(sweep)
+    try:
+        trainer.train()
+        if record["status"] == "running":
+            record["status"] = "done"
+    except Exception as error:  # noqa: BLE001 - record it, a sweep goes on without this candidate
+        record["status"] = f"failed: {type(error).__name__}: {str(error)[:300]}"
+        raise
+    finally:
+        sweep._release(wait=False)
+        measure.hook.remove()
+        peak, kind = training.peak_memory()
+        record.update(peak_memory_bytes=peak, peak_memory_kind=kind)
+        out.write_text(json.dumps(record, indent=1))
+
+
+# Parent ---------------------------------------------------------------------------------------
+def run(args) -> None:
+    names = args.candidates.split(",") if args.candidates else list(CANDIDATES)
+    for name in names:
+        candidate(name)
+    gpus = args.gpus.split(",") if args.device == "cuda" else ["cpu"]
+    out_dir = Path(args.out_dir) / f"sweep_{args.tag}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip() or "unknown"
+    # the slow ones first on each GPU, then round-robin, so that the GPUs end together
+    order = sorted(names, key=lambda n: (not CANDIDATES[n].get("tutorial"), CANDIDATES[n]["method"] != "qlora"))
+    assignment = {name: gpus[i % len(gpus)] for i, name in enumerate(order)}
+    procs = []
+    for name in order:
+        gpu = assignment[name]
+        lock_dir = Path(args.work_dir) / f"locks_{args.tag}_{gpu}"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if args.device == "cuda":
+            env["CUDA_VISIBLE_DEVICES"] = gpu
+        cmd = [sys.executable, __file__, "worker", "--candidate", name, "--out", str(out_dir / f"{name}.json"),
+               "--device", args.device, "--profile", args.profile, "--model", args.model,
+               "--eval-every", str(args.eval_every), "--max-seconds", str(args.max_seconds),
+               "--solo-steps", str(args.solo_steps), "--solo-warmup", str(args.solo_warmup),
+               "--work-dir", args.work_dir, "--commit", commit, "--lock-dir", str(lock_dir),
+               "--workers-on-gpu", str(sum(1 for g in assignment.values() if g == gpu))]
+        for flag in ("max_train", "max_validation", "data_dir"):
+            if getattr(args, flag) is not None:
+                cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+        log = open(out_dir / f"{name}.log", "w")
+        procs.append((name, subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)))
+        print(f"started {name} on {gpu}", flush=True)
+    failed = []
+    for name, proc in procs:
+        if proc.wait() != 0:
+            failed.append(name)
+    print(f"sweep {args.tag}: {len(procs) - len(failed)} finished, failed: {failed or 'none'}; "
+          f"results in {out_dir}", flush=True)
+
+
+# Report ---------------------------------------------------------------------------------------
+def load_sweep(folder: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(Path(folder).glob("*.json"))]
+
+
+def solo_seconds(record: dict, point: dict) -> float | None:
+    """Seconds the candidate would have needed alone to see `point`'s examples (see the docstring)."""
+    solo = record.get("solo")
+    return point["examples"] / solo["examples_per_second"] if solo else None
+
+
+def time_to(record: dict, accuracy: float) -> float | None:
+    """Solo seconds until validation accuracy first reached `accuracy`; None if it never did."""
+    for point in record["curve"]:
+        if point["validation_accuracy"] >= accuracy:
+            return solo_seconds(record, point)
+    return None
+
+
+def choose(folder: Path) -> dict[str, dict]:
+    """Per method, the candidate that reached the best validation accuracy (within 0.5 points) in the
+    fewest solo seconds: {method: {"name": ..., knobs ..., "target": ..., "solo_seconds": ...}}."""
+    records = [r for r in load_sweep(folder) if r["curve"] and r.get("solo")]
+    chosen = {}
+    for method in ("full", "lora", "qlora"):
+        group = [r for r in records if r["candidate"]["method"] == method]
+        if not group:
+            continue
+        target = max(max(p["validation_accuracy"] for p in r["curve"]) for r in group) - 0.005
+        timed = [(time_to(r, target), r) for r in group if time_to(r, target) is not None]
+        seconds, best = min(timed, key=lambda pair: pair[0])
+        chosen[method] = {**best["candidate"], "target": target, "solo_seconds": seconds}
+    return chosen
+
+
+def reference(args) -> None:
+    """The reference run: the series through the papermill runner on profile smollm2-t4, each
+    training notebook with its method's chosen knobs (`choose`), then 04."""
+    from qlora_helpers import profiles, runner
+
+    chosen = choose(Path(args.folder))
+    profile = profiles.get_profile("smollm2-t4")
+    for stem in profiles.TRAINING_NOTEBOOKS:
+        knobs = chosen[profile.parameters(stem)["method"]]
+        overrides = {k: knobs[k] for k in ("batch_size", "gradient_accumulation", "learning_rate", "epochs")}
+        if knobs["method"] != "full":
+            overrides["lora_dropout"] = knobs["lora_dropout"]
+        runner.run(profile.name, args.run_dir, notebooks=[stem], overrides=overrides,
+                   echo=lambda line: print(line, flush=True))
+    runner.run(profile.name, args.run_dir, notebooks=[profiles.COMPARISON_NOTEBOOK],
+               echo=lambda line: print(line, flush=True))
+    print(runner.comparison_text(args.run_dir))
+
+
+def report(args) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder = Path(args.folder)
+    records = load_sweep(folder)
+    lines = [f"# Sweep {folder.name}: validation accuracy per solo second", ""]
+    first = records[0]
+    hw = first["hardware"]
+    versions = first["versions"]
+    lines.append(f"Model {first['model']}; {hw.get('name')} x{hw.get('count')}, profile {first['profile']}; "
+                 f"commit {first['commit']}; torch {versions.get('torch')}, transformers "
+                 f"{versions.get('transformers')}, peft {versions.get('peft')}, bitsandbytes "
+                 f"{versions.get('bitsandbytes')}. Train rows {first['train_rows']}, validation rows "
+                 f"{first['validation_rows']} (carved from train; the test set is not read).")
+    lines.append("")
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5), sharey=True)
+    for ax, method in zip(axes, ("full", "lora", "qlora")):
+        group = [r for r in records if r["candidate"]["method"] == method and r["curve"]]
+        if not group:
+            continue
+        best = max(max(p["validation_accuracy"] for p in r["curve"]) for r in group)
+        target = best - 0.005
+        tutorial = next((r for r in group if r["candidate"]["tutorial"]), None)
+        tutorial_time = time_to(tutorial, target) if tutorial else None
+        lines += [f"## {method}: best validation accuracy {best:.2%}; target {target:.2%} (best - 0.5 points)", "",
+                  "| candidate | batch x accum | lr | LoRA dropout | solo ex/s | best val acc | final val acc | "
+                  "solo s to target | x tutorial | peak GiB | status |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in sorted(group, key=lambda r: time_to(r, target) or math.inf):
+            c = r["candidate"]
+            t = time_to(r, target)
+            ratio = ""
+            if t and tutorial and r is not tutorial:
+                ratio = (f"{tutorial_time / t:.1f}x" if tutorial_time else
+                         f"> {solo_seconds(tutorial, tutorial['curve'][-1]) / t:.1f}x (tutorial never reached it)")
+            solo = r.get("solo") or {}
+            lines.append(
+                f"| {c['name']} | {c['batch_size']} x {c['gradient_accumulation']} | {c['learning_rate']:g} | "
+                f"{c['lora_dropout'] if method != 'full' else '-'} | {solo.get('examples_per_second', float('nan')):.1f} | "
+                f"{max(p['validation_accuracy'] for p in r['curve']):.2%} | {r['curve'][-1]['validation_accuracy']:.2%} | "
+                f"{f'{t:.0f}' if t else 'never'} | {ratio} | {r.get('peak_memory_bytes', 0) / 2**30:.2f} | {r['status'][:40]} |")
+            xs = [solo_seconds(r, p) or 0 for p in r["curve"]]
+            ax.plot(xs, [p["validation_accuracy"] for p in r["curve"]], marker=".",
+                    linestyle="--" if c["tutorial"] else "-", label=c["name"])
+        ax.axhline(target, color="grey", linewidth=0.8)
+        ax.set_title(f"{method}: SmolLM2-135M")
+        ax.set_xlabel("solo training seconds")
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=7, loc="lower right")
+        lines.append("")
+    axes[0].set_ylabel("validation accuracy")
+    fig.tight_layout()
+    png = folder.with_suffix(".png")
+    fig.savefig(png, dpi=110)
+    text = "\n".join(lines) + f"\n\nPlot: {png.name}\n"
+    folder.with_suffix(".md").write_text(text)
+    print(text)
+    return text
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    common = dict(model="offline:smollm2-135m", device="cuda", profile="t4", eval_every=1000, max_seconds=480.0,
+                  solo_steps=15, solo_warmup=3, work_dir="/tmp/qlora_sweep", max_train=None, max_validation=None,
+                  data_dir=None)
+    for name in ("run", "worker"):
+        p = sub.add_parser(name)
+        for key, value in common.items():
+            p.add_argument(f"--{key.replace('_', '-')}", type=type(value) if value is not None else None,
+                           default=value)
+    sub.choices["run"].add_argument("--candidates", default="", help="comma-separated names; default all")
+    sub.choices["run"].add_argument("--gpus", default="0")
+    sub.choices["run"].add_argument("--tag", default="h200_t4")
+    sub.choices["run"].add_argument("--out-dir", default=str(REPO / "bench" / "results"))
+    w = sub.choices["worker"]
+    for flag in ("--candidate", "--out", "--commit", "--lock-dir"):
+        w.add_argument(flag, default=None)
+    w.add_argument("--workers-on-gpu", type=int, default=1)
+    r = sub.add_parser("report")
+    r.add_argument("folder")
+    c = sub.add_parser("choose", help="print the chosen knobs per method as JSON")
+    c.add_argument("folder")
+    ref = sub.add_parser("reference", help="run the series on profile smollm2-t4 with the chosen knobs")
+    ref.add_argument("folder")
+    ref.add_argument("--run-dir", required=True)
+    args = parser.parse_args(argv)
+    if args.command == "choose":
+        print(json.dumps(choose(Path(args.folder)), indent=1))
+        return
+    for key in ("max_train", "max_validation"):
+        if getattr(args, key, None) is not None:
+            setattr(args, key, int(getattr(args, key)))
+    {"run": run, "worker": worker, "report": report, "reference": reference}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""One GPU against two, in the same run: the data-parallel path of `qlora_helpers.train_all_gpus`.
+
+1. Speed: notebook 03's settings (the kaggle-t4 profile's QLoRA knobs, T4 emulation: fp16, 14.5 GiB
+   per GPU) on a random-weight model of Qwen2.5-7B's shape (built here, bench/benchmark.py), one
+   process, then two under `accelerate launch` with the same per-GPU batch: examples/s, peak
+   memory, optimizer steps.
+2. Accuracy: real SmolLM2-135M weights, QLoRA at the same effective batch (two processes take half
+   the per-GPU batch each), test accuracy and macro-F1, 1 vs 2 GPUs.
+Writes bench/results/two_gpus_<tag>.json and .md (with the commit and library versions).
+
+    python bench/two_gpus.py --tag h200x2_t4      # on a machine with two GPUs
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+NOTEBOOK = "03_qlora_qwen2.5_7b"
+
+
+def launch(processes: int, run_dir: Path, overrides: dict, log: Path) -> dict:
+    """Run notebook 03's steps on `processes` GPUs; return its results.json plus the wall time."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "qlora_helpers.train_all_gpus", "--profile", "smollm2-t4", "--notebook", NOTEBOOK,
+               "--run-dir", str(run_dir)]
+    for key, value in overrides.items():
+        command += ["--set", f"{key}={value!r}"]
+    start = time.perf_counter()
+    with open(log, "w") as out:
+        code = subprocess.run(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                              env=dict(os.environ, QLORA_EMULATE_GPU="t4", PYTHONUNBUFFERED="1")).returncode
+    wall = time.perf_counter() - start
+    if code != 0:
+        return {"status": f"exit {code}", "wall_seconds": wall, "log_tail": log.read_text()[-2000:]}
+    record = json.loads((run_dir / NOTEBOOK / "results.json").read_text())
+    return {"status": "ok", "wall_seconds": wall, "processes": processes,
+            "examples_per_second": record["training"]["examples_per_second"],
+            "train_seconds": record["training"]["train_seconds"], "steps": record["training"]["steps"],
+            "examples": record["training"]["examples"],
+            "peak_memory_gib": record["training"]["peak_memory_bytes"] / 2**30,
+            "accuracy": record["metrics"]["accuracy"], "macro_f1": record["metrics"]["macro_f1"],
+            "parameters": record["config"]["parameters"], "hardware": record["hardware"],
+            "versions": record["versions"]}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tag", default="h200x2_t4")
+    parser.add_argument("--out-dir", default=str(REPO / "bench" / "results"))
+    parser.add_argument("--work-dir", default="/tmp/qlora_two_gpus")
+    parser.add_argument("--speed-train-samples", type=int, default=3000)
+    parser.add_argument("--parts", default="speed,accuracy")
+    parser.add_argument("--gpu-counts", default="1,2", help="which runs now, e.g. 1 (while the other GPU is busy), then 2")
+    parser.add_argument("--accuracy-train-samples", type=int, default=2000)
+    parser.add_argument("--chosen", help="JSON file from `bench/sweep.py choose`: its qlora knobs replace the profile's")
+    args = parser.parse_args(argv)
+    from bench.benchmark import build_checkpoint
+    from qlora_helpers import memory, profiles, results
+
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    knobs = profiles.get_profile("kaggle-t4").parameters(NOTEBOOK)
+    if args.chosen:
+        chosen = json.loads(Path(args.chosen).read_text())["qlora"]
+        knobs.update({k: chosen[k] for k in ("batch_size", "gradient_accumulation", "learning_rate", "lora_dropout",
+                                             "epochs")})
+    tuned = {k: knobs[k] for k in ("learning_rate", "lora_dropout", "gradient_accumulation")}
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip() or "unknown"
+    out = Path(args.out_dir) / f"two_gpus_{args.tag}"
+    counts = [int(n) for n in args.gpu_counts.split(",")]
+    report = {"tag": args.tag, "commit": commit, "versions": results.library_versions(),
+              "notebook_knobs": knobs, "speed": {}, "accuracy": {}}
+    if out.with_suffix(".json").is_file():  # runs made earlier in this lease (another --gpu-counts)
+        earlier = json.loads(out.with_suffix(".json").read_text())
+        for part in ("speed", "accuracy"):
+            report[part] = {int(n): r for n, r in earlier[part].items()}
+    if "speed" in args.parts:
+        model = build_checkpoint(memory.QWEN2_5["7B"], work / "qwen2.5-7b-random", "cuda")
+        for n in counts:
+            report["speed"][n] = launch(n, work / f"speed{n}", {
+                **tuned, "batch_size": knobs["batch_size"], "model_id": str(model),
+                "max_train_samples": args.speed_train_samples, "max_eval_samples": 770, "epochs": 1.0}, work / f"speed{n}.log")
+            print(f"7B QLoRA on {n} GPU(s): {report['speed'][n]}", flush=True)
+            out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str))
+    if "accuracy" in args.parts:
+        for n in counts:
+            report["accuracy"][n] = launch(n, work / f"accuracy{n}", {
+                **tuned, "batch_size": knobs["batch_size"] // n, "epochs": knobs["epochs"],
+                "max_train_samples": args.accuracy_train_samples, "max_eval_samples": None},
+                work / f"accuracy{n}.log")
+            print(f"SmolLM2 QLoRA on {n} GPU(s): {report['accuracy'][n]}", flush=True)
+            out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str))
+    lines = [f"# One vs two GPUs ({args.tag}, commit {commit})", "",
+             "| part | GPUs | per-GPU batch | examples/s | speed-up | train s | steps | peak GiB/GPU | test acc | macro-F1 | status |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for part in ("speed", "accuracy"):
+        one = report[part].get(1, {}).get("examples_per_second")
+        for n, r in sorted(report[part].items()):
+            if r["status"] != "ok":
+                lines.append(f"| {part} | {n} | | | | | | | | | {r['status']} |")
+                continue
+            speedup = f"{r['examples_per_second'] / one:.2f}x" if one else "-"
+            lines.append(f"| {part} | {n} | {r['parameters']['batch_size']} | {r['examples_per_second']:.1f} | "
+                         f"{speedup} | {r['train_seconds']:.0f} | {r['steps']} | {r['peak_memory_gib']:.2f} | "
+                         f"{r['accuracy']:.2%} | {r['macro_f1']:.3f} | ok |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
