@@ -117,6 +117,7 @@ def load_model(params: NotebookParameters, bank: data.Banking77) -> modeling.Loa
             lora_alpha=params.lora_alpha, lora_dropout=params.lora_dropout,
             gradient_checkpointing=params.gradient_checkpointing,
             upcast_all_to_fp32=params.upcast_all_to_fp32, seed=params.seed,
+            label_names=bank.label_names,
         )
     if report.new_heads:
         print(f"The classification head ({', '.join(f'`{h}`' for h in sorted(report.new_heads))}) is not in the "
@@ -281,7 +282,7 @@ def _drop_finished_checkpoints(folder: str) -> None:
     folder = Path(folder)
     if not folder.is_dir() or not is_main_process():
         return
-    last = training.get_last_checkpoint(str(folder))
+    last = training.last_complete_checkpoint(folder)
     state_file = Path(last) / "trainer_state.json" if last else None
     if state_file and state_file.is_file():
         state = json.loads(state_file.read_text())
@@ -293,11 +294,15 @@ def _drop_finished_checkpoints(folder: str) -> None:
 # Evaluation -----------------------------------------------------------------------------------
 def evaluate(params: NotebookParameters, loaded: modeling.LoadedModel, test_rows,
              bank: data.Banking77) -> evaluation.Evaluation:
-    """Accuracy and macro-F1 on the test rows (never seen in training)."""
+    """Accuracy and macro-F1 on the test rows (never seen in training), naming any intent the test
+    rows lack (macro-F1 leaves it out)."""
     result = evaluation.evaluate(loaded.model, test_rows, loaded.tokenizer, bank.label_names,
                                  batch_size=max(64, params.batch_size * 2))
     print(f"test accuracy {result.accuracy:.2%}, macro-F1 {result.macro_f1:.3f} "
           f"on {len(test_rows):,} examples (chance: {1 / bank.num_labels:.1%})")
+    if result.absent_intents:
+        print(f"{len(result.absent_intents)} intents have no test rows and are left out of macro-F1: "
+              f"{', '.join(result.absent_intents)}")
     return result
 
 

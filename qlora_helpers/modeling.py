@@ -2,8 +2,9 @@
 
 Pitfalls handled here: a tokenizer without a pad token (Qwen2 refuses batches > 1 without
 `config.pad_token_id`), a classification head that would stay frozen or get quantized, bf16 asked
-for on a T4 (where `torch.cuda.is_bf16_supported()` can say yes), and the fp32 copy of every
-non-4-bit weight that `prepare_model_for_kbit_training` makes.
+for on a T4 (where `torch.cuda.is_bf16_supported()` can say yes), the fp32 copy of every
+non-4-bit weight that `prepare_model_for_kbit_training` makes, a checkpoint saved already 4-bit
+(whose own quantization config would quantize the new head), and class names left as `LABEL_n`.
 """
 from __future__ import annotations
 
@@ -109,6 +110,7 @@ def load_model(
     upcast_all_to_fp32: bool = False,
     device: str | None = None,
     seed: int = 42,
+    label_names: list[str] | None = None,
 ) -> LoadedModel:
     """Load `AutoModelForSequenceClassification` set up for `method`.
 
@@ -120,9 +122,12 @@ def load_model(
       embeddings included, to fp32: ~+1.1 GB on a 7B model); by default only the trainable
       weights (adapters, head) are fp32 and the frozen ones stay as loaded.
     seed fixes the random initialisation of a new head and of the adapters, so reruns are identical.
+    label_names (one per class, in label-id order) name the classes in the config: see set_label_names.
+    A checkpoint saved already quantized (the hub's `...-bnb-4bit`) loads for qlora only; other
+    methods raise ModelSetupError.
     """
     loaded = load_base(model_id_or_path, method, num_labels, compute_dtype=compute_dtype, device=device,
-                       seed=seed)
+                       seed=seed, label_names=label_names)
     if gradient_checkpointing is None:
         gradient_checkpointing = method == "qlora"
     if method != "full":
@@ -137,9 +142,10 @@ def load_model(
 
 def load_base(model_id_or_path: str, method: str = "lora", num_labels: int = 77, *,
               compute_dtype: torch.dtype | None = None, device: str | None = None,
-              seed: int = 42) -> LoadedModel:
+              seed: int = 42, label_names: list[str] | None = None) -> LoadedModel:
     """The base classifier as `method` loads it (fp32 for full, 16-bit for lora, NF4 for qlora),
-    without adapters: what `load_model` builds on and what a saved adapter is loaded onto."""
+    without adapters: what `load_model` builds on and what a saved adapter is loaded onto.
+    label_names: see set_label_names."""
     if method not in METHODS:
         raise ModelSetupError(f"unknown method {method!r}: use one of {', '.join(METHODS)}.")
     if method == "qlora":
@@ -166,6 +172,9 @@ def load_base(model_id_or_path: str, method: str = "lora", num_labels: int = 77,
         )
         # The whole model on this process's device: under DDP every GPU holds a full 4-bit copy.
         kwargs["device_map"] = {"": torch.device(device)}
+    saved = saved_quantization(model_id_or_path)
+    if saved is not None:
+        kwargs = _load_quantized_checkpoint(model_id, model_id_or_path, method, saved, kwargs, compute_dtype)
     set_seed(seed)  # a head missing from the checkpoint (BERT's classifier) is initialised here
     model = AutoModelForSequenceClassification.from_pretrained(model_id_or_path, **kwargs)
     if method != "qlora":
@@ -173,9 +182,63 @@ def load_base(model_id_or_path: str, method: str = "lora", num_labels: int = 77,
     else:
         keep_4bit_weights_in_training_layout(model)
     model.config.pad_token_id = tokenizer.pad_token_id
+    if label_names is not None:
+        set_label_names(model, label_names)
     trainable, total = count_parameters(model)
     return LoadedModel(model, tokenizer, model_id, method, compute_dtype, model.get_memory_footprint(),
                        trainable, total)
+
+
+def set_label_names(model: torch.nn.Module, label_names: list[str]) -> None:
+    """Name the classes in the (base) model's config, `id2label` and `label2id`, so that whatever
+    is saved from it answers `card_arrival`, not `LABEL_11`, in any transformers loader (a
+    `pipeline("text-classification")` too). Raises ModelSetupError if the head has another size."""
+    config = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
+    if len(label_names) != config.num_labels:
+        raise ModelSetupError(f"{len(label_names)} label names for a head of {config.num_labels} classes: "
+                              "pass the label names of the data the model was trained on.")
+    config.id2label = dict(enumerate(label_names))
+    config.label2id = {name: index for index, name in enumerate(label_names)}
+
+
+def saved_quantization(model_id_or_path: str) -> dict | None:
+    """The `quantization_config` a checkpoint was saved with (e.g. the hub's `...-bnb-4bit`), or None
+    for an unquantized one."""
+    from transformers import AutoConfig
+
+    saved = getattr(AutoConfig.from_pretrained(resolve_model_id(model_id_or_path)), "quantization_config", None)
+    if saved is None:
+        return None
+    return saved.to_dict() if hasattr(saved, "to_dict") else dict(saved)
+
+
+def _load_quantized_checkpoint(model_id: str, path: str, method: str, saved: dict, kwargs: dict,
+                               compute_dtype: torch.dtype) -> dict:
+    """from_pretrained kwargs for a checkpoint saved already quantized.
+
+    Its own quantization_config overrides the one passed to from_pretrained, and it quantizes every
+    linear layer it does not skip: the new classification head too (the hub's `...-bnb-4bit` skip
+    only `lm_head`), whose random initialisation then fails on packed bytes ("normal_kernel_cpu" not
+    implemented for 'Byte'). So the head names join its skip list and the compute dtype is this
+    device's. A bitsandbytes 4-bit checkpoint serves qlora only; nothing else can be trained here.
+    """
+    from transformers import AutoConfig
+
+    bits = "4-bit" if saved.get("load_in_4bit") else "8-bit" if saved.get("load_in_8bit") else ""
+    kind = f"{saved.get('quant_method', 'unknown method')} {bits}".strip()
+    bnb_4bit = saved.get("quant_method") == "bitsandbytes" and saved.get("load_in_4bit")
+    if method != "qlora" or not bnb_4bit:
+        raise ModelSetupError(
+            f"{model_id} is a checkpoint already quantized ({kind}): method={method!r} needs the "
+            "weights it was quantized from. Use the 16-bit base model's id (e.g. Qwen/Qwen2.5-7B, not "
+            "unsloth/Qwen2.5-7B-bnb-4bit)" + (", or method='qlora'." if bnb_4bit else ".")
+        )
+    config = AutoConfig.from_pretrained(path, num_labels=kwargs["num_labels"])
+    skip = list(dict.fromkeys([*(saved.get("llm_int8_skip_modules") or []), *HEAD_NAMES]))
+    config.quantization_config = {**saved, "llm_int8_skip_modules": skip,
+                                  "bnb_4bit_compute_dtype": str(compute_dtype).replace("torch.", "")}
+    return {**{k: v for k, v in kwargs.items() if k not in ("num_labels", "quantization_config")},
+            "config": config}
 
 
 def keep_4bit_weights_in_training_layout(model: torch.nn.Module) -> None:

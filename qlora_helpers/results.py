@@ -1,7 +1,7 @@
 """One small versioned JSON per training run: what the comparison notebook reads.
 
-Written atomically (a temporary file renamed over the target), so a crash mid-write never leaves a
-half-written results file that could pass as complete.
+Written atomically (a partial file renamed over the target, see atomic.py), so a crash mid-write never
+leaves a half-written results file that could pass as complete.
 """
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import importlib.metadata
 import json
 import os
 import platform
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
+from . import atomic
 from .distributed import is_main_process
 
 SCHEMA = "qlora-notebooks/run-result"
@@ -72,7 +72,8 @@ def build_result(*, run_name: str, loaded, stats, evaluation, label_names: list[
         "hardware": hardware(), "data": data,
         "footprint_bytes": int(loaded.footprint_bytes), "trainable_params": int(loaded.trainable_params),
         "total_params": int(loaded.total_params), "training": stats.as_dict(),
-        "metrics": {"accuracy": evaluation.accuracy, "macro_f1": evaluation.macro_f1},
+        "metrics": {"accuracy": evaluation.accuracy, "macro_f1": evaluation.macro_f1,
+                    "absent_intents": list(evaluation.absent_intents)},
         "label_names": list(label_names), "confusion_matrix": evaluation.confusion.tolist(),
         "confused_pairs": evaluation.confused_pairs, "config": config,
         "versions": library_versions(), "created_at": datetime.now(timezone.utc).isoformat(),
@@ -112,18 +113,7 @@ def write_result(record: dict, path: str | Path) -> Path:
     path = Path(path)
     if not is_main_process():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        try:
-            json.dump(record, tmp, indent=1)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        except BaseException:
-            tmp.close()
-            os.unlink(tmp.name)
-            raise
-    os.replace(tmp.name, path)
-    return path
+    return atomic.write_text(path, json.dumps(record, indent=1))
 
 
 def read_result(path: str | Path) -> dict:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import parameters as params_module
-from . import profiles, results
+from . import atomic, profiles, results
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -189,10 +189,6 @@ def this_interpreter_kernel(env: dict[str, str]):
                     os.environ[name] = value
 
 
-def _temp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.partial-{os.getpid()}{path.suffix}")
-
-
 def _remove_stale_partials(run_dir: Path, notebook: str) -> None:
     """Partial files left by a runner that was killed (its pid is gone): never complete, remove them."""
     for path in run_dir.glob(f".{notebook}.*.partial-*"):
@@ -227,7 +223,7 @@ def execute_notebook(notebook: str, run_dir: Path, injected: dict, kernel_name: 
     from papermill.exceptions import PapermillExecutionError
 
     files = outputs(run_dir, notebook)
-    partial = _temp_name(files["ipynb"])
+    partial = atomic.partial_path(files["ipynb"])
     run_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(run_dir, notebook)
     try:
@@ -279,10 +275,7 @@ def write_html(notebook_path: Path, html_path: Path) -> Path:
     from nbconvert import HTMLExporter
 
     body, _ = HTMLExporter().from_notebook_node(nbformat.read(notebook_path, as_version=4))
-    partial = _temp_name(html_path)
-    partial.write_text(body, encoding="utf-8")
-    os.replace(partial, html_path)
-    return html_path
+    return atomic.write_text(html_path, body)
 
 
 def _summary(run_dir: Path, notebook: str) -> str:

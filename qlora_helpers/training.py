@@ -8,18 +8,26 @@ removes most of the padding that fixed 128-token batches carry.
 from __future__ import annotations
 
 import gc
+import hashlib
+import json
 import math
 import resource
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .distributed import sum_across_processes
+from . import atomic
+from .distributed import is_main_process, sum_across_processes, world_size
 from .modeling import LoadedModel
+
+SETTINGS_FILE = "run_settings.json"  # beside the checkpoints: the settings they were made with
 
 
 class NonFiniteLossError(RuntimeError):
@@ -47,7 +55,9 @@ class TrainConfig:
     logging_steps: int = 20
     save_steps: int = 200
     max_steps: int = -1  # > 0 overrides epochs (benchmarks, smoke runs)
-    retry_on_oom: bool = True  # on CUDA OOM: halve batch_size, double gradient_accumulation, retry
+    # On CUDA OOM: halve batch_size, double gradient_accumulation, retry from the starting weights
+    # (kept in CPU memory meanwhile: for `full`, a copy of the whole model).
+    retry_on_oom: bool = True
 
 
 def default_train_config(method: str, **overrides) -> TrainConfig:
@@ -79,6 +89,9 @@ class TrainStats:
     # training examples seen when each of `losses` was logged: epoch x training rows, so runs with
     # other batch sizes or logging intervals share one axis (exact at epoch ends, within a batch between)
     loss_examples_seen: list[int] | None = None  # None: not recorded (results from before it existed)
+    batch_size: int | None = None  # the micro-batch that ran (an OOM retry halves the one asked for)
+    gradient_accumulation: int | None = None
+    resumed_from_step: int = 0  # the checkpoint this run resumed from; 0: trained from scratch
 
     @property
     def examples_per_second(self) -> float:
@@ -196,12 +209,17 @@ def build_trainer(loaded: LoadedModel, train_dataset, config: TrainConfig) -> tu
 
 
 def train(loaded: LoadedModel, train_dataset, config: TrainConfig) -> TrainStats:
-    """Train, resuming from the last checkpoint in `config.output_dir` if an earlier run left one.
+    """Train, resuming from the newest complete checkpoint in `config.output_dir` that was made with
+    the same settings (see checkpoint_to_resume).
 
     On CUDA out-of-memory, retry with half the micro-batch and twice the accumulation (the
-    effective batch, and so the optimizer steps, stay the same) while `config.retry_on_oom`;
+    effective batch, and so the optimizer steps, stay the same) while `config.retry_on_oom`,
+    from the trainable weights the first attempt started with (or from a checkpoint it saved);
     otherwise raise an error that says which knob to turn.
     """
+    start = ({name: param.detach().to("cpu", copy=True)
+              for name, param in loaded.model.named_parameters() if param.requires_grad}
+             if config.retry_on_oom else {})
     while True:
         try:
             return _train_once(loaded, train_dataset, config)
@@ -216,17 +234,27 @@ def train(loaded: LoadedModel, train_dataset, config: TrainConfig) -> TrainStats
                              gradient_accumulation=config.gradient_accumulation * 2)
             print(f"CUDA out of memory: retrying with batch_size={config.batch_size}, "
                   f"gradient_accumulation={config.gradient_accumulation} (same effective batch)")
+            _restore(loaded.model, start)  # the failed attempt may have taken optimizer steps already
             gc.collect()
             torch.cuda.empty_cache()
 
 
+@torch.no_grad()
+def _restore(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    for name, param in model.named_parameters():
+        if name in weights:
+            param.copy_(weights[name])
+            param.grad = None
+
+
 def _train_once(loaded: LoadedModel, train_dataset, config: TrainConfig) -> TrainStats:
     trainer, measure = build_trainer(loaded, train_dataset, config)
-    last = get_last_checkpoint(config.output_dir) if Path(config.output_dir).is_dir() else None
+    with trainer.args.main_process_first(local=False, desc="checkpoint choice"):
+        last = checkpoint_to_resume(config.output_dir, run_settings(loaded, train_dataset, config))
     if last:
-        print(f"resuming from {last}")
+        print(f"resuming from {last.name}")
     try:
-        trainer.train(resume_from_checkpoint=last)
+        trainer.train(resume_from_checkpoint=str(last) if last else None)
     finally:
         measure.hook.remove()  # a retry builds a new callback; never count a batch twice
     peak, kind = peak_memory()
@@ -235,4 +263,110 @@ def _train_once(loaded: LoadedModel, train_dataset, config: TrainConfig) -> Trai
     seen = [round(entry["epoch"] * len(train_dataset)) for entry in logged]
     final = losses[-1] if losses else float("nan")
     return TrainStats(measure.seconds, trainer.state.global_step, measure.examples, measure.real_tokens,
-                      measure.padded_tokens, peak, kind, final, losses, seen)
+                      measure.padded_tokens, peak, kind, final, losses, seen, config.batch_size,
+                      config.gradient_accumulation, _step(last) if last else 0)
+
+
+# Which checkpoint may resume this run --------------------------------------------------------------
+def run_settings(loaded: LoadedModel, train_dataset, config: TrainConfig) -> dict:
+    """Every setting that shapes the trained weights, JSON-ready: a checkpoint resumes only a run
+    whose settings equal those it was made with.
+
+    The batch counts by its effective size (batch_size x gradient_accumulation x processes), the one
+    the optimizer steps with, so the OOM retry's smaller micro-batch continues the same run. The
+    training rows count by a SHA-256 of their labels and token ids: the subset, max_length and
+    tokenizer all show there.
+    """
+    table = train_dataset.with_format("arrow")[:]  # the rows as selected, straight from Arrow: fast
+    ids = table.column("input_ids").combine_chunks()
+    labels = table.column("labels" if "labels" in table.column_names else "label")
+    digest = hashlib.sha256()
+    for part in (labels.to_numpy(), ids.value_lengths().to_numpy(), ids.flatten().to_numpy()):
+        digest.update(np.ascontiguousarray(part, dtype=np.int64).tobytes())
+    lora = getattr(loaded.model, "peft_config", {}).get("default")
+    targets = getattr(lora, "target_modules", None)
+    settings = {
+        "model_id": loaded.model_id, "method": loaded.method, "train_rows": len(train_dataset),
+        "train_data_sha256": digest.hexdigest(),
+        "effective_batch": config.batch_size * config.gradient_accumulation * world_size(),
+        "learning_rate": config.learning_rate, "epochs": config.epochs, "max_steps": config.max_steps,
+        "warmup_ratio": config.warmup_ratio, "weight_decay": config.weight_decay, "optimizer": config.optimizer,
+        "max_length": config.max_length, "seed": config.seed, "group_by_length": config.group_by_length,
+        "lora_r": getattr(lora, "r", None), "lora_alpha": getattr(lora, "lora_alpha", None),
+        "lora_dropout": getattr(lora, "lora_dropout", None),
+        "lora_target_modules": targets if isinstance(targets, str) or targets is None else sorted(targets),
+        "lora_modules_to_save": sorted(set(getattr(lora, "modules_to_save", None) or [])),
+    }
+    return json.loads(json.dumps(settings))  # as it reads back from the file: lists, not tuples
+
+
+def checkpoint_to_resume(folder: str | Path, settings: dict) -> Path | None:
+    """The newest complete checkpoint in `folder` made with `settings`, or None: train from scratch.
+
+    Tidies `folder` first, each step with a printed note: removes incomplete checkpoints (a save cut
+    short, e.g. by a kill: no readable trainer_state.json, which the Trainer writes last), and moves
+    checkpoints made with other settings, or with none recorded, and their record to a sibling
+    `<folder>.set-aside-N` so the run starts afresh (resuming them would mix two runs). Then
+    records `settings` in `folder/run_settings.json`. Only the main process changes files.
+    """
+    folder = Path(folder)
+    main = is_main_process()
+    for path in _checkpoints(folder):
+        if not _is_complete(path) and main:
+            print(f"{path.name} is incomplete (its save was cut short): removed it.")
+            shutil.rmtree(path)
+    last = last_complete_checkpoint(folder)
+    recorded = _read_json(folder / SETTINGS_FILE)
+    if last and recorded != settings:
+        if main:
+            aside = next(folder.with_name(f"{folder.name}.set-aside-{n}") for n in range(1, 10_000)
+                         if not folder.with_name(f"{folder.name}.set-aside-{n}").exists())
+            aside.mkdir()
+            # The record goes last: after a kill midway, the rest has none and is set aside next time.
+            for path in [*_checkpoints(folder), folder / SETTINGS_FILE]:
+                if path.exists():
+                    path.rename(aside / path.name)
+            print(f"{folder.name}/ holds checkpoints made with other settings ({_differences(recorded, settings)}): "
+                  f"moved them to {aside.name}/ (delete it once not needed) and training from scratch.")
+        last = None
+    if main:
+        atomic.write_text(folder / SETTINGS_FILE, json.dumps(settings, indent=1))
+    return last
+
+
+def last_complete_checkpoint(folder: str | Path) -> Path | None:
+    """The checkpoint with the highest step in `folder` whose save finished, or None."""
+    return next((path for path in _checkpoints(Path(folder)) if _is_complete(path)), None)
+
+
+def _checkpoints(folder: Path) -> list[Path]:
+    """The Trainer's checkpoint-<step> folders, newest first."""
+    found = [path for path in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+             if path.is_dir() and path.name.rsplit("-", 1)[1].isdigit()]
+    return sorted(found, key=_step, reverse=True)
+
+
+def _step(checkpoint: Path) -> int:
+    return int(checkpoint.name.rsplit("-", 1)[1])
+
+
+def _is_complete(checkpoint: Path) -> bool:
+    return checkpoint.is_dir() and _read_json(checkpoint / TRAINER_STATE_NAME) is not None
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _differences(recorded: dict | None, settings: dict) -> str:
+    if recorded is None:
+        return "no record of the settings they were made with"
+
+    def short(value):
+        return f"{value[:12]}..." if isinstance(value, str) and len(value) > 40 else value
+
+    changed = [key for key in {**recorded, **settings} if recorded.get(key) != settings.get(key)]
+    return "; ".join(f"{key} {short(recorded.get(key))} -> {short(settings.get(key))}" for key in changed)

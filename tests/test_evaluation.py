@@ -17,6 +17,39 @@ def test_metrics_equal_sklearn():
     assert result.per_class["card_arrival"]["support"] == (labels == 0).sum()
 
 
+def test_macro_f1_averages_over_the_intents_present_and_names_the_absent():
+    """Test rows covering 76 of the 77 intents, predicted perfectly: macro-F1 1, not 76/77."""
+    names = list(data.BANKING77_INTENTS)
+    labels = np.array([i for i in range(77) if i != 5] * 2)
+    result = evaluation.compute_metrics(labels, labels, names)
+    assert result.macro_f1 == 1.0 and result.absent_intents == [names[5]]
+    assert result.per_class["macro avg"]["f1-score"] == result.macro_f1
+    three = np.array([0, 1, 2] * 3)
+    result = evaluation.compute_metrics(three, three, names)
+    assert result.macro_f1 == 1.0 and len(result.absent_intents) == 74 and names[0] not in result.absent_intents
+    predictions = labels.copy()
+    predictions[:3] = 5  # a prediction of an absent intent is a wrong answer: it counts, as in sklearn
+    result = evaluation.compute_metrics(labels, predictions, names)
+    assert result.macro_f1 == pytest.approx(f1_score(labels, predictions, average="macro"), abs=1e-12)
+    assert result.macro_f1 < 1
+    assert result.absent_intents == [names[5]]
+
+
+def test_evaluate_step_names_the_intents_without_test_rows(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from qlora_helpers import experiment
+
+    names = list(data.BANKING77_INTENTS)
+    labels = np.array([i for i in range(77) if i not in (3, 40)])
+    monkeypatch.setattr(evaluation, "evaluate", lambda *a, **k: evaluation.compute_metrics(labels, labels, names))
+    params = SimpleNamespace(batch_size=8)
+    experiment.evaluate(params, SimpleNamespace(model=None, tokenizer=None), labels, SimpleNamespace(
+        label_names=names, num_labels=77))
+    out = capsys.readouterr().out
+    assert "2 intents have no test rows" in out and names[3] in out and names[40] in out
+
+
 def test_top_confused_pairs_finds_the_hard_pair():
     names = list(data.BANKING77_INTENTS)
     arrival, estimate = names.index("card_arrival"), names.index("card_delivery_estimate")

@@ -93,3 +93,52 @@ def test_bf16_on_a_t4_is_refused_and_fp16_chosen(monkeypatch):
 def test_model_missing_offline_says_so():
     with pytest.raises(ModelSetupError, match="offline.*save_pretrained"):
         modeling.load_model("no-such-org/no-such-model-xyz", "lora")
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen2_bnb_4bit(tiny_qwen2, tmp_path_factory):
+    """The tiny Qwen2 saved as the hub's `...-bnb-4bit` repositories are: a causal LM in NF4 whose own
+    quantization_config skips only `lm_head` (no classification head in it)."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    folder = tmp_path_factory.mktemp("models") / "tiny-qwen2-bnb-4bit"
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                      bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=["lm_head"])
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2, quantization_config=quantization, device_map={"": "cpu"})
+    model.save_pretrained(folder)
+    modeling.load_tokenizer(tiny_qwen2).save_pretrained(folder)
+    return str(folder)
+
+
+def test_already_quantized_checkpoint_trains_with_an_unquantized_head(tiny_qwen2_bnb_4bit, tiny_qwen2, small_split,
+                                                                     tmp_path):
+    import bitsandbytes as bnb
+
+    from qlora_helpers import data, training
+
+    loaded = modeling.load_model(tiny_qwen2_bnb_4bit, "qlora")
+    layers = dict(loaded.model.named_modules())
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in layers.values())
+    assert not any("score" in n for n, m in layers.items() if isinstance(m, bnb.nn.Linear4bit))
+    head = modeling.head_parameters(loaded.model)
+    before = {n: p.detach().clone() for n, p in head.items()}
+    assert head and all(p.dtype == torch.float32 for p in head.values())
+    rows = data.tokenize(small_split[0], loaded.tokenizer, max_length=64)
+    training.train(loaded, rows, training.default_train_config(
+        "qlora", output_dir=str(tmp_path), max_steps=3, batch_size=16, learning_rate=5e-3, save_steps=100))
+    assert all(not torch.equal(before[n], p.detach()) for n, p in head.items())
+
+    from qlora_helpers import export
+
+    saved = export.save_trained(loaded, tmp_path / "adapter", list(data.BANKING77_INTENTS))
+    with pytest.raises(ModelSetupError, match="already quantized: merging needs 16-bit weights.*base_model="):
+        export.merge_to_16bit(saved, tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
+    merged = export.merge_to_16bit(saved, tmp_path / "merged", torch.float32, base_model=tiny_qwen2)
+    assert (merged / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_already_quantized_checkpoint_is_refused_for_16bit_methods(tiny_qwen2_bnb_4bit, method):
+    with pytest.raises(ModelSetupError, match="already quantized.*bitsandbytes 4-bit.*16-bit base"):
+        modeling.load_model(tiny_qwen2_bnb_4bit, method)

@@ -10,11 +10,11 @@ from qlora_helpers.modeling import LoadedModel
 from qlora_helpers.training import TrainStats
 
 
-def _record():
+def _record(labels=(0, 1, 2, 3, 4, 0)):
     names = [f"intent_{i}" for i in range(5)]
     loaded = LoadedModel(None, None, "offline:tiny-qwen2", "qlora", __import__("torch").float32, 1234, 10, 100)
     stats = TrainStats(2.0, 10, 320, 4000, 5000, 2**30, "process_peak_rss", 1.5, [2.0, 1.5], [160, 320])
-    evaluation = compute_metrics(np.array([0, 1, 2, 3, 4, 0]), np.array([0, 1, 2, 3, 3, 1]), names)
+    evaluation = compute_metrics(np.array(labels), np.array([0, 1, 2, 3, 3, 1]), names)
     return results.build_result(run_name="03_qlora", loaded=loaded, stats=stats, evaluation=evaluation,
                                 label_names=names, data={"train_examples": 320}, demo=True, config={"epochs": 1})
 
@@ -28,6 +28,12 @@ def test_round_trip(tmp_path):
     assert math.isclose(back["metrics"]["accuracy"], 4 / 6)
     assert back["versions"]["transformers"] and back["hardware"]["device"] == "cpu"
     assert [r["run_name"] for r in results.read_results(tmp_path)] == ["03_qlora"]
+
+
+def test_intents_without_test_rows_are_recorded(tmp_path):
+    back = results.read_result(results.write_result(_record(labels=(0, 1, 2, 3, 3, 0)), tmp_path / "r.json"))
+    assert back["metrics"]["absent_intents"] == ["intent_4"]
+    assert results.read_result(results.write_result(_record(), tmp_path / "s.json"))["metrics"]["absent_intents"] == []
 
 
 @pytest.mark.parametrize("edit, message", [

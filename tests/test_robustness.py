@@ -1,6 +1,7 @@
 """Interruptions and failures a Kaggle user meets: a killed run, CUDA OOM, saving and reloading."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from transformers import TrainerCallback
 
 from qlora_helpers import data, evaluation, export, modeling, training
 
@@ -119,3 +121,146 @@ def test_merge_goes_into_a_16bit_copy_not_the_4bit_weights(minilm_path, banking7
     with pytest.raises(ValueError, match="already a standalone model"):
         full = modeling.load_model(minilm_path, "full")
         export.merge_to_16bit(export.save_trained(full, tmp_path / "full", banking77.label_names), tmp_path / "x")
+
+
+# Reruns must never mix runs: checkpoints of other settings, half-written ones, an OOM retry ----------
+class _Killed(Exception):
+    """Stands in for a kill (SIGKILL, a dead Kaggle session) at a chosen point of training."""
+
+
+class _RaiseAt(TrainerCallback):
+    def __init__(self, event: str, step: int, error: BaseException, batch_size: int | None = None):
+        self.event, self.step, self.error, self.batch_size = event, step, error, batch_size
+
+    def _maybe_raise(self, args, state):
+        if state.global_step == self.step and self.batch_size in (None, args.per_device_train_batch_size):
+            raise self.error
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.event == "save":
+            self._maybe_raise(args, state)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.event == "step_begin":
+            self._maybe_raise(args, state)
+
+
+def _raise_during_training(monkeypatch, callback: TrainerCallback) -> None:
+    real_build_trainer = training.build_trainer
+
+    def build_trainer(*args, **kwargs):
+        trainer, measure = real_build_trainer(*args, **kwargs)
+        trainer.add_callback(callback)
+        return trainer, measure
+
+    monkeypatch.setattr(training, "build_trainer", build_trainer)
+
+
+def _lora_config(output_dir, **changes) -> training.TrainConfig:
+    settings = dict(output_dir=str(output_dir), max_steps=8, batch_size=16, learning_rate=5e-3, save_steps=2,
+                    logging_steps=1, max_length=64)
+    return training.default_train_config("lora", **{**settings, **changes})
+
+
+@pytest.fixture
+def killed_after_checkpoint_4(tiny_qwen2, small_split, tmp_path, monkeypatch):
+    """A LoRA run of 8 steps killed right after saving checkpoint-4: (checkpoint folder, training rows)."""
+    loaded = modeling.load_model(tiny_qwen2, "lora")
+    rows = data.tokenize(small_split[0], loaded.tokenizer, max_length=64)
+    with monkeypatch.context() as patch:
+        _raise_during_training(patch, _RaiseAt("save", 4, _Killed()))
+        with pytest.raises(_Killed):
+            training.train(loaded, rows, _lora_config(tmp_path / "ckpt"))
+    assert (tmp_path / "ckpt" / "checkpoint-4" / "trainer_state.json").is_file()
+    return tmp_path / "ckpt", rows
+
+
+@pytest.mark.parametrize("setting, lora, changes", [
+    ("learning_rate", {}, {"learning_rate": 1e-4}),
+    ("effective_batch", {}, {"batch_size": 8}),
+    ("lora", {"lora_r": 4}, {}),
+    ("train_data", {}, {"rows": 300}),
+    ("max_length", {}, {"max_length": 32}),
+])
+def test_rerun_with_other_settings_sets_old_checkpoints_aside(killed_after_checkpoint_4, tiny_qwen2, capsys,
+                                                              setting, lora, changes):
+    folder, rows = killed_after_checkpoint_4
+    capsys.readouterr()
+    changes = dict(changes)
+    if "rows" in changes:
+        rows = rows.select(range(changes.pop("rows")))
+    config = _lora_config(folder, **changes)
+    stats = training.train(modeling.load_model(tiny_qwen2, "lora", **lora), rows, config)
+    out = capsys.readouterr().out
+    assert "resuming" not in out and setting in out and "from scratch" in out
+    assert stats.steps == 8 and stats.examples == 8 * config.batch_size  # all 8 steps trained by this run
+    aside = folder.with_name(f"{folder.name}.set-aside-1")
+    assert (aside / "checkpoint-4" / "trainer_state.json").is_file() and str(aside.name) in out
+    recorded = json.loads((folder / training.SETTINGS_FILE).read_text())
+    assert recorded == json.loads(json.dumps(training.run_settings(
+        modeling.load_model(tiny_qwen2, "lora", **lora), rows, config)))
+
+
+def test_rerun_with_the_same_effective_batch_resumes(killed_after_checkpoint_4, tiny_qwen2, capsys):
+    """Half the micro-batch and twice the accumulation (what the OOM retry does) is the same run."""
+    folder, rows = killed_after_checkpoint_4
+    capsys.readouterr()
+    config = _lora_config(folder, batch_size=8, gradient_accumulation=2)
+    stats = training.train(modeling.load_model(tiny_qwen2, "lora"), rows, config)
+    assert "resuming from checkpoint-4" in capsys.readouterr().out
+    assert stats.steps == 8 and stats.examples == 4 * 16 and stats.resumed_from_step == 4
+    assert not folder.with_name(f"{folder.name}.set-aside-1").exists()
+
+
+def test_half_written_newest_checkpoint_resumes_from_the_last_complete_one(killed_after_checkpoint_4, tiny_qwen2,
+                                                                           capsys):
+    folder, rows = killed_after_checkpoint_4
+    (folder / "checkpoint-6").mkdir()  # a kill while saving: the adapter written, the trainer state not
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        shutil.copy(folder / "checkpoint-4" / name, folder / "checkpoint-6" / name)
+    capsys.readouterr()
+    stats = training.train(modeling.load_model(tiny_qwen2, "lora"), rows, _lora_config(folder))
+    out = capsys.readouterr().out
+    assert "checkpoint-6 is incomplete" in out and "resuming from checkpoint-4" in out
+    assert stats.steps == 8 and stats.examples == 4 * 16
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-8", training.SETTINGS_FILE]
+
+
+def test_oom_retry_restarts_from_the_initial_weights(tiny_qwen2, small_split, tmp_path, monkeypatch):
+    """An OOM after two optimizer updates, before any checkpoint: the retry at half the micro-batch must
+    end where an uninterrupted run at that micro-batch and twice the accumulation ends."""
+    def trained(folder, batch_size, accumulation, oom_at_step=None):
+        loaded = modeling.load_model(tiny_qwen2, "lora")
+        rows = data.tokenize(small_split[0], loaded.tokenizer, max_length=64)
+        with monkeypatch.context() as patch:
+            if oom_at_step:
+                _raise_during_training(patch, _RaiseAt("step_begin", oom_at_step, batch_size=batch_size,
+                                                       error=torch.OutOfMemoryError("CUDA out of memory.")))
+            config = _lora_config(folder, max_steps=4, save_steps=100, batch_size=batch_size,
+                                  gradient_accumulation=accumulation)
+            stats = training.train(loaded, rows, config)
+        return stats, {n: p.detach().clone() for n, p in loaded.model.named_parameters() if p.requires_grad}
+
+    stats, retried = trained(tmp_path / "oom", 16, 1, oom_at_step=2)
+    _, uninterrupted = trained(tmp_path / "reference", 8, 2)
+    assert retried.keys() == uninterrupted.keys()
+    assert max((retried[n] - uninterrupted[n]).abs().max().item() for n in retried) < 1e-6
+    assert (stats.batch_size, stats.gradient_accumulation, stats.steps) == (8, 2, 4)  # recorded as run
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora", "full"])
+def test_saved_reloaded_and_merged_models_name_the_intents(tiny_qwen2, tmp_path, method):
+    """Any plain transformers loader answers `card_arrival`, not `LABEL_11`, with no file of ours."""
+    from transformers import AutoConfig, pipeline
+
+    names = list(data.BANKING77_INTENTS)
+    id2label = dict(enumerate(names))
+    saved = export.save_trained(modeling.load_model(tiny_qwen2, method), tmp_path / "saved", names)
+    reloaded, _ = export.load_trained(saved)
+    assert reloaded.model.config.id2label == id2label
+    standalone = saved if method == "full" else export.merge_to_16bit(saved, tmp_path / "merged", torch.float32)
+    config = AutoConfig.from_pretrained(standalone)
+    assert config.id2label == id2label and config.label2id == {name: i for i, name in enumerate(names)}
+    answer = pipeline("text-classification", model=str(standalone), device="cpu")("when will my card arrive?")
+    assert answer[0]["label"] in names
+    assert modeling.load_model(tiny_qwen2, method, label_names=names).model.config.id2label == id2label

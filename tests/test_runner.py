@@ -24,7 +24,7 @@ def fake_record(notebook: str, injected: dict) -> dict:
                                 losses=[2.0, 1.0])
     labels = list(data.BANKING77_INTENTS)
     evaluation = SimpleNamespace(accuracy=0.5, macro_f1=0.4, confusion=np.eye(len(labels), dtype=int),
-                                 confused_pairs=[])
+                                 confused_pairs=[], absent_intents=[])
     return results.build_result(run_name=notebook, loaded=loaded, stats=stats, evaluation=evaluation,
                                 label_names=labels, data={}, demo=True, config={"parameters": injected})
 

@@ -27,7 +27,8 @@ class SlowDown(TrainerCallback):
 
 trainer, _ = training.build_trainer(loaded, train_rows, config)
 trainer.add_callback(SlowDown())
-last = training.get_last_checkpoint(output_dir) if training.Path(output_dir).is_dir() else None
+last = training.last_complete_checkpoint(output_dir)
+last = str(last) if last else None
 trainer.train(resume_from_checkpoint=last)
 losses = {entry["step"]: entry["loss"] for entry in trainer.state.log_history if "loss" in entry}
 predictions = evaluation.predict(loaded.model, test_rows, loaded.tokenizer).tolist()
