@@ -568,9 +568,9 @@ def _kaggle_profile(method: str) -> dict:
 
 
 def default_lora_dropout() -> float:
-    import inspect
+    from qlora_helpers.defaults import for_method
 
-    return inspect.signature(modeling.load_model).parameters["lora_dropout"].default
+    return for_method("lora").lora_dropout
 
 
 def speed_configs(method: str, args) -> list[dict]:

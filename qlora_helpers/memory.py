@@ -24,14 +24,17 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from .defaults import DEFAULTS
+
 GIB = 2**30
 GB = 10**9
 
 # Default optimizer, checkpointing and micro-batch per method: the same as
 # training.default_train_config and modeling.load_model (tests/test_memory.py checks that they agree).
-DEFAULT_OPTIMIZER = {"full": "adamw_torch", "lora": "adamw_torch", "qlora": "paged_adamw_8bit"}
-DEFAULT_CHECKPOINTING = {"full": False, "lora": False, "qlora": True}
-DEFAULT_BATCH_SIZE = {"full": 32, "lora": 32, "qlora": 128}
+# Each method's defaults (defaults.py), as the estimator uses them.
+DEFAULT_OPTIMIZER = {method: d.optimizer for method, d in DEFAULTS.items()}
+DEFAULT_CHECKPOINTING = {method: d.gradient_checkpointing for method, d in DEFAULTS.items()}
+DEFAULT_BATCH_SIZE = {method: d.batch_size for method, d in DEFAULTS.items()}
 BNB_8BIT_MIN_SIZE = 4096  # bitsandbytes keeps 32-bit state for tensors smaller than this
 
 
@@ -274,7 +277,7 @@ def _calibrated_per_layer(shape: ModelShape, method: str, a: int, lora_dropout: 
 def estimate(shape: ModelShape | str, method: str, *, batch_size: int = 32, seq_len: int = 64,
              num_labels: int = 77, gradient_checkpointing: bool | None = None,
              optimizer: str | None = None, compute_dtype="float16", lora_r: int = 16,
-             lora_dropout: float = 0.05, upcast_all_to_fp32: bool = False,
+             lora_dropout: float | None = None, upcast_all_to_fp32: bool = False,
              padding_mask: bool = True) -> MemoryEstimate:
     """Predict the footprint and the peak training memory of `method` on `shape`.
 
@@ -287,6 +290,7 @@ def estimate(shape: ModelShape | str, method: str, *, batch_size: int = 32, seq_
         shape = QWEN2_5[shape]
     if method not in DEFAULT_OPTIMIZER:
         raise ValueError(f"unknown method {method!r}: use one of {', '.join(DEFAULT_OPTIMIZER)}.")
+    lora_dropout = DEFAULTS[method].lora_dropout if lora_dropout is None else lora_dropout
     a = _bytes_of(compute_dtype)
     ckpt = DEFAULT_CHECKPOINTING[method] if gradient_checkpointing is None else gradient_checkpointing
     optimizer = optimizer or DEFAULT_OPTIMIZER[method]

@@ -18,11 +18,11 @@ from huggingface_hub import get_token
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BitsAndBytesConfig, set_seed
 
-from . import emulation
+from . import defaults, emulation
 from .distributed import local_device
 from .offline_models import resolve_model_id
 
-METHODS = ("full", "lora", "qlora")
+METHODS = defaults.METHODS
 HEAD_NAMES = ("score", "classifier")  # Qwen2/Llama-style and BERT-style classification heads
 
 
@@ -102,9 +102,9 @@ def load_model(
     num_labels: int = 77,
     *,
     compute_dtype: torch.dtype | None = None,
-    lora_r: int = 16,
-    lora_alpha: int = 32,
-    lora_dropout: float = 0.05,
+    lora_r: int | None = None,
+    lora_alpha: int | None = None,
+    lora_dropout: float | None = None,
     target_modules: str | list[str] = "all-linear",
     gradient_checkpointing: bool | None = None,
     upcast_all_to_fp32: bool = False,
@@ -117,7 +117,9 @@ def load_model(
     full: every weight trains, in `compute_dtype` on CPU or fp32 master weights under AMP on GPU.
     lora: the base is frozen in 16-bit (fp32 on CPU); LoRA adapters on all linear layers plus the head train.
     qlora: the base is NF4 4-bit with double quantization and 16-bit compute; LoRA as above; the head
-      stays unquantized. gradient_checkpointing defaults to on for qlora, off otherwise.
+      stays unquantized.
+    lora_r, lora_alpha, lora_dropout and gradient_checkpointing left None take the method's
+    default (defaults.py: checkpointing on for qlora only).
       upcast_all_to_fp32=True does what `prepare_model_for_kbit_training` does (every non-4-bit weight,
       embeddings included, to fp32: ~+1.1 GB on a 7B model); by default only the trainable
       weights (adapters, head) are fp32 and the frozen ones stay as loaded.
@@ -128,10 +130,13 @@ def load_model(
     """
     loaded = load_base(model_id_or_path, method, num_labels, compute_dtype=compute_dtype, device=device,
                        seed=seed, label_names=label_names)
+    chosen = defaults.for_method(method)
     if gradient_checkpointing is None:
-        gradient_checkpointing = method == "qlora"
+        gradient_checkpointing = chosen.gradient_checkpointing
     if method != "full":
-        loaded.model = _add_lora(loaded.model, method, r=lora_r, alpha=lora_alpha, dropout=lora_dropout,
+        loaded.model = _add_lora(loaded.model, method, r=lora_r or chosen.lora_r,
+                                 alpha=lora_alpha or chosen.lora_alpha,
+                                 dropout=chosen.lora_dropout if lora_dropout is None else lora_dropout,
                                  target_modules=target_modules, gradient_checkpointing=gradient_checkpointing,
                                  upcast_all_to_fp32=upcast_all_to_fp32)
     elif gradient_checkpointing:

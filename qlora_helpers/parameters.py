@@ -13,7 +13,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-METHODS = ("full", "lora", "qlora")  # the same as modeling.METHODS; kept here so this module stays light
+from . import defaults
+
+METHODS = defaults.METHODS
 DATA_SOURCES = ("auto", "local", "hub")
 
 
@@ -57,14 +59,15 @@ class NotebookParameters:
     data_source: str = "auto"  # "local" (data_dir), "hub" (PolyAI/banking77) or "auto" (folder, else hub)
     max_train_samples: int | None = None  # None: all 10,003 training rows
     max_eval_samples: int | None = None  # None: all 3,080 test rows
-    epochs: float = 2.0
-    batch_size: int = 32
-    gradient_accumulation: int = 1
-    learning_rate: float = 5e-5
-    max_length: int = 64  # Banking77 utterances are short; 64 tokens keep all but a handful whole
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0  # 0.05 costs speed and memory (bench/results/SUMMARY.md)
+    # None: the method's default (defaults.py), filled in when the parameters are built
+    epochs: float | None = None
+    batch_size: int | None = None  # micro-batch per device
+    gradient_accumulation: int | None = None
+    learning_rate: float | None = None
+    max_length: int | None = None
+    lora_r: int | None = None
+    lora_alpha: int | None = None
+    lora_dropout: float | None = None
     gradient_checkpointing: bool | None = None  # None: on for qlora, off otherwise
     upcast_all_to_fp32: bool = False  # qlora only: do what prepare_model_for_kbit_training does
     save_steps: int = 200  # a checkpoint every this many optimizer steps (resumable runs)
@@ -74,9 +77,17 @@ class NotebookParameters:
     seed: int = 42
 
     def __post_init__(self) -> None:
+        if self.method in METHODS:  # an unknown method is reported below, with the other problems
+            chosen = defaults.for_method(self.method)
+            for name in defaults.NOTEBOOK_KNOBS:
+                if getattr(self, name) is None:
+                    object.__setattr__(self, name, getattr(chosen, name))
         problems = []
+        if isinstance(self.method, str) and self.method not in METHODS:
+            problems.append(f"method={self.method!r} is not a method: use one of {', '.join(map(repr, METHODS))}.")
         for item in dataclasses.fields(self):
             kind, optional = _FIELD_TYPES[item.name]
+            optional = optional or (item.name in defaults.NOTEBOOK_KNOBS and bool(problems))  # no method: no defaults
             problem = _check(item.name, getattr(self, item.name), kind, optional)
             if problem:
                 problems.append(problem)
@@ -87,8 +98,6 @@ class NotebookParameters:
 
     def _check_values(self) -> list[str]:
         problems = []
-        if self.method not in METHODS:
-            problems.append(f"method={self.method!r} is not a method: use one of {', '.join(map(repr, METHODS))}.")
         if self.data_source not in DATA_SOURCES:
             problems.append(f"data_source={self.data_source!r} is not a source: use one of "
                             f"{', '.join(map(repr, DATA_SOURCES))}.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from qlora_helpers import parameters, runner
+from qlora_helpers import defaults, memory, parameters, profiles, runner, training
 from qlora_helpers.parameters import NotebookParameters, ParameterError
 
 
@@ -68,7 +68,12 @@ def test_from_namespace_takes_the_knobs_and_ignores_the_rest():
     namespace = {"model_id": "offline:tiny-qwen2", "method": "lora", "epochs": 1, "os": object(),
                  "In": [], "_": None}
     params = parameters.from_namespace(namespace, notebook="02_lora_qwen2.5_1.5b")
-    assert (params.model_id, params.method, params.epochs, params.batch_size) == ("offline:tiny-qwen2", "lora", 1, 32)
+    assert (params.model_id, params.method, params.epochs) == ("offline:tiny-qwen2", "lora", 1)
+    lora = defaults.for_method("lora")  # knobs the notebook left unset take the method's default
+    assert (params.batch_size, params.learning_rate, params.lora_dropout) == (lora.batch_size, lora.learning_rate,
+                                                                             lora.lora_dropout)
+    assert parameters.NotebookParameters(notebook="x", method="qlora").learning_rate == defaults.for_method(
+        "qlora").learning_rate
     comparison = parameters.from_namespace({"run_dir": "runs/demo"}, notebook="04_comparison")
     assert isinstance(comparison, parameters.ComparisonParameters)
     with pytest.raises(ParameterError, match="focus_intents"):
@@ -104,3 +109,28 @@ def test_papermill_injected_wrong_type_stops_at_the_check_cell(tmp_path):
     failed = next(i for i, c in enumerate(cells) if any(o.get("output_type") == "error" for o in c.outputs))
     assert "parameters.from_namespace" in cells[failed].source
     assert all(c.execution_count is None for c in cells[failed + 1:])  # nothing after it ran
+
+
+def test_one_source_of_defaults_notebook_cells_profile_and_library_agree():
+    """The notebooks' parameters cells show the kaggle-t4 profile's values, and those are each
+    method's defaults (defaults.py); the one documented exception keeps the effective batch."""
+    import ast
+
+    import nbformat
+
+    profile = profiles.get_profile("kaggle-t4")
+    for stem in profiles.TRAINING_NOTEBOOKS:
+        nb = nbformat.read(runner.NOTEBOOKS_DIR / f"{stem}.ipynb", as_version=4)
+        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        shown = {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse(cell.source).body
+                 if isinstance(node, ast.Assign)}
+        resolved = NotebookParameters(notebook=stem, **profile.parameters(stem))
+        method = defaults.for_method(resolved.method)
+        for knob in defaults.NOTEBOOK_KNOBS:
+            if knob in shown:
+                assert shown[knob] == getattr(resolved, knob), (stem, knob)
+            if knob not in ("batch_size", "gradient_accumulation"):
+                assert getattr(resolved, knob) == getattr(method, knob), (stem, knob)
+        assert resolved.batch_size * resolved.gradient_accumulation == method.effective_batch, stem
+    assert memory.DEFAULT_BATCH_SIZE == {m: d.batch_size for m, d in defaults.DEFAULTS.items()}
+    assert training.default_train_config("qlora").optimizer == defaults.for_method("qlora").optimizer
