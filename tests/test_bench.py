@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from qlora_helpers import defaults
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -51,7 +53,7 @@ def test_cpu_mode_runs_every_section(cpu_run):
         assert default["status"] == "ok" and default["examples_per_second"] > 0
         assert default["padding_share"] < tutorial["padding_share"]
         assert all(math.isfinite(v) for v in default["losses"])
-    assert runs[("tiny-7B", "library_default")]["batch_size"] == 128  # the QLoRA default
+    assert runs[("tiny-7B", "library_default")]["batch_size"] == defaults.for_method("qlora").batch_size
     assert any(m == "tiny-7B" and c.endswith(":long") for m, c in runs)  # the fastest fitting config, longer
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from qlora_helpers import memory, modeling, training
+from qlora_helpers import defaults, memory, modeling, training
 from qlora_helpers.memory import GIB, ModelShape
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,8 +91,8 @@ def test_fit_table_answers():
     assert list(table.columns[-4:]) == ["T4", "L4", "A100-40GB", "A100-80GB"]
     assert len(table) == 9
     row = table.loc[("Qwen2.5-7B", "qlora")]
-    assert row["T4"] == "yes" and row["batch"] == 128 and row["footprint_gb"] == 4.35
-    assert table.loc[("Qwen2.5-7B", "lora")][["T4", "L4", "A100-40GB"]].tolist() == ["no", "no", "yes"]
+    assert row["T4"] == "yes" and row["batch"] == defaults.for_method("qlora").batch_size and row["footprint_gb"] == 4.35
+    assert table.loc[("Qwen2.5-7B", "lora")][["T4", "L4", "A100-40GB", "A100-80GB"]].tolist() == ["no", "no", "no", "yes"]
     assert (table.loc[("Qwen2.5-7B", "full")][["T4", "L4", "A100-40GB", "A100-80GB"]] == "no").all()
     assert table.loc[("Qwen2.5-0.5B", "full")]["T4"] == "yes"
     assert table.loc[("Qwen2.5-1.5B", "full")][["T4", "A100-40GB"]].tolist() == ["no", "yes"]
@@ -100,7 +100,7 @@ def test_fit_table_answers():
     small = memory.estimate("1.5B", "lora", batch_size=8, seq_len=64)
     large = memory.estimate("1.5B", "lora", batch_size=64, seq_len=128)
     assert small.fits("T4") and not large.fits("T4") and large.peak_bytes > small.peak_bytes
-    assert "| Qwen2.5-7B | qlora | 128 |" in memory.markdown_table(table)
+    assert "| Qwen2.5-7B | qlora | 64 |" in memory.markdown_table(table)
 
 
 def test_paged_optimizer_state_is_outside_the_allocator_peak():

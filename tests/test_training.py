@@ -74,7 +74,8 @@ def test_length_grouping_cuts_padding(tiny_qwen2, banking77, tmp_path):
     shares = {}
     for grouped in (False, True):
         config = training.default_train_config("lora", output_dir=str(tmp_path / str(grouped)), max_steps=30,
-                                               save_steps=1000, pad_to_multiple_of=None, group_by_length=grouped)
+                                               batch_size=32, save_steps=1000, pad_to_multiple_of=None,
+                                               group_by_length=grouped)
         stats = training.train(loaded, rows, config)
         shares[grouped] = stats.padding_share
     fixed_padding_share = 1 - stats.real_tokens / (stats.examples * 128)
