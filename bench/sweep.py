@@ -206,8 +206,9 @@ def run(args) -> None:
     gpus = args.gpus.split(",") if args.device == "cuda" else ["cpu"]
     out_dir = Path(args.out_dir) / f"sweep_{args.tag}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip() or "unknown"
+    from qlora_helpers import results
+
+    commit = results.code_commit()
     # the slow ones first on each GPU, then round-robin, so that the GPUs end together
     order = sorted(names, key=lambda n: (not CANDIDATES[n].get("tutorial"), CANDIDATES[n]["method"] != "qlora"))
     assignment = {name: gpus[i % len(gpus)] for i, name in enumerate(order)}

@@ -73,8 +73,7 @@ def main(argv=None) -> None:
         knobs.update({k: chosen[k] for k in ("batch_size", "gradient_accumulation", "learning_rate", "lora_dropout",
                                              "epochs")})
     tuned = {k: knobs[k] for k in ("learning_rate", "lora_dropout", "gradient_accumulation")}
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip() or "unknown"
+    commit = results.code_commit()
     out = Path(args.out_dir) / f"two_gpus_{args.tag}"
     counts = [int(n) for n in args.gpu_counts.split(",")]
     report = {"tag": args.tag, "commit": commit, "versions": results.library_versions(),

@@ -51,6 +51,18 @@ def hardware() -> dict:
             "count": os.cpu_count() or 1, "memory_bytes": None, "emulating": None}
 
 
+def code_commit() -> str:
+    """The commit of the code that runs: $QLORA_COMMIT if set (a copy of the tree whose .git is not
+    the one it came from, as on a lent GPU machine), else `git rev-parse --short HEAD`, else "unknown"."""
+    import subprocess
+
+    if os.environ.get("QLORA_COMMIT"):
+        return os.environ["QLORA_COMMIT"]
+    done = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
+
+
 def library_versions() -> dict:
     names = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets")
     versions = {"python": platform.python_version()}

@@ -95,3 +95,26 @@ def test_summary_rebuilds_from_committed_results(tmp_path):
     assert "## Training speed and memory (T4 profile on the H200)" in text
     assert "b128_dropout0:long" in text and "+0.015% vs the floor" in text
     assert (tmp_path / "SUMMARY.md").read_text() == text
+
+
+def test_sweep_cpu_mode_records_curves_and_chooses_by_time_to_accuracy(tmp_path):
+    """bench/sweep.py end to end on the tiny Qwen2: two candidates of one method, their validation
+    curves and solo throughput, the report (table + plot) and the choice."""
+    sweep = _load("sweep")
+    sweep.main(["run", "--device", "cpu", "--model", "offline:tiny-qwen2", "--candidates",
+                "lora_b32_lr1e-3,lora_b64_lr2e-3", "--max-train", "200", "--max-validation", "100",
+                "--eval-every", "64", "--solo-steps", "2", "--solo-warmup", "1", "--tag", "cpu",
+                "--out-dir", str(tmp_path), "--work-dir", str(tmp_path / "work")])
+    folder = tmp_path / "sweep_cpu"
+    records = sweep.load_sweep(folder)
+    assert sorted(r["candidate"]["name"] for r in records) == ["lora_b32_lr1e-3", "lora_b64_lr2e-3"]
+    for record in records:
+        assert record["status"] == "done" and record["solo"]["examples_per_second"] > 0
+        examples = [p["examples"] for p in record["curve"]]
+        assert examples == sorted(examples) and examples[-1] >= 2 * record["train_rows"] - 64  # 2 epochs
+    chosen = sweep.choose(folder)["lora"]
+    best = max(max(p["validation_accuracy"] for p in r["curve"]) for r in records)
+    assert chosen["target"] == best - 0.005
+    assert chosen["solo_seconds"] == min(t for t in (sweep.time_to(r, chosen["target"]) for r in records) if t)
+    sweep.main(["report", str(folder)])
+    assert (tmp_path / "sweep_cpu.png").stat().st_size > 0 and "lora_b64_lr2e-3" in (tmp_path / "sweep_cpu.md").read_text()
