@@ -63,7 +63,7 @@ def main(argv=None) -> None:
     parser.add_argument("--chosen", help="JSON file from `bench/sweep.py choose`: its qlora knobs replace the profile's")
     args = parser.parse_args(argv)
     from bench.benchmark import build_checkpoint
-    from qlora_helpers import memory, profiles, results
+    from qlora_helpers import memory, modeling, offline_models, profiles, results
 
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -84,6 +84,10 @@ def main(argv=None) -> None:
             report[part] = {int(n): r for n, r in earlier[part].items()}
     if "speed" in args.parts:
         model = build_checkpoint(memory.QWEN2_5["7B"], work / "qwen2.5-7b-random", "cuda")
+        # The checkpoint's own word-level tokenizer reloads as a Qwen2 BPE one that turns every row into
+        # zero tokens (data.tokenize refuses them): Banking77 text needs a real tokenizer. SmolLM2's
+        # byte-level BPE (49,152 ids, inside the 7B's vocabulary) gives lengths like Qwen2.5's.
+        modeling.load_tokenizer(offline_models.resolve_model_id("offline:smollm2-135m")).save_pretrained(model)
         for n in counts:
             report["speed"][n] = launch(n, work / f"speed{n}", {
                 **tuned, "batch_size": knobs["batch_size"], "model_id": str(model),
