@@ -2,6 +2,7 @@
 fake here except in the failing-notebook test; test_notebooks.py runs the real series."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from qlora_helpers import data, profiles, results, run, runner, training
+from qlora_helpers import data, parameters, profiles, results, run, runner, training
 
 PROFILE = profiles.get_profile("smoke")
 
@@ -26,7 +27,10 @@ def fake_record(notebook: str, injected: dict) -> dict:
     evaluation = SimpleNamespace(accuracy=0.5, macro_f1=0.4, confusion=np.eye(len(labels), dtype=int),
                                  confused_pairs=[], absent_intents=[])
     return results.build_result(run_name=notebook, loaded=loaded, stats=stats, evaluation=evaluation,
-                                label_names=labels, data={}, demo=True, config={"parameters": injected})
+                                label_names=labels, data={}, demo=True,
+                                # as experiment.save_results records them: knobs left None resolved
+                                config={"parameters": parameters.NotebookParameters(notebook=notebook,
+                                                                                    **injected).as_dict()})
 
 
 class FakeExecution:
@@ -152,7 +156,8 @@ def test_every_knob_of_the_cell_is_injected(stem, tmp_path):
 
     injected = runner.notebook_parameters(PROFILE, stem, tmp_path, tmp_path, None)
     assert runner.cell_knobs(stem) <= set(injected)
-    defaults = NotebookParameters(notebook=stem).as_dict()
+    # the profile's value, else the dataclass's own default: None where that is the method's default
+    defaults = {item.name: item.default for item in dataclasses.fields(NotebookParameters)}
     for knob, value in injected.items():
         expected = PROFILE.parameters(stem).get(knob, defaults[knob])
         if knob not in ("run_dir", "profile", "data_dir", "data_source"):
