@@ -361,7 +361,6 @@ def save_results(params: NotebookParameters, loaded: modeling.LoadedModel, stats
     path = results.write_result(record, results_path(params))
     if not params.keep_checkpoints and is_main_process():
         shutil.rmtree(params.checkpoint_dir, ignore_errors=True)
-    kind = "offline demo model" if params.demo else "real model"
-    print(f"wrote {path.name} to {params.notebook}/ ({kind}): accuracy {record['metrics']['accuracy']:.2%}, "
+    print(f"wrote {path.name} to {params.notebook}/ ({record['model_kind']}): accuracy {record['metrics']['accuracy']:.2%}, "
           f"macro-F1 {record['metrics']['macro_f1']:.3f}")
     return record

@@ -239,15 +239,15 @@ def test_render_has_no_machine_paths_and_no_library_noise(smoke):
     assert render_problems(smoke.run_dir) == []
 
 
-def test_comparison_has_three_rows_and_says_which_runs_are_demo(smoke):
+def test_comparison_has_three_rows_and_says_what_kind_of_model_each_used(smoke):
     table = pd.read_csv(smoke.run_dir / "04_comparison" / "comparison.csv", index_col="run")
     assert list(table.index) == list(profiles.TRAINING_NOTEBOOKS)
-    assert set(table["kind"]) == {"offline demo"}
+    assert set(table["kind"]) == {"random weights (test)"}  # the smoke profile's tiny random Qwen2
     for column in ("accuracy", "macro_f1", "footprint_gb", "trainable_params", "examples_per_s", "train_time_s",
                    "hardware"):
         assert column in table.columns
     html = (smoke.run_dir / "04_comparison.html").read_text()
-    assert "Offline demo:" in html and "card_arrival -&gt; card_delivery_estimate" in html
+    assert "Random weights (test):" in html and "Fastest to train:" in html and "card_arrival -&gt; card_delivery_estimate" in html
     text = runner.comparison_text(smoke.run_dir)
     assert sum(stem in text for stem in profiles.TRAINING_NOTEBOOKS) == 3
 
