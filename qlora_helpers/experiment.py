@@ -215,12 +215,13 @@ def weights_table(loaded: modeling.LoadedModel) -> pd.DataFrame:
     groups: dict[tuple, list] = {}
     for name, param in loaded.model.named_parameters():
         packed = modeling.is_packed_4bit(param)
-        count = (param.quant_state.shape.numel() if packed and param.quant_state else param.numel())
+        count = modeling.parameter_count(param)
         if param.requires_grad:
             kind = "trainable: head" if any(f"{h}." in name for h in modeling.HEAD_NAMES) else "trainable: LoRA adapters"
         else:
             kind = "frozen: 4-bit packed" if packed else "frozen: not quantized (norms, embeddings, ...)"
-        dtype = "nf4 (stored as uint8)" if packed else str(param.dtype).replace("torch.", "")
+        quant_type = getattr(param.quant_state, "quant_type", "4-bit") if packed else None
+        dtype = f"{quant_type} (stored as uint8)" if packed else str(param.dtype).replace("torch.", "")
         entry = groups.setdefault((kind, dtype), [0, 0])
         entry[0] += 1
         entry[1] += count

@@ -402,9 +402,7 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """(trainable, total), counting each packed 4-bit weight as the parameters it stands for."""
     trainable = total = 0
     for param in model.parameters():
-        count = param.numel()
-        if is_packed_4bit(param):
-            count = param.quant_state.shape.numel() if param.quant_state else count * 2
+        count = parameter_count(param)
         total += count
         if param.requires_grad:
             trainable += count
@@ -414,6 +412,13 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
 def is_packed_4bit(param: torch.Tensor) -> bool:
     """True for a bitsandbytes 4-bit weight (`Params4bit`: two weights a byte, uint8 storage)."""
     return param.__class__.__name__ == "Params4bit"
+
+
+def parameter_count(param: torch.Tensor) -> int:
+    """How many weights a tensor stands for: a packed 4-bit one holds two a byte."""
+    if is_packed_4bit(param):
+        return param.quant_state.shape.numel() if param.quant_state else param.numel() * 2
+    return param.numel()
 
 
 def base_model(model: torch.nn.Module) -> torch.nn.Module:
