@@ -97,12 +97,20 @@ def _run(r: dict) -> str:
 
 
 def _spread(records: list[dict], value, unit: str, best: str, worst: str, low_is_best: bool = False) -> str:
-    """'<best>: run (value), <ratio>x <worst>, run (value).' over the records, by `value`."""
+    """'<best>: run, value; <worst>: run, value (a factor of f between them).', or that the runs were
+    within 5% of each other (a difference that small says nothing about the methods)."""
     ranked = sorted(records, key=value, reverse=not low_is_best)
     top, bottom = ranked[0], ranked[-1]
-    ratio = value(top) / value(bottom) if value(bottom) else float("inf")
-    return (f"{best}: {_run(top)}, {unit.format(value(top))}, {ratio:.2f}x {worst}, {_run(bottom)}, "
-            f"{unit.format(value(bottom))}.")
+    high, low = max(value(top), value(bottom)), min(value(top), value(bottom))
+    if high <= 1.05 * low:
+        return f"{best}: none; the runs were within 5% of each other ({unit.format(low)} to {unit.format(high)})."
+    factor = f"a factor of {high / low:.2f} between them" if low > 0 else "the lowest is zero"
+
+    def runs_at(end: dict) -> str:  # every run that ties at this end
+        return " and ".join(_run(r) for r in records if value(r) == value(end))
+
+    return (f"{best}: {runs_at(top)}, {unit.format(value(top))}; {worst}: {runs_at(bottom)}, "
+            f"{unit.format(value(bottom))} ({factor}).")
 
 
 def findings(records: list[dict]) -> str:
@@ -123,19 +131,19 @@ def findings(records: list[dict]) -> str:
     if len(models) > 1:
         lines.append("Runs on different models differ in model size as well as in method.")
     lines.append(_spread(records, lambda r: r["metrics"]["accuracy"], "{:.1%} accuracy", "Most accurate",
-                         "the accuracy of the least accurate"))
+                         "least"))
     lines.append(_spread(records, lambda r: r["training"]["examples_per_second"], "{:.1f} examples/s",
-                         "Fastest to train", "the speed of the slowest"))
+                         "Fastest to train", "slowest"))
     if len({_hardware(r) for r in records}) > 1:
         lines.append("The runs ran on different hardware, so speed compares machines as well as methods.")
     peak_kinds = {r["training"]["peak_memory_kind"] for r in records}
-    lines.append(_spread(records, lambda r: r["training"]["peak_memory_bytes"] / 2**30, "{:.2f} GiB peak memory",
-                         "Least memory in training", "the peak of the most", low_is_best=True))
+    lines.append(_spread(records, lambda r: r["training"]["peak_memory_bytes"] / 2**30, "{:.2f} GiB",
+                         "Lowest peak memory in training", "highest", low_is_best=True))
     if len(peak_kinds) > 1:
         lines.append("Peak memory was measured two ways (CUDA allocator on a GPU, process RSS on a CPU): "
                      "those figures do not compare.")
-    lines.append(_spread(records, lambda r: r["footprint_bytes"] / 1e9, "{:.3f} GB of weights as loaded",
-                         "Smallest weights", "the largest", low_is_best=True))
+    lines.append(_spread(records, lambda r: r["footprint_bytes"] / 1e9, "{:.3f} GB",
+                         "Smallest weights as loaded", "largest", low_is_best=True))
     return "\n".join(f"- {line}" for line in lines)
 
 

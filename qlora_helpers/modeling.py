@@ -13,6 +13,7 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from huggingface_hub import get_token
@@ -22,6 +23,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Bits
 from . import defaults, emulation
 from .distributed import local_device
 from .offline_models import resolve_model_id
+
+if TYPE_CHECKING:  # peft is imported where a LoRA model is built
+    from peft import LoraConfig
 
 METHODS = defaults.METHODS
 HEAD_NAMES = ("score", "classifier")  # Qwen2/Llama-style and BERT-style classification heads
@@ -44,7 +48,7 @@ class LoadedModel:
 
     def summary(self) -> str:
         """One line: the id, method, how the weights are held, footprint in GB (1e9 bytes) and the
-        trainable share, e.g. `... [qlora] loaded in 4-bit. footprint: 4.457 GB; trainable params: ...`."""
+        trainable share, e.g. `... [qlora] loaded in 4-bit. footprint: X GB; trainable params: ...`."""
         share = self.trainable_params / self.total_params
         compute = str(self.compute_dtype).replace("torch.", "")
         if self.method == "qlora":
@@ -111,7 +115,8 @@ def default_quantization_config(compute_dtype: torch.dtype) -> BitsAndBytesConfi
                               llm_int8_skip_modules=list(HEAD_NAMES))
 
 
-def default_lora_config(method: str, r: int | None = None, alpha: int | None = None, dropout: float | None = None):
+def default_lora_config(method: str, r: int | None = None, alpha: int | None = None,
+                        dropout: float | None = None) -> LoraConfig:
     """The `LoraConfig` lora and qlora use when given none: the method's defaults (defaults.py) for
     what is left None, adapters on all linear layers, the head trained in full."""
     from peft import LoraConfig, TaskType
@@ -129,7 +134,7 @@ def load_model(
     *,
     compute_dtype: torch.dtype | None = None,
     quantization_config: BitsAndBytesConfig | None = None,
-    lora_config=None,
+    lora_config: LoraConfig | None = None,
     lora_r: int | None = None,
     lora_alpha: int | None = None,
     lora_dropout: float | None = None,
@@ -369,7 +374,7 @@ def _gated_model_advice(model_id: str, status: int) -> str:
             f"`export HF_TOKEN=hf_...` or `hf auth login`. {found}")
 
 
-def _add_lora(model, method: str, config, *, gradient_checkpointing: bool, upcast_all_to_fp32: bool):
+def _add_lora(model, method: str, config: LoraConfig, *, gradient_checkpointing: bool, upcast_all_to_fp32: bool):
     """Wrap `model` with peft's LoRA (a copy of `config`, the model's head added to modules_to_save so
     it trains), trainable weights in fp32. Raises ModelSetupError for a task_type other than SEQ_CLS."""
     from peft import TaskType, get_peft_model, prepare_model_for_kbit_training

@@ -64,12 +64,14 @@ def test_findings_follow_the_results(qlora_speed):
                _record("03", "qlora", "m", accuracy=0.84, speed=qlora_speed, peak_gib=2.0, footprint_gb=0.5)]
     text = comparison.findings(records)
     assert "`01`, `02`, `03` trained the same model (`m`)" in text
-    assert "Most accurate: `02` (lora), 85.0% accuracy, 1.06x the accuracy of the least accurate, `01` (full)" in text
+    assert ("Most accurate: `02` (lora), 85.0% accuracy; least: `01` (full), 80.0% accuracy "
+            "(a factor of 1.06 between them)") in text
     if qlora_speed > 200:
-        assert "Fastest to train: `03` (qlora), 300.0 examples/s, 3.00x the speed of the slowest, `01` (full)" in text
+        assert "Fastest to train: `03` (qlora), 300.0 examples/s; slowest: `01` (full), 100.0 examples/s" in text
     else:
-        assert "Fastest to train: `02` (lora), 200.0 examples/s, 4.00x the speed of the slowest, `03` (qlora)" in text
-    assert "Least memory in training: `03` (qlora), 2.00 GiB" in text
+        assert "Fastest to train: `02` (lora), 200.0 examples/s; slowest: `03` (qlora), 50.0 examples/s" in text
+    assert "Lowest peak memory in training: `03` (qlora), 2.00 GiB; highest: `01` (full), 8.00 GiB" in text
+    assert "Smallest weights as loaded: `03` (qlora), 0.500 GB; largest: `01` (full), 2.000 GB" in text
     assert "different hardware" not in text and "two ways" not in text
 
 
@@ -78,6 +80,9 @@ def test_findings_say_what_makes_a_comparison_uneven():
                _record("02", "lora", "b", accuracy=0.8, speed=10.0, peak_gib=4.0, footprint_gb=1.0, device="cpu")]
     text = comparison.findings(records)
     assert "differ in model size" in text and "different hardware" in text and "measured two ways" in text
+    tied = records + [_record("03", "qlora", "a", accuracy=0.8, speed=10.0, peak_gib=4.0, footprint_gb=1.0)]
+    assert "slowest: `02` (lora) and `03` (qlora), 10.0 examples/s" in comparison.findings(tied)
+    assert "Most accurate: none; the runs were within 5% of each other (80.0% accuracy to 80.0% accuracy)" in text
     assert comparison.findings(records[:1]) == "One run: nothing to compare yet."
 
 
