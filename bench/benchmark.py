@@ -212,7 +212,7 @@ def load(folder: Path, method: str, compute_dtype, **kwargs) -> tuple[modeling.L
 
 
 def _model_footprint(model) -> int:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = modeling.base_model(model)
     return sum(p.numel() * p.element_size() for p in base.parameters()) + \
         sum(b.numel() * b.element_size() for b in base.buffers())
 
@@ -221,7 +221,7 @@ def _dtype_summary(model) -> dict:
     """Bytes per (kind, dtype): shows whether embeddings stayed 16-bit."""
     out: dict[str, int] = {}
     for name, p in model.named_parameters():
-        kind = ("4bit" if p.__class__.__name__ == "Params4bit" else
+        kind = ("4bit" if modeling.is_packed_4bit(p) else
                 "embedding" if "embed_tokens" in name else
                 "trainable" if p.requires_grad else "frozen_other")
         key = f"{kind}:{str(p.dtype).replace('torch.', '')}"
@@ -239,16 +239,11 @@ def set_dropout(model, p: float) -> None:
 
 
 def set_checkpointing(model, on: bool) -> None:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = modeling.base_model(model)
     if on:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     else:
         base.gradient_checkpointing_disable()
-
-
-def is_checkpointing(model) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return bool(getattr(base, "is_gradient_checkpointing", False))
 
 
 # Timing --------------------------------------------------------------------------------------

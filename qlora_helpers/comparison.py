@@ -1,5 +1,6 @@
-"""What 04_comparison shows (and the runner prints): one table over every run, which runs were real
-models and which the offline demo, and how a pair of easily confused intents fared in each run."""
+"""What 04_comparison shows (and the runner prints): one table over every run, what kind of model
+each run used, what the runs measured (in sentences read off the results), and how a pair of easily
+confused intents fared in each run."""
 from __future__ import annotations
 
 import os
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import plots, results
+from . import parameters, plots, results
 
 KAGGLE_INPUT = Path("/kaggle/input")
 
@@ -42,7 +43,9 @@ def _hardware(record: dict) -> str:
 
 
 def model_kind(record: dict) -> str:
-    return "offline demo" if record["demo"] else "real model"
+    """As saved with the run (parameters.model_kind, judged where the model was loaded), or judged
+    from the id for results written before the field existed."""
+    return record.get("model_kind") or parameters.model_kind(record["model_id"])
 
 
 def comparison_table(records: list[dict]) -> pd.DataFrame:
@@ -68,20 +71,80 @@ def comparison_table(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("run")
 
 
+_KIND_NOTES = {
+    "hub model": "",
+    "local folder": " What these weights are, the results cannot tell: a folder may hold a pretrained, a "
+                    "fine-tuned or a random model.",
+    "offline stand-in (real weights)": " Small pretrained models standing in for the notebooks' Qwen2.5 "
+                                       "models: they show the pipeline working end to end, not the Qwen2.5 results.",
+    "random weights (test)": " A random model that tests the pipeline: its accuracy means nothing.",
+}
+
+
 def describe_runs(records: list[dict]) -> str:
-    """Markdown saying which runs used real models and which the offline demo stand-in."""
-    real = [r for r in records if not r["demo"]]
-    demo = [r for r in records if r["demo"]]
+    """Markdown naming each run's kind of model (model_kind), with what that kind's numbers can say."""
+    kinds: dict[str, list[dict]] = {}
+    for r in records:
+        kinds.setdefault(model_kind(r), []).append(r)
+    return "\n\n".join(
+        f"**{kind[0].upper()}{kind[1:]}:** " + "; ".join(
+            f"`{r['run_name']}` ({r['method']} on `{r['model_id']}`, {_hardware(r)})" for r in runs)
+        + "." + _KIND_NOTES.get(kind, "") for kind, runs in kinds.items())
+
+
+def _run(r: dict) -> str:
+    return f"`{r['run_name']}` ({r['method']})"
+
+
+def _spread(records: list[dict], value, unit: str, best: str, worst: str, low_is_best: bool = False) -> str:
+    """'<best>: run, value; <worst>: run, value (a factor of f between them).', or that the runs were
+    within 5% of each other (a difference that small says nothing about the methods)."""
+    ranked = sorted(records, key=value, reverse=not low_is_best)
+    top, bottom = ranked[0], ranked[-1]
+    high, low = max(value(top), value(bottom)), min(value(top), value(bottom))
+    if high <= 1.05 * low:
+        return f"{best}: none; the runs were within 5% of each other ({unit.format(low)} to {unit.format(high)})."
+    factor = f"a factor of {high / low:.2f} between them" if low > 0 else "the lowest is zero"
+
+    def runs_at(end: dict) -> str:  # every run that ties at this end
+        return " and ".join(_run(r) for r in records if value(r) == value(end))
+
+    return (f"{best}: {runs_at(top)}, {unit.format(value(top))}; {worst}: {runs_at(bottom)}, "
+            f"{unit.format(value(bottom))} ({factor}).")
+
+
+def findings(records: list[dict]) -> str:
+    """Markdown sentences read off the results, never assumed: which runs share a model (their
+    differences are the method's alone), and which run was the most accurate, the fastest and the
+    lightest, against the opposite end, with what makes a comparison uneven (other hardware, peak
+    memory measured two ways)."""
+    if len(records) < 2:
+        return "One run: nothing to compare yet."
     lines = []
-    if real:
-        lines.append("**Real models:** " + "; ".join(
-            f"`{r['run_name']}` ({r['method']} on `{r['model_id']}`, {_hardware(r)})" for r in real) + ".")
-    if demo:
-        lines.append("**Offline demo:** " + "; ".join(
-            f"`{r['run_name']}` ({r['method']} on `{r['model_id']}` standing in for the notebook's model, "
-            f"{_hardware(r)})" for r in demo) + ". These numbers show the pipeline working end to end "
-            "on a small stand-in model; they are not the Qwen2.5 results.")
-    return "\n\n".join(lines)
+    models: dict[str, list[str]] = {}
+    for r in records:
+        models.setdefault(r["model_id"], []).append(f"`{r['run_name']}`")
+    for model_id, runs in models.items():
+        if len(runs) > 1:
+            lines.append(f"{', '.join(runs)} trained the same model (`{model_id}`): their differences are the "
+                         "methods'.")
+    if len(models) > 1:
+        lines.append("Runs on different models differ in model size as well as in method.")
+    lines.append(_spread(records, lambda r: r["metrics"]["accuracy"], "{:.1%} accuracy", "Most accurate",
+                         "least"))
+    lines.append(_spread(records, lambda r: r["training"]["examples_per_second"], "{:.1f} examples/s",
+                         "Fastest to train", "slowest"))
+    if len({_hardware(r) for r in records}) > 1:
+        lines.append("The runs ran on different hardware, so speed compares machines as well as methods.")
+    peak_kinds = {r["training"]["peak_memory_kind"] for r in records}
+    lines.append(_spread(records, lambda r: r["training"]["peak_memory_bytes"] / 2**30, "{:.2f} GiB",
+                         "Lowest peak memory in training", "highest", low_is_best=True))
+    if len(peak_kinds) > 1:
+        lines.append("Peak memory was measured two ways (CUDA allocator on a GPU, process RSS on a CPU): "
+                     "those figures do not compare.")
+    lines.append(_spread(records, lambda r: r["footprint_bytes"] / 1e9, "{:.3f} GB",
+                         "Smallest weights as loaded", "largest", low_is_best=True))
+    return "\n".join(f"- {line}" for line in lines)
 
 
 def save_table(table: pd.DataFrame, path: str | Path) -> Path:

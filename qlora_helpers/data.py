@@ -168,15 +168,6 @@ def _load_from_hub() -> Banking77:
                      f"{HUB_DATASET}@{HUB_REVISION}")
 
 
-def check_num_labels(bank: Banking77, num_labels: int) -> None:
-    """Refuse a classifier head whose size disagrees with the data's intents, before loading a model."""
-    if num_labels != bank.num_labels:
-        raise Banking77Error(
-            f"num_labels={num_labels}, but {bank.source} has {bank.num_labels} intents: set "
-            f"num_labels={bank.num_labels} (or fix categories.json)."
-        )
-
-
 def stratified_subsample(dataset: Dataset, max_samples: int | None, seed: int = 42,
                          min_per_class: int = 1) -> Dataset:
     """Keep about max_samples rows in the class proportions, at least min_per_class of each class."""

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding
@@ -17,19 +17,21 @@ from . import distributed
 class Evaluation:
     accuracy: float
     macro_f1: float  # over the intents in the labels or the predictions (see compute_metrics)
-    confusion: np.ndarray  # rows: true label, columns: predicted label
-    per_class: dict  # sklearn's classification_report, as a dict keyed by intent name
+    confusion: np.ndarray  # (num_labels, num_labels) counts; rows: true label, columns: predicted label
     confused_pairs: list[dict]  # the most confused (true, predicted) intent pairs, most first
-    predictions: np.ndarray
-    labels: np.ndarray
+    predictions: np.ndarray  # (n,) predicted label ids
+    labels: np.ndarray  # (n,) true label ids
     absent_intents: list[str]  # intents with no test rows: they do not count in macro_f1
 
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, dataset, tokenizer, batch_size: int = 64) -> np.ndarray:
-    """Predicted label ids for a tokenized dataset, in its order, batches sorted by length for speed.
+    """Predicted label ids, shape (len(dataset),) int64, in the dataset's order.
 
-    Under DDP each process predicts its shard and every process gets the whole, gathered result.
+    `dataset` is what data.tokenize returns: `input_ids`, `attention_mask` and `length` (each row's
+    token count: batches are sorted by it, so each is padded little). Raises KeyError without a
+    `length` column. Under DDP each process predicts its shard and every process gets the whole,
+    gathered result.
     """
     model.eval()
     lengths = np.asarray(dataset["length"])
@@ -62,7 +64,9 @@ def predict_texts(model: torch.nn.Module, tokenizer, texts: list[str], label_nam
 
 def compute_metrics(labels: np.ndarray, predictions: np.ndarray, label_names: list[str],
                     top_pairs: int = 10) -> Evaluation:
-    """Accuracy, macro-F1, the full confusion matrix and the most confused pairs (ids index label_names).
+    """Accuracy and macro-F1 (fractions in [0, 1]), the (len(label_names), len(label_names)) confusion
+    matrix and the `top_pairs` most confused pairs, from `labels` and `predictions`: label ids of
+    shape (n,), indexing label_names.
 
     Macro-F1 averages over the intents that occur in the labels or the predictions, as sklearn's
     f1_score does when not given `labels=`: an intent with no test rows has no F1 (counting it as 0
@@ -77,9 +81,6 @@ def compute_metrics(labels: np.ndarray, predictions: np.ndarray, label_names: li
         accuracy=float(accuracy_score(labels, predictions)),
         macro_f1=float(f1_score(labels, predictions, labels=present, average="macro", zero_division=0)),
         confusion=confusion,
-        per_class=classification_report(labels, predictions, labels=present,
-                                        target_names=[label_names[i] for i in present],
-                                        output_dict=True, zero_division=0),
         confused_pairs=top_confused_pairs(confusion, label_names, top_pairs),
         predictions=predictions,
         labels=labels,
@@ -104,5 +105,6 @@ def top_confused_pairs(confusion: np.ndarray, label_names: list[str], k: int = 1
 
 def evaluate(model: torch.nn.Module, dataset, tokenizer, label_names: list[str],
              batch_size: int = 64) -> Evaluation:
+    """compute_metrics on `predict`'s predictions for a tokenized dataset with a `label` column."""
     predictions = predict(model, dataset, tokenizer, batch_size)
     return compute_metrics(np.asarray(dataset["label"]), predictions, label_names)

@@ -100,9 +100,13 @@ def show_examples(bank: data.Banking77, n: int = 8, seed: int = 0) -> pd.DataFra
 
 
 # Model ----------------------------------------------------------------------------------------
-def load_model(params: NotebookParameters, bank: data.Banking77) -> modeling.LoadedModel:
-    """The classifier set up for params.method, its head sized to the data's intents."""
-    data.check_num_labels(bank, bank.num_labels)
+def load_model(params: NotebookParameters, bank: data.Banking77, *, quantization_config=None,
+               lora_config=None) -> modeling.LoadedModel:
+    """The classifier set up for params.method, its head sized to the data's intents.
+
+    quantization_config (a `BitsAndBytesConfig`, 03) and lora_config (a peft `LoraConfig`, 02 and 03)
+    are the notebook's recipe cells; None builds the same defaults (modeling.load_model). Raises
+    modeling.ModelSetupError (the message says the fix)."""
     report = _LoadReport(params.model_id)
     # transformers 5.24 renamed gradient checkpointing to activation checkpointing; peft and
     # modeling.py still call the old names, which work until transformers 6. An offline GGUF model
@@ -113,8 +117,10 @@ def load_model(params: NotebookParameters, bank: data.Banking77) -> modeling.Loa
                        (FutureWarning, "`is_gradient_checkpointing` is deprecated")),
                 filters=(("transformers.modeling_utils", report),)):
         loaded = modeling.load_model(
-            params.model_id, params.method, num_labels=bank.num_labels, lora_r=params.lora_r,
-            lora_alpha=params.lora_alpha, lora_dropout=params.lora_dropout,
+            params.model_id, params.method, num_labels=bank.num_labels,
+            quantization_config=quantization_config, lora_config=lora_config,
+            **({} if lora_config is not None or params.method == "full" else
+               {"lora_r": params.lora_r, "lora_alpha": params.lora_alpha, "lora_dropout": params.lora_dropout}),
             gradient_checkpointing=params.gradient_checkpointing,
             upcast_all_to_fp32=params.upcast_all_to_fp32, seed=params.seed,
             label_names=bank.label_names,
@@ -166,7 +172,7 @@ def memory_table(loaded: modeling.LoadedModel) -> pd.DataFrame:
     packed = other = 0
     dtypes = set()
     for param in loaded.model.parameters():
-        if param.__class__.__name__ == "Params4bit":
+        if modeling.is_packed_4bit(param):
             packed += param.numel() * param.element_size()
         else:
             other += param.numel() * param.element_size()
@@ -195,7 +201,7 @@ _FLAG_WHY = {
 
 def quantization_table(loaded: modeling.LoadedModel) -> pd.DataFrame:
     """Each BitsAndBytesConfig flag the model was loaded with, its value, and why it is set."""
-    config = getattr(_base_config(loaded.model), "quantization_config", None)
+    config = getattr(modeling.base_model(loaded.model).config, "quantization_config", None)
     if config is None:
         return pd.DataFrame({"value": {"quantization": "none"},
                              "why": {"quantization": f"method={loaded.method!r} loads the base unquantized"}})
@@ -203,29 +209,25 @@ def quantization_table(loaded: modeling.LoadedModel) -> pd.DataFrame:
     return pd.DataFrame({"value": {flag: str(values.get(flag)) for flag in _FLAG_WHY}, "why": _FLAG_WHY})
 
 
-def _base_config(model):
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.config
-
-
 def weights_table(loaded: modeling.LoadedModel) -> pd.DataFrame:
     """What preparing for k-bit training left behind: which weights are 4-bit, which frozen, which
     train (and in which dtype), and whether gradient checkpointing is on."""
     groups: dict[tuple, list] = {}
     for name, param in loaded.model.named_parameters():
-        packed = param.__class__.__name__ == "Params4bit"
-        count = (param.quant_state.shape.numel() if packed and param.quant_state else param.numel())
+        packed = modeling.is_packed_4bit(param)
+        count = modeling.parameter_count(param)
         if param.requires_grad:
             kind = "trainable: head" if any(f"{h}." in name for h in modeling.HEAD_NAMES) else "trainable: LoRA adapters"
         else:
             kind = "frozen: 4-bit packed" if packed else "frozen: not quantized (norms, embeddings, ...)"
-        dtype = "nf4 (stored as uint8)" if packed else str(param.dtype).replace("torch.", "")
+        quant_type = getattr(param.quant_state, "quant_type", "4-bit") if packed else None
+        dtype = f"{quant_type} (stored as uint8)" if packed else str(param.dtype).replace("torch.", "")
         entry = groups.setdefault((kind, dtype), [0, 0])
         entry[0] += 1
         entry[1] += count
     table = pd.DataFrame([{"weights": kind, "dtype": dtype, "tensors": n, "parameters": count}
                           for (kind, dtype), (n, count) in sorted(groups.items())])
-    base = loaded.model.get_base_model() if hasattr(loaded.model, "get_base_model") else loaded.model
+    base = modeling.base_model(loaded.model)
     checkpointing = getattr(base, "is_activation_checkpointing", None)
     if checkpointing is None:  # transformers < 5.24
         checkpointing = getattr(base, "is_gradient_checkpointing", False)
@@ -255,6 +257,19 @@ def train_config(params: NotebookParameters, train_examples: int) -> training.Tr
         learning_rate=params.learning_rate, max_length=params.max_length, seed=params.seed,
         save_steps=params.save_steps, logging_steps=max(1, min(50, int(steps) // 40)),
     )
+
+
+_SHOWN_ARGUMENTS = ("num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
+                    "learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "optim", "fp16", "bf16",
+                    "train_sampling_strategy", "save_steps", "seed")
+
+
+def training_arguments(params: NotebookParameters, loaded: modeling.LoadedModel, train_rows) -> pd.DataFrame:
+    """The `TrainingArguments` that `train` will give the Trainer (training.training_arguments), the
+    fields a recipe sets; the rest keep transformers' defaults."""
+    args = training.training_arguments(loaded, train_config(params, len(train_rows)))
+    values = {name: getattr(args, name) for name in _SHOWN_ARGUMENTS}
+    return pd.DataFrame({"value": {name: repr(getattr(value, "value", value)) for name, value in values.items()}})
 
 
 def train(params: NotebookParameters, loaded: modeling.LoadedModel, train_rows) -> training.TrainStats:
@@ -347,7 +362,6 @@ def save_results(params: NotebookParameters, loaded: modeling.LoadedModel, stats
     path = results.write_result(record, results_path(params))
     if not params.keep_checkpoints and is_main_process():
         shutil.rmtree(params.checkpoint_dir, ignore_errors=True)
-    kind = "offline demo model" if params.demo else "real model"
-    print(f"wrote {path.name} to {params.notebook}/ ({kind}): accuracy {record['metrics']['accuracy']:.2%}, "
+    print(f"wrote {path.name} to {params.notebook}/ ({record['model_kind']}): accuracy {record['metrics']['accuracy']:.2%}, "
           f"macro-F1 {record['metrics']['macro_f1']:.3f}")
     return record

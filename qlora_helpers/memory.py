@@ -380,11 +380,3 @@ def fit_table(models=("0.5B", "1.5B", "7B"), methods=("full", "lora", "qlora"), 
                 row[gpu] = "yes" if est.fits(gpu) else "no"
             rows.append(row)
     return pd.DataFrame(rows).set_index(["model", "method"])
-
-
-def markdown_table(frame) -> str:
-    """A DataFrame as a GitHub markdown table (no `tabulate` needed), index columns first."""
-    frame = frame.reset_index()
-    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + " --- |" * len(frame.columns)]
-    lines += ["| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join(lines)

@@ -8,10 +8,12 @@ non-4-bit weight that `prepare_model_for_kbit_training` makes, a checkpoint save
 """
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from huggingface_hub import get_token
@@ -21,6 +23,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Bits
 from . import defaults, emulation
 from .distributed import local_device
 from .offline_models import resolve_model_id
+
+if TYPE_CHECKING:  # peft is imported where a LoRA model is built
+    from peft import LoraConfig
 
 METHODS = defaults.METHODS
 HEAD_NAMES = ("score", "classifier")  # Qwen2/Llama-style and BERT-style classification heads
@@ -42,8 +47,16 @@ class LoadedModel:
     total_params: int
 
     def summary(self) -> str:
+        """One line: the id, method, how the weights are held, footprint in GB (1e9 bytes) and the
+        trainable share, e.g. `... [qlora] loaded in 4-bit. footprint: X GB; trainable params: ...`."""
         share = self.trainable_params / self.total_params
-        bits = "4-bit" if self.method == "qlora" else str(self.compute_dtype).replace("torch.", "")
+        compute = str(self.compute_dtype).replace("torch.", "")
+        if self.method == "qlora":
+            bits = "4-bit"
+        elif self.method == "full" and self.compute_dtype != torch.float32:
+            bits = f"float32 (master weights; {compute} autocast compute)"
+        else:
+            bits = compute
         return (f"{self.model_id} [{self.method}] loaded in {bits}. footprint: "
                 f"{self.footprint_bytes / 1e9:.3f} GB; trainable params: {self.trainable_params:,} of "
                 f"{self.total_params:,} ({share:.2%})")
@@ -96,48 +109,78 @@ def load_tokenizer(model_id_or_path: str):
     return tokenizer
 
 
+def default_quantization_config(compute_dtype: torch.dtype) -> BitsAndBytesConfig:
+    """The 4-bit recipe qlora loads with when given none (defaults.QUANTIZATION, the head unquantized)."""
+    return BitsAndBytesConfig(**defaults.QUANTIZATION, bnb_4bit_compute_dtype=compute_dtype,
+                              llm_int8_skip_modules=list(HEAD_NAMES))
+
+
+def default_lora_config(method: str, r: int | None = None, alpha: int | None = None,
+                        dropout: float | None = None) -> LoraConfig:
+    """The `LoraConfig` lora and qlora use when given none: the method's defaults (defaults.py) for
+    what is left None, adapters on all linear layers, the head trained in full."""
+    from peft import LoraConfig, TaskType
+
+    chosen = defaults.for_method(method)
+    return LoraConfig(task_type=TaskType.SEQ_CLS, r=r or chosen.lora_r, lora_alpha=alpha or chosen.lora_alpha,
+                      lora_dropout=chosen.lora_dropout if dropout is None else dropout,
+                      target_modules=defaults.LORA_TARGET_MODULES, modules_to_save=list(HEAD_NAMES))
+
+
 def load_model(
     model_id_or_path: str,
     method: str = "lora",
     num_labels: int = 77,
     *,
     compute_dtype: torch.dtype | None = None,
+    quantization_config: BitsAndBytesConfig | None = None,
+    lora_config: LoraConfig | None = None,
     lora_r: int | None = None,
     lora_alpha: int | None = None,
     lora_dropout: float | None = None,
-    target_modules: str | list[str] = "all-linear",
     gradient_checkpointing: bool | None = None,
     upcast_all_to_fp32: bool = False,
     device: str | None = None,
     seed: int = 42,
     label_names: list[str] | None = None,
 ) -> LoadedModel:
-    """Load `AutoModelForSequenceClassification` set up for `method`.
+    """Load `AutoModelForSequenceClassification` with a `num_labels`-way head, set up for `method`.
 
-    full: every weight trains, in `compute_dtype` on CPU or fp32 master weights under AMP on GPU.
+    full: every weight trains, in fp32 (master weights; on GPU the Trainer's AMP computes in 16-bit).
     lora: the base is frozen in 16-bit (fp32 on CPU); LoRA adapters on all linear layers plus the head train.
     qlora: the base is NF4 4-bit with double quantization and 16-bit compute; LoRA as above; the head
       stays unquantized.
-    lora_r, lora_alpha, lora_dropout and gradient_checkpointing left None take the method's
-    default (defaults.py: checkpointing on for qlora only).
+    quantization_config (qlora) and lora_config (a peft `LoraConfig`; lora, qlora) are the recipe, as
+    notebooks 02 and 03 build it; None builds the defaults (`default_quantization_config`,
+    `default_lora_config`: defaults.py). A given one is copied and still made safe: the head joins its
+    llm_int8_skip_modules and modules_to_save, and the compute dtype is checked against the GPU.
+    lora_r, lora_alpha, lora_dropout (without a lora_config) and gradient_checkpointing left None
+    take the method's default (defaults.py: checkpointing on for qlora only).
       upcast_all_to_fp32=True does what `prepare_model_for_kbit_training` does (every non-4-bit weight,
       embeddings included, to fp32: ~+1.1 GB on a 7B model); by default only the trainable
       weights (adapters, head) are fp32 and the frozen ones stay as loaded.
     seed fixes the random initialisation of a new head and of the adapters, so reruns are identical.
     label_names (one per class, in label-id order) name the classes in the config: see set_label_names.
-    A checkpoint saved already quantized (the hub's `...-bnb-4bit`) loads for qlora only; other
-    methods raise ModelSetupError.
+    Raises ModelSetupError (the message says the fix) for an unknown method, a model that cannot be
+    found or is gated, bf16 on a GPU without it, qlora without bitsandbytes, a config that does not
+    fit the method, and a checkpoint saved already quantized (the hub's `...-bnb-4bit`) for any
+    method but qlora.
     """
-    loaded = load_base(model_id_or_path, method, num_labels, compute_dtype=compute_dtype, device=device,
-                       seed=seed, label_names=label_names)
+    if lora_config is not None and method == "full":
+        raise ModelSetupError("a lora_config was given for method='full', which trains every weight: "
+                              "use method='lora' or 'qlora', or drop the lora_config.")
+    if lora_config is not None and (lora_r, lora_alpha, lora_dropout) != (None, None, None):
+        raise ModelSetupError("both a lora_config and lora_r/lora_alpha/lora_dropout were given: set r, "
+                              "lora_alpha and lora_dropout in the LoraConfig only.")
+    loaded = load_base(model_id_or_path, method, num_labels, compute_dtype=compute_dtype,
+                       quantization_config=quantization_config, device=device, seed=seed,
+                       label_names=label_names)
     chosen = defaults.for_method(method)
     if gradient_checkpointing is None:
         gradient_checkpointing = chosen.gradient_checkpointing
     if method != "full":
-        loaded.model = _add_lora(loaded.model, method, r=lora_r or chosen.lora_r,
-                                 alpha=lora_alpha or chosen.lora_alpha,
-                                 dropout=chosen.lora_dropout if lora_dropout is None else lora_dropout,
-                                 target_modules=target_modules, gradient_checkpointing=gradient_checkpointing,
+        config = lora_config or default_lora_config(method, lora_r, lora_alpha, lora_dropout)
+        loaded.model = _add_lora(loaded.model, method, config, gradient_checkpointing=gradient_checkpointing,
                                  upcast_all_to_fp32=upcast_all_to_fp32)
     elif gradient_checkpointing:
         loaded.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -146,17 +189,24 @@ def load_model(
 
 
 def load_base(model_id_or_path: str, method: str = "lora", num_labels: int = 77, *,
-              compute_dtype: torch.dtype | None = None, device: str | None = None,
-              seed: int = 42, label_names: list[str] | None = None) -> LoadedModel:
+              compute_dtype: torch.dtype | None = None, quantization_config: BitsAndBytesConfig | None = None,
+              device: str | None = None, seed: int = 42, label_names: list[str] | None = None) -> LoadedModel:
     """The base classifier as `method` loads it (fp32 for full, 16-bit for lora, NF4 for qlora),
     without adapters: what `load_model` builds on and what a saved adapter is loaded onto.
-    label_names: see set_label_names."""
+    quantization_config (qlora only): see load_model. label_names: see set_label_names.
+    Raises ModelSetupError as load_model does."""
     if method not in METHODS:
         raise ModelSetupError(f"unknown method {method!r}: use one of {', '.join(METHODS)}.")
+    if quantization_config is not None and method != "qlora":
+        raise ModelSetupError(f"a quantization_config was given for method={method!r}, which loads the base "
+                              "unquantized: use method='qlora', or drop the quantization_config.")
     if method == "qlora":
         check_bitsandbytes()
     device = device or local_device()
     emulation.apply_from_environment(device)
+    if quantization_config is not None:
+        quantization_config = _head_kept_unquantized(quantization_config, compute_dtype)
+        compute_dtype = quantization_config.bnb_4bit_compute_dtype
     compute_dtype = compute_dtype or choose_compute_dtype(device)
     check_compute_dtype(compute_dtype, device)
 
@@ -167,14 +217,7 @@ def load_base(model_id_or_path: str, method: str = "lora", num_labels: int = 77,
     load_dtype = torch.float32 if method == "full" else compute_dtype
     kwargs: dict = {"num_labels": num_labels, "dtype": load_dtype}
     if method == "qlora":
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=compute_dtype,
-            # transformers would quantize BERT's `classifier` (Qwen2's `score` it already skips).
-            llm_int8_skip_modules=list(HEAD_NAMES),
-        )
+        kwargs["quantization_config"] = quantization_config or default_quantization_config(compute_dtype)
         # The whole model on this process's device: under DDP every GPU holds a full 4-bit copy.
         kwargs["device_map"] = {"": torch.device(device)}
     saved = saved_quantization(model_id_or_path)
@@ -194,11 +237,26 @@ def load_base(model_id_or_path: str, method: str = "lora", num_labels: int = 77,
                        trainable, total)
 
 
+def _head_kept_unquantized(config: BitsAndBytesConfig, compute_dtype: torch.dtype | None) -> BitsAndBytesConfig:
+    """A copy of a given 4-bit config whose skip list holds the heads: transformers would quantize
+    BERT's `classifier` (Qwen2's `score` it already skips), and a new head must train in full precision."""
+    if not getattr(config, "load_in_4bit", False):
+        raise ModelSetupError("method='qlora' needs a 4-bit quantization_config: "
+                              "BitsAndBytesConfig(load_in_4bit=True, ...).")
+    given = config.bnb_4bit_compute_dtype
+    if compute_dtype is not None and given != compute_dtype:
+        raise ModelSetupError(f"compute_dtype={compute_dtype} but the quantization_config computes in {given}: "
+                              "set bnb_4bit_compute_dtype in the config only.")
+    config = copy.deepcopy(config)
+    config.llm_int8_skip_modules = list(dict.fromkeys([*(config.llm_int8_skip_modules or []), *HEAD_NAMES]))
+    return config
+
+
 def set_label_names(model: torch.nn.Module, label_names: list[str]) -> None:
     """Name the classes in the (base) model's config, `id2label` and `label2id`, so that whatever
     is saved from it answers `card_arrival`, not `LABEL_11`, in any transformers loader (a
     `pipeline("text-classification")` too). Raises ModelSetupError if the head has another size."""
-    config = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
+    config = base_model(model).config
     if len(label_names) != config.num_labels:
         raise ModelSetupError(f"{len(label_names)} label names for a head of {config.num_labels} classes: "
                               "pass the label names of the data the model was trained on.")
@@ -316,9 +374,10 @@ def _gated_model_advice(model_id: str, status: int) -> str:
             f"`export HF_TOKEN=hf_...` or `hf auth login`. {found}")
 
 
-def _add_lora(model, method: str, *, r: int, alpha: int, dropout: float, target_modules,
-              gradient_checkpointing: bool, upcast_all_to_fp32: bool):
-    from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
+def _add_lora(model, method: str, config: LoraConfig, *, gradient_checkpointing: bool, upcast_all_to_fp32: bool):
+    """Wrap `model` with peft's LoRA (a copy of `config`, the model's head added to modules_to_save so
+    it trains), trainable weights in fp32. Raises ModelSetupError for a task_type other than SEQ_CLS."""
+    from peft import TaskType, get_peft_model, prepare_model_for_kbit_training
 
     checkpointing_kwargs = {"use_reentrant": False}
     if method == "qlora" and upcast_all_to_fp32:
@@ -329,9 +388,13 @@ def _add_lora(model, method: str, *, r: int, alpha: int, dropout: float, target_
             param.requires_grad = False
         if gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing_kwargs)
+    if config.task_type not in (None, TaskType.SEQ_CLS):
+        raise ModelSetupError(f"LoraConfig(task_type={config.task_type!r}) for a sequence classifier: use "
+                              "task_type=TaskType.SEQ_CLS (peft then trains the head and computes its loss).")
+    config = copy.deepcopy(config)
+    config.task_type = TaskType.SEQ_CLS
     heads = [name for name in HEAD_NAMES if hasattr(model, name)]
-    config = LoraConfig(task_type=TaskType.SEQ_CLS, r=r, lora_alpha=alpha, lora_dropout=dropout,
-                        target_modules=target_modules, modules_to_save=heads)
+    config.modules_to_save = list(dict.fromkeys([*(config.modules_to_save or []), *heads]))
     model = get_peft_model(model, config)
     # Trainable weights in fp32: the optimizer needs fp32 masters, and fp16 AMP refuses fp16 grads.
     for param in model.parameters():
@@ -344,13 +407,28 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """(trainable, total), counting each packed 4-bit weight as the parameters it stands for."""
     trainable = total = 0
     for param in model.parameters():
-        count = param.numel()
-        if param.__class__.__name__ == "Params4bit":
-            count = param.quant_state.shape.numel() if param.quant_state else count * 2
+        count = parameter_count(param)
         total += count
         if param.requires_grad:
             trainable += count
     return trainable, total
+
+
+def is_packed_4bit(param: torch.Tensor) -> bool:
+    """True for a bitsandbytes 4-bit weight (`Params4bit`: two weights a byte, uint8 storage)."""
+    return param.__class__.__name__ == "Params4bit"
+
+
+def parameter_count(param: torch.Tensor) -> int:
+    """How many weights a tensor stands for: a packed 4-bit one holds two a byte."""
+    if is_packed_4bit(param):
+        return param.quant_state.shape.numel() if param.quant_state else param.numel() * 2
+    return param.numel()
+
+
+def base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model under a peft wrapper (the model itself if it is not wrapped)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def head_parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -19,6 +19,27 @@ METHODS = defaults.METHODS
 DATA_SOURCES = ("auto", "local", "hub")
 
 
+# What a model id names, as far as the id tells: offline stand-ins ship real weights except the
+# random tiny Qwen2 of the tests (offline_models.py).
+OFFLINE_PREFIX = "offline:"
+RANDOM_OFFLINE_MODELS = ("tiny-qwen2",)
+
+
+def model_kind(model_id: str) -> str:
+    """"hub model", "local folder", "offline stand-in (real weights)" or "random weights (test)".
+
+    An id that is no folder here (nor a path: absolute, `./`, `~`) is the hub's, as from_pretrained
+    reads it; a local folder's weights are not known (a random test model and a fine-tuned one look
+    alike), so it says no more. results.build_result records it where the model was loaded.
+    """
+    if model_id.startswith(OFFLINE_PREFIX):
+        random = model_id[len(OFFLINE_PREFIX):] in RANDOM_OFFLINE_MODELS
+        return "random weights (test)" if random else "offline stand-in (real weights)"
+    if Path(model_id).exists() or model_id.startswith(("/", ".", "~")):
+        return "local folder"
+    return "hub model"
+
+
 class ParameterError(ValueError):
     """One or more notebook parameters are wrong: the message names each and says how to fix it."""
 
@@ -135,7 +156,12 @@ class NotebookParameters:
     @property
     def demo(self) -> bool:
         """True for the offline stand-in models: their numbers demonstrate the pipeline, not Qwen."""
-        return self.model_id.startswith("offline:")
+        return self.model_id.startswith(OFFLINE_PREFIX)
+
+    @property
+    def model_kind(self) -> str:
+        """What model_id names: see model_kind."""
+        return model_kind(self.model_id)
 
     @property
     def output_dir(self) -> Path:

@@ -16,6 +16,7 @@ import torch
 
 from . import atomic
 from .distributed import is_main_process
+from .parameters import model_kind
 
 SCHEMA = "qlora-notebooks/run-result"
 SCHEMA_VERSION = 1
@@ -79,7 +80,8 @@ def build_result(*, run_name: str, loaded, stats, evaluation, label_names: list[
     """Assemble the results record from the objects the notebook already holds."""
     record = {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "run_name": run_name,
-        "model_id": loaded.model_id, "method": loaded.method, "demo": demo,
+        "model_id": loaded.model_id, "model_kind": model_kind(loaded.model_id), "method": loaded.method,
+        "demo": demo,
         "compute_dtype": str(loaded.compute_dtype).replace("torch.", ""),
         "hardware": hardware(), "data": data,
         "footprint_bytes": int(loaded.footprint_bytes), "trainable_params": int(loaded.trainable_params),

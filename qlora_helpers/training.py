@@ -164,13 +164,12 @@ def peak_memory() -> tuple[int, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process_peak_rss"
 
 
-def build_trainer(loaded: LoadedModel, train_dataset, config: TrainConfig) -> tuple[Trainer, MeasureCallback]:
-    """A Trainer with mixed precision matched to the model's compute dtype and our collator."""
-    set_seed(config.seed)
+def training_arguments(loaded: LoadedModel, config: TrainConfig) -> TrainingArguments:
+    """The `TrainingArguments` build_trainer gives the Trainer: `config`'s knobs, mixed precision
+    matched to the model's compute dtype (fp16 or bf16 autocast on a GPU, none on CPU), batches
+    grouped by length, a checkpoint every `save_steps` optimizer steps."""
     on_gpu = torch.cuda.is_available()
-    fp16 = on_gpu and loaded.compute_dtype == torch.float16
-    bf16 = on_gpu and loaded.compute_dtype == torch.bfloat16
-    args = TrainingArguments(
+    return TrainingArguments(
         output_dir=config.output_dir,
         num_train_epochs=config.epochs,
         max_steps=config.max_steps,
@@ -180,8 +179,8 @@ def build_trainer(loaded: LoadedModel, train_dataset, config: TrainConfig) -> tu
         warmup_steps=config.warmup_ratio,  # a float < 1 is a share of the steps in transformers 5
         weight_decay=config.weight_decay,
         optim=config.optimizer,
-        fp16=fp16,
-        bf16=bf16,
+        fp16=on_gpu and loaded.compute_dtype == torch.float16,
+        bf16=on_gpu and loaded.compute_dtype == torch.bfloat16,
         seed=config.seed,
         train_sampling_strategy="group_by_length" if config.group_by_length else "random",
         logging_steps=config.logging_steps,
@@ -195,8 +194,14 @@ def build_trainer(loaded: LoadedModel, train_dataset, config: TrainConfig) -> tu
         ddp_find_unused_parameters=False,
         dataloader_num_workers=0,
     )
+
+
+def build_trainer(loaded: LoadedModel, train_dataset, config: TrainConfig) -> tuple[Trainer, MeasureCallback]:
+    """A Trainer with `training_arguments`, our collator and the measuring callback."""
+    set_seed(config.seed)
+    args = training_arguments(loaded, config)
     collator = LengthDroppingCollator(loaded.tokenizer, pad_to_multiple_of=config.pad_to_multiple_of)
-    measure = MeasureCallback(loaded.model, fp16)
+    measure = MeasureCallback(loaded.model, args.fp16)
     trainer = Trainer(model=loaded.model, args=args, train_dataset=train_dataset,
                       data_collator=collator, callbacks=[measure])
     # transformers 5 takes a forward with **kwargs to mean "normalises its loss by num_items_in_batch"

@@ -146,8 +146,3 @@ def test_hub_rows_are_renumbered_in_categories_order(monkeypatch):
     assert bank.train["label"] == [0, data.BANKING77_INTENTS.index("activate_my_card")]
     assert bank.label_names == list(data.BANKING77_INTENTS)
 
-
-def test_label_count_must_match_the_head(banking77):
-    data.check_num_labels(banking77, 77)
-    with pytest.raises(Banking77Error, match="num_labels=76, but .* has 77 intents: set num_labels=77"):
-        data.check_num_labels(banking77, 76)

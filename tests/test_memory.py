@@ -44,7 +44,7 @@ def test_footprint_matches_get_memory_footprint(checkpoints, shape, method, dtyp
     loaded = modeling.load_model(str(checkpoints[shape.name]), method, 77, compute_dtype=dtype, device="cpu")
     est = memory.estimate(shape, method, compute_dtype=dtype)
     assert est.footprint_bytes == loaded.footprint_bytes  # exact: same arithmetic as the loader
-    base = loaded.model.get_base_model() if hasattr(loaded.model, "get_base_model") else loaded.model
+    base = modeling.base_model(loaded.model)
     with_adapters = base.get_memory_footprint()
     assert est.footprint_bytes + est.adapter_bytes == with_adapters  # fp32 adapters + head copy
     assert est.trainable_params == loaded.trainable_params
@@ -100,7 +100,6 @@ def test_fit_table_answers():
     small = memory.estimate("1.5B", "lora", batch_size=8, seq_len=64)
     large = memory.estimate("1.5B", "lora", batch_size=64, seq_len=128)
     assert small.fits("T4") and not large.fits("T4") and large.peak_bytes > small.peak_bytes
-    assert "| Qwen2.5-7B | qlora | 64 |" in memory.markdown_table(table)
 
 
 def test_paged_optimizer_state_is_outside_the_allocator_peak():

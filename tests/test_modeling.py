@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -142,3 +144,61 @@ def test_already_quantized_checkpoint_trains_with_an_unquantized_head(tiny_qwen2
 def test_already_quantized_checkpoint_is_refused_for_16bit_methods(tiny_qwen2_bnb_4bit, method):
     with pytest.raises(ModelSetupError, match="already quantized.*bitsandbytes 4-bit.*16-bit base"):
         modeling.load_model(tiny_qwen2_bnb_4bit, method)
+
+
+def test_given_configs_still_get_the_pitfall_handling(minilm_path):
+    """A BitsAndBytesConfig that forgets the head and a LoraConfig without modules_to_save or task_type:
+    BERT's `classifier` stays unquantized and trains in fp32, and the caller's configs are not changed."""
+    import bitsandbytes as bnb
+    from peft import LoraConfig
+    from transformers import BitsAndBytesConfig
+
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="fp4", bnb_4bit_compute_dtype=torch.float32)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"])
+    loaded = modeling.load_model(minilm_path, "qlora", quantization_config=quantization, lora_config=lora)
+    layers = dict(loaded.model.named_modules())
+    four_bit = [n for n, m in layers.items() if isinstance(m, bnb.nn.Linear4bit)]
+    assert four_bit and not any("classifier" in n for n in four_bit)
+    assert layers[four_bit[0]].weight.quant_state.quant_type == "fp4"  # the given recipe, not the default
+    head = modeling.head_parameters(loaded.model)
+    assert head and all(p.dtype == torch.float32 and p.requires_grad for p in head.values())
+    assert quantization.llm_int8_skip_modules is None and lora.modules_to_save is None and lora.task_type is None
+
+
+@pytest.mark.parametrize("method, kwargs, problem", [
+    ("full", {"lora_config": "lora"}, "lora_config was given for method='full'"),
+    ("lora", {"quantization_config": "bnb"}, "quantization_config was given for method='lora'"),
+    ("lora", {"lora_config": "lora", "lora_r": 4}, "set r, lora_alpha and lora_dropout in the LoraConfig"),
+    ("qlora", {"quantization_config": "8bit"}, "needs a 4-bit quantization_config"),
+    ("qlora", {"quantization_config": "bnb", "compute_dtype": torch.bfloat16}, "set bnb_4bit_compute_dtype"),
+    ("lora", {"lora_config": "causal"}, "use task_type=TaskType.SEQ_CLS"),
+])
+def test_configs_that_do_not_fit_the_method_are_refused(tiny_qwen2, method, kwargs, problem):
+    from peft import LoraConfig, TaskType
+    from transformers import BitsAndBytesConfig
+
+    configs = {"lora": LoraConfig(r=4), "causal": LoraConfig(task_type=TaskType.CAUSAL_LM),
+               "bnb": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32),
+               "8bit": BitsAndBytesConfig(load_in_8bit=True)}
+    kwargs = {k: configs.get(v, v) if isinstance(v, str) else v for k, v in kwargs.items()}
+    with pytest.raises(ModelSetupError, match=re.escape(problem)):
+        modeling.load_model(tiny_qwen2, method, **kwargs)
+
+
+def test_summary_says_full_fine_tuning_keeps_fp32_weights(tiny_qwen2):
+    loaded = modeling.load_model(tiny_qwen2, "full")
+    loaded.compute_dtype = torch.float16  # as on a T4: the Trainer autocasts, the weights stay fp32
+    assert all(p.dtype == torch.float32 for p in loaded.model.parameters())
+    assert "loaded in float32 (master weights; float16 autocast compute)" in loaded.summary()
+
+
+def test_one_helper_each_for_4bit_weights_and_for_unwrapping_peft():
+    """modeling.is_packed_4bit and modeling.base_model are the only copies of these two checks."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for path in [*root.glob("qlora_helpers/*.py"), *root.glob("bench/*.py")]:
+        if path.name != "modeling.py":
+            text = path.read_text()
+            assert "Params4bit" not in text, f"{path.name}: use modeling.is_packed_4bit"
+            assert "get_base_model()" not in text, f"{path.name}: use modeling.base_model"

@@ -18,6 +18,7 @@ from qlora_helpers import profiles, results, runner
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_FILES = sorted((ROOT / "notebooks").glob("*.ipynb"))
 MACHINE_PATH = re.compile(r"/(work|root|home)/")
+MAX_CELL_LINES = 15  # what a reader takes in at a glance; longer logic belongs in qlora_helpers
 
 
 def read(path: Path):
@@ -66,7 +67,8 @@ def test_notebook_reads_as_a_tutorial(path):
             assert nb.cells[index - 1].cell_type == "markdown", f"{path.name}: code cell {index} has no prose above it"
             # The install cell runs before the package exists: it is qlora_helpers/install.py (test_install.py).
             if cell is not code[0]:
-                assert len(cell.source.splitlines()) <= 8, f"{path.name}: cell {index} is long: move logic to qlora_helpers"
+                assert len(cell.source.splitlines()) <= MAX_CELL_LINES, \
+                    f"{path.name}: cell {index} is long: move logic to qlora_helpers"
 
 
 @pytest.mark.parametrize("stem", profiles.TRAINING_NOTEBOOKS)
@@ -85,6 +87,69 @@ def test_qlora_notebook_explains_quantization():
     for flag in ("nf4", "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype", "llm_int8_skip_modules",
                  "prepare_model_for_kbit_training", "loaded in 4-bit. footprint"):
         assert flag in text
+
+
+def recipe_cells(stem: str) -> list[str]:
+    """The cells of a training notebook that build its method: BitsAndBytesConfig, LoraConfig, the
+    TrainingArguments shown before training."""
+    markers = ("BitsAndBytesConfig(", "LoraConfig(", "experiment.training_arguments(")
+    return [c.source for c in read(ROOT / "notebooks" / f"{stem}.ipynb").cells
+            if c.cell_type == "code" and any(m in c.source for m in markers)]
+
+
+def run_recipe(stem: str, params) -> dict:
+    """The notebook's recipe cells executed as the notebook runs them, after its `params`."""
+    namespace = {"params": params}
+    for source in recipe_cells(stem):
+        if "BitsAndBytesConfig(" in source or "LoraConfig(" in source:
+            exec(source, namespace)
+    return namespace
+
+
+def test_the_notebooks_show_their_recipe():
+    found = {stem: "\n".join(recipe_cells(stem)) for stem in profiles.TRAINING_NOTEBOOKS}
+    for stem, text in found.items():
+        method = profiles.KAGGLE_T4.parameters(stem)["method"]
+        assert "experiment.training_arguments(" in text, f"{stem} does not show its TrainingArguments"
+        assert ("LoraConfig(" in text) == (method != "full"), f"{stem}: a LoraConfig cell iff LoRA"
+        assert ("BitsAndBytesConfig(" in text) == (method == "qlora"), f"{stem}: a BitsAndBytesConfig cell iff QLoRA"
+    lora_cell = [[s for s in recipe_cells(stem) if "LoraConfig(" in s] for stem in profiles.TRAINING_NOTEBOOKS[1:]]
+    assert lora_cell[0] == lora_cell[1], "02 and 03 differ in the LoRA cell: the diff should show the method only"
+
+
+@pytest.mark.parametrize("stem", profiles.TRAINING_NOTEBOOKS[1:])
+def test_the_notebook_recipe_is_the_default_and_is_what_the_model_carries(stem, tiny_qwen2):
+    """The configs the cells build equal what the helpers build when given none (defaults.py), and a
+    model loaded with them carries them: peft's LoraConfig and the base's quantization flags."""
+    import torch
+
+    from qlora_helpers import defaults, modeling
+    from qlora_helpers.parameters import NotebookParameters
+
+    method = profiles.KAGGLE_T4.parameters(stem)["method"]
+    params = NotebookParameters(notebook=stem, model_id=tiny_qwen2, method=method, lora_r=8, lora_alpha=24,
+                                lora_dropout=0.1)  # not the defaults: the cell must read the parameters
+    recipe = run_recipe(stem, params)
+    shown, bnb = recipe["lora_config"], recipe.get("bnb_config")
+    default = modeling.default_lora_config(method, params.lora_r, params.lora_alpha, params.lora_dropout)
+    assert shown.to_dict() == default.to_dict()
+    if method == "qlora":
+        assert bnb.to_dict() == modeling.default_quantization_config(modeling.choose_compute_dtype()).to_dict()
+    loaded = modeling.load_model(tiny_qwen2, method, quantization_config=bnb, lora_config=shown)
+    carried = loaded.model.peft_config["default"]
+    assert (carried.r, carried.lora_alpha, carried.lora_dropout) == (8, 24, 0.1)
+    # "all-linear", as peft resolved it: every linear layer of Qwen2's blocks
+    assert {name.rsplit(".", 1)[-1] for name in carried.target_modules} == {
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert "score" in carried.modules_to_save
+    quantized = getattr(modeling.base_model(loaded.model).config, "quantization_config", None)
+    if method == "qlora":
+        for flag, value in defaults.QUANTIZATION.items():
+            assert getattr(quantized, flag) == value, flag
+        assert quantized.bnb_4bit_compute_dtype == recipe["compute_dtype"] == loaded.compute_dtype
+        assert "score" in quantized.llm_int8_skip_modules
+    else:
+        assert quantized is None and loaded.compute_dtype == torch.float32  # CPU
 
 
 # The series, run end to end ---------------------------------------------------------------------
@@ -174,15 +239,15 @@ def test_render_has_no_machine_paths_and_no_library_noise(smoke):
     assert render_problems(smoke.run_dir) == []
 
 
-def test_comparison_has_three_rows_and_says_which_runs_are_demo(smoke):
+def test_comparison_has_three_rows_and_says_what_kind_of_model_each_used(smoke):
     table = pd.read_csv(smoke.run_dir / "04_comparison" / "comparison.csv", index_col="run")
     assert list(table.index) == list(profiles.TRAINING_NOTEBOOKS)
-    assert set(table["kind"]) == {"offline demo"}
+    assert set(table["kind"]) == {"random weights (test)"}  # the smoke profile's tiny random Qwen2
     for column in ("accuracy", "macro_f1", "footprint_gb", "trainable_params", "examples_per_s", "train_time_s",
                    "hardware"):
         assert column in table.columns
     html = (smoke.run_dir / "04_comparison.html").read_text()
-    assert "Offline demo:" in html and "card_arrival -&gt; card_delivery_estimate" in html
+    assert "Random weights (test):" in html and "Fastest to train:" in html and "card_arrival -&gt; card_delivery_estimate" in html
     text = runner.comparison_text(smoke.run_dir)
     assert sum(stem in text for stem in profiles.TRAINING_NOTEBOOKS) == 3
 

@@ -1,0 +1,96 @@
+"""04_comparison's words: what kind of model each run used, and sentences generated from the results."""
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from qlora_helpers import comparison, parameters
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _record(name, method, model_id, *, accuracy, speed, peak_gib, footprint_gb, device="cuda", kind=None):
+    record = {"run_name": name, "method": method, "model_id": model_id, "demo": model_id.startswith("offline:"),
+              "metrics": {"accuracy": accuracy, "macro_f1": accuracy}, "footprint_bytes": int(footprint_gb * 1e9),
+              "trainable_params": 1, "total_params": 100,
+              "training": {"examples_per_second": speed, "train_seconds": 10.0, "peak_memory_bytes": int(peak_gib * 2**30),
+                           "peak_memory_kind": "cuda_max_allocated" if device == "cuda" else "process_peak_rss"},
+              "hardware": {"device": device, "name": "H200", "count": 1} if device == "cuda" else
+                          {"device": "cpu", "name": "x86_64", "count": 2}}
+    if kind:
+        record["model_kind"] = kind
+    return record
+
+
+@pytest.mark.parametrize("model_id, kind", [
+    ("offline:tiny-qwen2", "random weights (test)"),
+    ("offline:smollm2-135m", "offline stand-in (real weights)"),
+    ("offline:gemma-3-270m", "offline stand-in (real weights)"),
+    ("offline:all-MiniLM-L6-v2", "offline stand-in (real weights)"),
+    ("Qwen/Qwen2.5-7B", "hub model"),
+    ("gpt2", "hub model"),
+    ("/data/models/tiny-llama", "local folder"),
+    ("./tiny-llama", "local folder"),
+])
+def test_model_kind_says_only_what_the_id_tells(model_id, kind):
+    assert parameters.model_kind(model_id) == kind
+
+
+def test_an_existing_folder_is_a_local_folder_even_in_the_hubs_form(tmp_path, monkeypatch):
+    (tmp_path / "models" / "tiny-llama").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert parameters.model_kind("models/tiny-llama") == "local folder"
+    record = _record("01", "full", "/elsewhere/tiny-llama", accuracy=0.1, speed=1, peak_gib=1, footprint_gb=1)
+    assert comparison.comparison_table([record])["kind"].iloc[0] == "local folder"
+    record["model_kind"] = "hub model"  # as judged where the model was loaded, which wins
+    assert comparison.comparison_table([record])["kind"].iloc[0] == "hub model"
+
+
+def test_describe_runs_names_each_kind():
+    records = [_record("01", "full", "offline:tiny-qwen2", accuracy=0.02, speed=1, peak_gib=1, footprint_gb=1),
+               _record("02", "lora", "/models/tiny-llama", accuracy=0.02, speed=1, peak_gib=1, footprint_gb=1),
+               _record("03", "qlora", "Qwen/Qwen2.5-7B", accuracy=0.9, speed=1, peak_gib=1, footprint_gb=1)]
+    text = comparison.describe_runs(records)
+    assert "**Random weights (test):** `01`" in text and "accuracy means nothing" in text
+    assert "**Local folder:** `02`" in text and "**Hub model:** `03`" in text
+    assert "real model" not in text.lower()
+
+
+@pytest.mark.parametrize("qlora_speed", [300.0, 50.0])
+def test_findings_follow_the_results(qlora_speed):
+    records = [_record("01", "full", "m", accuracy=0.80, speed=100.0, peak_gib=8.0, footprint_gb=2.0),
+               _record("02", "lora", "m", accuracy=0.85, speed=200.0, peak_gib=4.0, footprint_gb=1.0),
+               _record("03", "qlora", "m", accuracy=0.84, speed=qlora_speed, peak_gib=2.0, footprint_gb=0.5)]
+    text = comparison.findings(records)
+    assert "`01`, `02`, `03` trained the same model (`m`)" in text
+    assert ("Most accurate: `02` (lora), 85.0% accuracy; least: `01` (full), 80.0% accuracy "
+            "(a factor of 1.06 between them)") in text
+    if qlora_speed > 200:
+        assert "Fastest to train: `03` (qlora), 300.0 examples/s; slowest: `01` (full), 100.0 examples/s" in text
+    else:
+        assert "Fastest to train: `02` (lora), 200.0 examples/s; slowest: `03` (qlora), 50.0 examples/s" in text
+    assert "Lowest peak memory in training: `03` (qlora), 2.00 GiB; highest: `01` (full), 8.00 GiB" in text
+    assert "Smallest weights as loaded: `03` (qlora), 0.500 GB; largest: `01` (full), 2.000 GB" in text
+    assert "different hardware" not in text and "two ways" not in text
+
+
+def test_findings_say_what_makes_a_comparison_uneven():
+    records = [_record("01", "full", "a", accuracy=0.8, speed=100.0, peak_gib=8.0, footprint_gb=2.0),
+               _record("02", "lora", "b", accuracy=0.8, speed=10.0, peak_gib=4.0, footprint_gb=1.0, device="cpu")]
+    text = comparison.findings(records)
+    assert "differ in model size" in text and "different hardware" in text and "measured two ways" in text
+    tied = records + [_record("03", "qlora", "a", accuracy=0.8, speed=10.0, peak_gib=4.0, footprint_gb=1.0)]
+    assert "slowest: `02` (lora) and `03` (qlora), 10.0 examples/s" in comparison.findings(tied)
+    assert "Most accurate: none; the runs were within 5% of each other (80.0% accuracy to 80.0% accuracy)" in text
+    assert comparison.findings(records[:1]) == "One run: nothing to compare yet."
+
+
+def test_the_comparison_notebook_claims_nothing_the_results_do_not_show():
+    """Claims about which method is faster, smaller or more accurate come from comparison.findings."""
+    nb = nbformat.read(ROOT / "notebooks" / "04_comparison.ipynb", as_version=4)
+    prose = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    for claim in (r"pays for its memory", r"\b(QLoRA|LoRA|full)\b[^.]*\b(faster|slower|more accurate|less accurate)\b",
+                  r"slow each step down", r"LoRA about 1%", r"real model"):
+        assert not re.search(claim, prose, re.I), f"04_comparison states {claim!r} whatever the results"
+    assert any("comparison.findings(records)" in c.source for c in nb.cells if c.cell_type == "code")
