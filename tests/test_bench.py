@@ -21,8 +21,11 @@ def _load(name: str):
 
 @pytest.fixture(scope="module")
 def cpu_run(tmp_path_factory):
+    import torch
+
     out = tmp_path_factory.mktemp("bench")
     bench = _load("benchmark")
+    threads = torch.get_num_threads()  # its CPU mode sets 1 thread for the process: give it back after
     common = ["--device", "cpu", "--out", str(out), "--models-dir", str(out / "models"), "--work-dir", str(out / "runs"),
               "--steps", "3", "--warmup", "1", "--long-steps", "2", "--upcast-steps", "2", "--est-steps", "2",
               "--rows", "160"]
@@ -32,6 +35,7 @@ def cpu_run(tmp_path_factory):
                                    "--only-configs", "tutorial,kaggle_t4_profile,library_default"])
     estimator = bench.main(common + ["--sections", "estimator", "--cells", "0.5B:qlora", "--tag", "cpu_test_est"])
     results["estimator"] += estimator["estimator"]
+    torch.set_num_threads(threads)  # the tests after this one train real models on every core
     return out, results
 
 
