@@ -4,7 +4,7 @@
   all three training notebooks, on Banking77 from the local folder; every method passes 80% test
   accuracy in about a quarter of an hour on 2 CPU cores.
 - demo-decoder: offline on CPU with a real decoder LM, SmolLM2-135M (from PyPI), in all three notebooks
-  at each method's defaults, on a stratified fifth of Banking77 for one epoch.
+  at each method's defaults, on 3,080 stratified training rows for one epoch.
 - smollm2-t4: the reference run, SmolLM2-135M with kaggle-t4's settings on a GPU emulating a T4.
 - smoke: the same pipeline on a tiny random Qwen2 and a few hundred rows, for CI: minutes.
 - kaggle-t4: the real models (Qwen2.5-0.5B full, Qwen2.5-1.5B LoRA, Qwen2.5-7B QLoRA) with T4
@@ -62,12 +62,13 @@ DEMO = Profile(
 )
 
 # A real decoder on CPU: SmolLM2-135M (from PyPI) in all three notebooks, each method's defaults, on a
-# stratified fifth of Banking77 (20 rows per intent to train, 10 to test) for one epoch.
+# stratified subset of Banking77 (40 rows per intent to train, 10 to test) for one epoch: 16 min on
+# 2 cores, 75-78% test accuracy (README).
 _SMOLLM2 = "offline:smollm2-135m"
-_DECODER_KNOBS = dict(model_id=_SMOLLM2, max_train_samples=1540, max_eval_samples=770, epochs=1.0, seed=42)
+_DECODER_KNOBS = dict(model_id=_SMOLLM2, max_train_samples=3080, max_eval_samples=770, epochs=1.0, seed=42)
 DEMO_DECODER = Profile(
     name="demo-decoder",
-    description="offline, CPU: real SmolLM2-135M weights in every notebook; a stratified subset, one epoch",
+    description="offline, CPU: real SmolLM2-135M weights in every notebook; 3,080 training rows, one epoch",
     notebooks={
         "01_full_precision_baseline": dict(_DECODER_KNOBS, method="full"),
         "02_lora_qwen2.5_1.5b": dict(_DECODER_KNOBS, method="lora"),
