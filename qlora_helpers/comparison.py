@@ -38,7 +38,8 @@ def load_records(run_dir: str | Path) -> list[dict]:
 def _hardware(record: dict) -> str:
     hw = record["hardware"]
     if hw.get("device") == "cuda":
-        return f"{hw.get('count', 1)}x {hw.get('name')}"
+        emulating = f" emulating a {hw['emulating'].upper()}" if hw.get("emulating") else ""  # emulation.py
+        return f"{hw.get('count', 1)}x {hw.get('name')}{emulating}"
     return f"CPU, {hw.get('count')} cores"
 
 

@@ -94,3 +94,11 @@ def test_the_comparison_notebook_claims_nothing_the_results_do_not_show():
                   r"slow each step down", r"LoRA about 1%", r"real model"):
         assert not re.search(claim, prose, re.I), f"04_comparison states {claim!r} whatever the results"
     assert any("comparison.findings(records)" in c.source for c in nb.cells if c.cell_type == "code")
+
+
+def test_a_gpu_emulating_a_t4_is_labelled_so():
+    from qlora_helpers import comparison
+
+    h200 = {"device": "cuda", "name": "NVIDIA H200", "count": 1, "memory_bytes": 150_000_000_000}
+    assert comparison._hardware({"hardware": {**h200, "emulating": "t4"}}) == "1x NVIDIA H200 emulating a T4"
+    assert comparison._hardware({"hardware": h200}) == "1x NVIDIA H200"  # results from before the field
