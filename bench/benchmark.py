@@ -50,13 +50,13 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from qlora_helpers import memory, modeling, training  # noqa: E402
+from qlora_helpers import emulation, memory, modeling, training  # noqa: E402
 from qlora_helpers.memory import GIB, ModelShape  # noqa: E402
 
 LENGTHS_FILE = Path(__file__).with_name("banking77_token_lengths.json")
 NUM_LABELS = 77
 PAD_ID = 0
-T4_USABLE_GIB = 14.5  # 15360 MiB on the card, less ~0.5 GiB of CUDA context
+T4_USABLE_GIB = emulation.T4_USABLE_BYTES / GIB  # 14.5: 15360 MiB on the card, less ~0.5 GiB of CUDA context
 PEAK_LIMIT_GIB = 14.0  # the target: a default must peak at or under this
 H200_DATASHEET_TFLOPS = 989.4  # dense fp16/bf16, SXM
 CAP_FRACTION = 1.0  # the allocator cap in force (set by --profile t4)
@@ -969,15 +969,9 @@ def main(argv=None) -> dict:
     if cpu:
         torch.set_num_threads(1)  # tiny matrices: threads only add contention on a busy 2-core machine
     elif args.profile == "t4":
-        total = torch.cuda.get_device_properties(0).total_memory
         global CAP_FRACTION, CAP_BYTES
-        CAP_BYTES = int(T4_USABLE_GIB * GIB)
-        CAP_FRACTION = min(1.0, CAP_BYTES / total)
-        torch.cuda.set_per_process_memory_fraction(CAP_FRACTION)
-        torch.backends.cuda.enable_flash_sdp(False)  # a T4 (sm_75) has neither flash nor cuDNN attention
-        if hasattr(torch.backends.cuda, "enable_cudnn_sdp"):
-            torch.backends.cuda.enable_cudnn_sdp(False)
-        torch.backends.cuda.matmul.allow_tf32 = False
+        CAP_BYTES = emulation.apply_t4_profile(0)  # the allocator cap; no flash/cuDNN attention, no TF32
+        CAP_FRACTION = min(1.0, CAP_BYTES / torch.cuda.get_device_properties(0).total_memory)
     results = {"tag": args.tag, "profile": "cpu" if cpu else args.profile, "device": args.device,
                "args": {k: v for k, v in vars(args).items()}, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     sections = [s for s in args.sections.split(",") if s]

@@ -83,17 +83,16 @@ def _worker(args) -> None:
 
     knobs = candidate(args.candidate)
     on_gpu = args.device == "cuda"
-    if on_gpu and args.profile == "t4":
-        emulation.apply_t4_profile(0)
-    else:
+    if on_gpu and args.profile == "t4":  # fp16 compute and the T4 cap, applied by load_model (emulation.py)
+        os.environ[emulation.ENV_VAR] = "t4"
+    if not on_gpu:
         torch.set_num_threads(1)
-    compute_dtype = torch.float16 if on_gpu and args.profile == "t4" else None
     bank = data.load_banking77(args.data_dir)
     train_split, validation = data.train_validation_split(bank.train, 0.1, seed=42)
     train_split = data.stratified_subsample(train_split, args.max_train, seed=0)
     validation = data.stratified_subsample(validation, args.max_validation, seed=0)
     loaded = modeling.load_model(args.model, knobs["method"], num_labels=bank.num_labels,
-                                 compute_dtype=compute_dtype, lora_r=knobs["lora_r"],
+                                 lora_r=knobs["lora_r"],
                                  lora_alpha=knobs["lora_alpha"], lora_dropout=knobs["lora_dropout"])
     max_length = 128 if knobs["tutorial"] else knobs["max_length"]
     train_rows = data.tokenize(train_split, loaded.tokenizer, max_length=max_length)

