@@ -2,10 +2,11 @@
 
 1. Speed: notebook 03's settings (the kaggle-t4 profile's QLoRA knobs, T4 emulation: fp16, 14.5 GiB
    per GPU) on a random-weight model of Qwen2.5-7B's shape (built here, bench/benchmark.py), one
-   process, then two under `accelerate launch` with the same per-GPU batch: examples/s, peak
-   memory, optimizer steps.
-2. Accuracy: real SmolLM2-135M weights, QLoRA at the same effective batch (two processes take half
-   the per-GPU batch each), test accuracy and macro-F1, 1 vs 2 GPUs.
+   process, then two under `accelerate launch`: at the notebook's effective batch (what a notebook
+   on two GPUs runs: each GPU takes half of every batch, distributed.split_batch) and at twice
+   it (each GPU the one-GPU micro-batch): examples/s, peak memory, optimizer steps.
+2. Accuracy: real SmolLM2-135M weights, QLoRA at the same effective batch, test accuracy and
+   macro-F1, 1 vs 2 GPUs.
 Writes bench/results/two_gpus_<tag>.json and .md (with the commit and library versions).
 
     python bench/two_gpus.py --tag h200x2_t4      # on a machine with two GPUs
@@ -44,7 +45,7 @@ def launch(processes: int, run_dir: Path, overrides: dict, log: Path) -> dict:
     return {"status": "ok", "wall_seconds": wall, "processes": processes,
             "examples_per_second": record["training"]["examples_per_second"],
             "train_seconds": record["training"]["train_seconds"], "steps": record["training"]["steps"],
-            "examples": record["training"]["examples"],
+            "examples": record["training"]["examples"], "per_gpu_batch": record["training"]["batch_size"],
             "peak_memory_gib": record["training"]["peak_memory_bytes"] / 2**30,
             "accuracy": record["metrics"]["accuracy"], "macro_f1": record["metrics"]["macro_f1"],
             "parameters": record["config"]["parameters"], "hardware": record["hardware"],
@@ -81,38 +82,41 @@ def main(argv=None) -> None:
     if out.with_suffix(".json").is_file():  # runs made earlier in this lease (another --gpu-counts)
         earlier = json.loads(out.with_suffix(".json").read_text())
         for part in ("speed", "accuracy"):
-            report[part] = {int(n): r for n, r in earlier[part].items()}
+            report[part] = dict(earlier[part])
     if "speed" in args.parts:
         model = build_checkpoint(memory.QWEN2_5["7B"], work / "qwen2.5-7b-random", "cuda")
         # The checkpoint's own word-level tokenizer reloads as a Qwen2 BPE one that turns every row into
         # zero tokens (data.tokenize refuses them): Banking77 text needs a real tokenizer. SmolLM2's
         # byte-level BPE (49,152 ids, inside the 7B's vocabulary) gives lengths like Qwen2.5's.
         modeling.load_tokenizer(offline_models.resolve_model_id("offline:smollm2-135m")).save_pretrained(model)
-        for n in counts:
-            report["speed"][n] = launch(n, work / f"speed{n}", {
-                **tuned, "batch_size": knobs["batch_size"], "model_id": str(model),
-                "max_train_samples": args.speed_train_samples, "max_eval_samples": 770, "epochs": 1.0}, work / f"speed{n}.log")
-            print(f"7B QLoRA on {n} GPU(s): {report['speed'][n]}", flush=True)
+        runs = [(n, 1) for n in counts] + [(n, n) for n in counts if n > 1]  # (GPUs, effective batch x)
+        for n, scale in runs:
+            key = str(n) if scale == 1 else f"{n}, batch x{scale}"
+            report["speed"][key] = launch(n, work / f"speed{n}x{scale}", {
+                **tuned, "batch_size": knobs["batch_size"] * scale, "model_id": str(model),
+                "max_train_samples": args.speed_train_samples, "max_eval_samples": 770, "epochs": 1.0},
+                work / f"speed{n}x{scale}.log")
+            print(f"7B QLoRA on {n} GPU(s), effective batch x{scale}: {report['speed'][key]}", flush=True)
             out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str))
     if "accuracy" in args.parts:
         for n in counts:
-            report["accuracy"][n] = launch(n, work / f"accuracy{n}", {
-                **tuned, "batch_size": knobs["batch_size"] // n, "epochs": knobs["epochs"],
+            report["accuracy"][str(n)] = launch(n, work / f"accuracy{n}", {
+                **tuned, "batch_size": knobs["batch_size"], "epochs": knobs["epochs"],
                 "max_train_samples": args.accuracy_train_samples, "max_eval_samples": None},
                 work / f"accuracy{n}.log")
-            print(f"SmolLM2 QLoRA on {n} GPU(s): {report['accuracy'][n]}", flush=True)
+            print(f"SmolLM2 QLoRA on {n} GPU(s): {report['accuracy'][str(n)]}", flush=True)
             out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str))
     lines = [f"# One vs two GPUs ({args.tag}, commit {commit})", "",
              "| part | GPUs | per-GPU batch | examples/s | speed-up | train s | steps | peak GiB/GPU | test acc | macro-F1 | status |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for part in ("speed", "accuracy"):
-        one = report[part].get(1, {}).get("examples_per_second")
+        one = report[part].get("1", {}).get("examples_per_second")
         for n, r in sorted(report[part].items()):
             if r["status"] != "ok":
                 lines.append(f"| {part} | {n} | | | | | | | | | {r['status']} |")
                 continue
             speedup = f"{r['examples_per_second'] / one:.2f}x" if one else "-"
-            lines.append(f"| {part} | {n} | {r['parameters']['batch_size']} | {r['examples_per_second']:.1f} | "
+            lines.append(f"| {part} | {n} | {r['per_gpu_batch']} | {r['examples_per_second']:.1f} | "
                          f"{speedup} | {r['train_seconds']:.0f} | {r['steps']} | {r['peak_memory_gib']:.2f} | "
                          f"{r['accuracy']:.2%} | {r['macro_f1']:.3f} | ok |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")

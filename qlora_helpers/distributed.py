@@ -18,6 +18,12 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def launched_processes() -> int:
+    """The processes a launcher (torchrun, accelerate) started for this job, known before the
+    process group is set up (the Trainer sets it up); 1 without a launcher."""
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
 def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
@@ -67,3 +73,30 @@ def gather_shards(local: np.ndarray, total: int) -> np.ndarray:
 def sum_across_processes(values: list[int]) -> list[int]:
     """Totals over all processes (e.g. examples trained on), for throughput of the whole job."""
     return [int(sum(column)) for column in zip(*all_gather(list(values)))]
+
+
+def gpus_to_train_on(use_all_gpus: bool = True) -> int:
+    """How many data-parallel processes a notebook's training cell runs: every visible GPU when
+    there are several (Kaggle's "GPU T4 x2") and `use_all_gpus`; else 1 (a CPU, one GPU, or a
+    process that a launcher already started)."""
+    if not use_all_gpus or "WORLD_SIZE" in os.environ or not torch.cuda.is_available():
+        return 1
+    return torch.cuda.device_count()
+
+
+def split_batch(batch_size: int, gradient_accumulation: int, processes: int) -> tuple[int, int]:
+    """(micro-batch per process, accumulation) that keep the effective batch
+    batch_size x gradient_accumulation when `processes` GPUs share each optimizer step: the defaults
+    were chosen by accuracy at their effective batch, so more GPUs must not change it. Fewer
+    accumulation steps first (each GPU keeps its micro-batch), else a smaller micro-batch.
+
+    Raises ValueError when neither divides by `processes`, naming settings that do.
+    """
+    if gradient_accumulation % processes == 0:
+        return batch_size, gradient_accumulation // processes
+    if batch_size % processes == 0:
+        return batch_size // processes, gradient_accumulation
+    raise ValueError(
+        f"an effective batch of {batch_size} x {gradient_accumulation} cannot be split evenly over "
+        f"{processes} GPUs: make batch_size or gradient_accumulation a multiple of {processes} "
+        f"(e.g. batch_size={max(processes, batch_size - batch_size % processes)}), or set use_all_gpus=False.")

@@ -59,7 +59,7 @@ with _quiet(
     warns=((Warning, "IProgress not found"),),
 ):
     from . import data, evaluation, modeling, plots, results, training
-from .distributed import is_main_process
+from .distributed import gpus_to_train_on, is_main_process, launched_processes, split_batch
 from .parameters import NotebookParameters
 
 RESULTS_FILE = "results.json"
@@ -249,11 +249,13 @@ def tokenize(params: NotebookParameters, bank: data.Banking77, loaded: modeling.
 
 # Training -------------------------------------------------------------------------------------
 def train_config(params: NotebookParameters, train_examples: int) -> training.TrainConfig:
-    """The method's defaults (training.default_train_config) with this notebook's knobs."""
+    """The method's defaults (training.default_train_config) with this notebook's knobs. Under a
+    launcher the effective batch is split over its processes (distributed.split_batch)."""
+    batch_size, accumulation = split_batch(params.batch_size, params.gradient_accumulation, launched_processes())
     steps = math.ceil(math.ceil(train_examples / params.batch_size) / params.gradient_accumulation) * params.epochs
     return training.default_train_config(
         params.method, output_dir=str(params.checkpoint_dir), epochs=params.epochs,
-        batch_size=params.batch_size, gradient_accumulation=params.gradient_accumulation,
+        batch_size=batch_size, gradient_accumulation=accumulation,
         learning_rate=params.learning_rate, max_length=params.max_length, seed=params.seed,
         save_steps=params.save_steps, logging_steps=max(1, min(50, int(steps) // 40)),
     )
@@ -273,15 +275,18 @@ def training_arguments(params: NotebookParameters, loaded: modeling.LoadedModel,
 
 
 def train(params: NotebookParameters, loaded: modeling.LoadedModel, train_rows) -> training.TrainStats:
-    """Train (resuming an interrupted run from its last checkpoint), then show what was measured."""
-    config = train_config(params, len(train_rows))
-    _drop_finished_checkpoints(config.output_dir)
-    # On CPU bitsandbytes runs a paged optimizer unpaged (paging only moves state out of GPU memory);
-    # checkpoints saved less than a second apart make transformers doubt the file system's clock.
-    with _quiet(logs=(("transformers.trainer_utils", "mtime may not be reliable on this filesystem"),),
-                warns=((UserWarning, "Paged optimizers are not supported on CPU"),)):
-        stats = training.train(loaded, train_rows, config)
-    print(f"trained {stats.steps} steps in {stats.train_seconds:.0f} s: {stats.examples_per_second:.1f} "
+    """Train (resuming an interrupted run from its last checkpoint), then show what was measured.
+    With several GPUs visible and params.use_all_gpus, train data-parallel on all of them
+    (train_all_gpus.train_in_processes) at the same effective batch."""
+    processes = gpus_to_train_on(params.use_all_gpus)
+    if processes > 1:
+        from .train_all_gpus import train_in_processes
+
+        stats = train_in_processes(params, loaded, processes)
+    else:
+        stats = train_in_this_process(params, loaded, train_rows)
+    print(f"trained {stats.steps} steps in {stats.train_seconds:.0f} s on {stats.processes} "
+          f"{'process' if stats.processes == 1 else 'GPUs'}: {stats.examples_per_second:.1f} "
           f"examples/s, {stats.tokens_per_second:.0f} real tokens/s, {stats.padding_share:.0%} padding, "
           f"peak memory {stats.peak_memory_bytes / 2**30:.2f} GiB ({stats.peak_memory_kind}); "
           f"final loss {stats.final_loss:.3f}")
@@ -289,6 +294,17 @@ def train(params: NotebookParameters, loaded: modeling.LoadedModel, train_rows) 
               "training": {"losses": stats.losses, "loss_examples_seen": stats.loss_examples_seen}}
     plots.plot_loss_curves([record], path=params.output_dir / LOSS_FILE)
     return stats
+
+
+def train_in_this_process(params: NotebookParameters, loaded: modeling.LoadedModel, train_rows) -> training.TrainStats:
+    """training.train with the notebook's knobs: one process, or one of a launcher's."""
+    config = train_config(params, len(train_rows))
+    _drop_finished_checkpoints(config.output_dir)
+    # On CPU bitsandbytes runs a paged optimizer unpaged (paging only moves state out of GPU memory);
+    # checkpoints saved less than a second apart make transformers doubt the file system's clock.
+    with _quiet(logs=(("transformers.trainer_utils", "mtime may not be reliable on this filesystem"),),
+                warns=((UserWarning, "Paged optimizers are not supported on CPU"),)):
+        return training.train(loaded, train_rows, config)
 
 
 def _drop_finished_checkpoints(folder: str) -> None:

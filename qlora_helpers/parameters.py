@@ -82,7 +82,7 @@ class NotebookParameters:
     max_eval_samples: int | None = None  # None: all 3,080 test rows
     # None: the method's default (defaults.py), filled in when the parameters are built
     epochs: float | None = None
-    batch_size: int | None = None  # micro-batch per device
+    batch_size: int | None = None  # micro-batch (split over the GPUs when several train)
     gradient_accumulation: int | None = None
     learning_rate: float | None = None
     max_length: int | None = None
@@ -93,6 +93,7 @@ class NotebookParameters:
     upcast_all_to_fp32: bool = False  # qlora only: do what prepare_model_for_kbit_training does
     save_steps: int = 200  # a checkpoint every this many optimizer steps (resumable runs)
     keep_checkpoints: bool = False  # keep <run_dir>/<notebook>/checkpoints after a finished run
+    use_all_gpus: bool = True  # several GPUs (Kaggle's T4 x2): train data-parallel on all, same effective batch
     run_dir: str = "runs/kaggle-t4"  # results go to <run_dir>/<notebook>/
     profile: str = "kaggle-t4"  # a label recorded in the results
     seed: int = 42
@@ -218,6 +219,7 @@ _FIELD_TYPES = {
     "learning_rate": (float, False), "max_length": (int, False), "lora_r": (int, False),
     "lora_alpha": (int, False), "lora_dropout": (float, False), "gradient_checkpointing": (bool, True),
     "upcast_all_to_fp32": (bool, False), "save_steps": (int, False), "keep_checkpoints": (bool, False),
+    "use_all_gpus": (bool, False),
     "run_dir": (str, False), "profile": (str, False), "seed": (int, False),
 }
 

@@ -10,17 +10,35 @@ the same profile parameters, once per GPU under a launcher:
 Each process holds the whole (4-bit) model on its own GPU, gradients are averaged every step,
 evaluation is sharded and gathered, and only the main process writes
 `<run_dir>/<notebook>/results.json` and the PNGs, which 04_comparison then reads. Without a
-launcher it runs in one process, like the notebook does.
+launcher it runs in one process, like the notebook does. The effective batch stays the parameters'
+batch_size x gradient_accumulation on any number of GPUs (distributed.split_batch).
+
+A notebook on several GPUs trains through here too: its training cell (`experiment.train`) calls
+`train_in_processes`, which launches this module with `--spec` under torchrun and loads the trained
+weights back into the notebook's model (see there why not `accelerate.notebook_launcher`).
 """
 from __future__ import annotations
 
 import argparse
+import codecs
+import dataclasses
+import gc
+import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
-from . import experiment, profiles, runner
+import torch
+
+from . import atomic, experiment, profiles, runner, training
 from .distributed import is_main_process, world_size
+from .modeling import LoadedModel
 from .parameters import NotebookParameters
+
+LAUNCH_FOLDER = "all_gpus"  # <run_dir>/<notebook>/all_gpus: the launch's spec and the trained weights
+TRAINED_FOLDER = "trained"  # in it: weights.safetensors (the trainable weights) and stats.json
 
 
 def run_notebook_steps(params: NotebookParameters) -> dict:
@@ -33,14 +51,114 @@ def run_notebook_steps(params: NotebookParameters) -> dict:
     return experiment.save_results(params, loaded, stats, result, bank)
 
 
+# A notebook's training cell on several GPUs ---------------------------------------------------------
+def train_in_processes(params: NotebookParameters, loaded: LoadedModel, processes: int) -> training.TrainStats:
+    """Train `loaded` data-parallel in `processes` new processes (one per GPU), from the notebook's kernel.
+
+    `accelerate.notebook_launcher` forks the kernel, which must not have touched CUDA yet; a notebook
+    has loaded its model onto the GPU by now. So the model moves to CPU memory meanwhile (4-bit
+    weights included), torchrun starts this module with `--spec` (the parameters and the model's
+    own quantization and LoRA configs), each process loads and trains its copy, the main one writes
+    the trainable weights, and they are loaded into `loaded.model`, which moves back to its GPU.
+    The processes' output streams into the cell. Raises RuntimeError if they fail (their output
+    above says why); the notebook's model is back on its GPU, untrained, either way.
+    """
+    folder = params.output_dir / LAUNCH_FOLDER
+    shutil.rmtree(folder, ignore_errors=True)
+    spec = folder / "spec.json"
+    lora = getattr(loaded.model, "peft_config", {}).get("default")
+    if lora is not None:
+        lora.save_pretrained(folder / "lora_config")
+    quantization = getattr(loaded.model.config, "quantization_config", None)
+    atomic.write_text(spec, json.dumps({
+        "parameters": params.as_dict(),
+        "quantization_config": quantization.to_dict() if hasattr(quantization, "to_dict") else quantization,
+        "lora_config": str(folder / "lora_config") if lora is not None else None,
+    }, indent=1))
+    device = next(loaded.model.parameters()).device
+    loaded.model.to("cpu")  # the GPU's memory is the launched processes' now
+    gc.collect()
+    torch.cuda.empty_cache()
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+               "-m", __name__, "--spec", str(spec)]
+    print(f"training on {processes} GPUs: {processes} processes each load the model and train on their share "
+          f"of every batch (effective batch {params.batch_size * params.gradient_accumulation}, as on one GPU)")
+    try:
+        code = _stream(command)
+    finally:
+        loaded.model.to(device)
+    if code != 0:
+        raise RuntimeError(f"training on {processes} GPUs failed (exit {code}; the processes' output above "
+                           "says why). To train on one GPU instead, set use_all_gpus = False.")
+    trained = folder / TRAINED_FOLDER
+    _load_trainable(loaded.model, trained / "weights.safetensors")
+    stats = training.TrainStats(**json.loads((trained / "stats.json").read_text()))
+    shutil.rmtree(folder)
+    return stats
+
+
+def _stream(command: list[str]) -> int:
+    """Run `command`, copying its output (stdout and stderr, progress bars included) as it comes."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    while chunk := os.read(process.stdout.fileno(), 65536):
+        sys.stdout.write(decoder.decode(chunk))
+        sys.stdout.flush()
+    return process.wait()
+
+
+def _load_trainable(model: torch.nn.Module, path: Path) -> None:
+    """Copy the trained weights into `model`, which must want exactly these (same names, shapes)."""
+    from safetensors.torch import load_file
+
+    weights = load_file(path)
+    trainable = {name for name, param in model.named_parameters() if param.requires_grad}
+    if set(weights) != trainable:
+        raise RuntimeError(f"the trained weights ({len(weights)} tensors) do not match the model's "
+                           f"{len(trainable)} trainable ones: {sorted(set(weights) ^ trainable)[:3]}...")
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in weights:
+                param.copy_(weights[name])
+
+
+def train_from_spec(spec_path: Path) -> None:
+    """One launched process of `train_in_processes`: load, tokenize and train as the notebook does;
+    the main process writes the trainable weights and the training measurements."""
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+    from transformers import BitsAndBytesConfig
+
+    spec = json.loads(spec_path.read_text())
+    if not is_main_process():
+        sys.stdout = open(os.devnull, "w")  # one process speaks; errors still reach stderr
+    params = NotebookParameters(**spec["parameters"])
+    bank = experiment.load_data(params)
+    quantization = spec["quantization_config"] and BitsAndBytesConfig.from_dict(spec["quantization_config"])
+    lora = spec["lora_config"] and LoraConfig.from_pretrained(spec["lora_config"])
+    loaded = experiment.load_model(params, bank, quantization_config=quantization or None, lora_config=lora or None)
+    train_rows, _ = experiment.tokenize(params, bank, loaded)
+    stats = experiment.train_in_this_process(params, loaded, train_rows)
+    if is_main_process():
+        weights = {name: param.detach().to("cpu").contiguous()
+                   for name, param in loaded.model.named_parameters() if param.requires_grad}
+        with atomic.folder(spec_path.parent / TRAINED_FOLDER) as staging:
+            save_file(weights, staging / "weights.safetensors")
+            (staging / "stats.json").write_text(json.dumps(dataclasses.asdict(stats)))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="kaggle-t4", help=f"one of {', '.join(profiles.PROFILES)}")
-    parser.add_argument("--notebook", required=True, help=f"one of {', '.join(profiles.TRAINING_NOTEBOOKS)}")
+    parser.add_argument("--notebook", help=f"one of {', '.join(profiles.TRAINING_NOTEBOOKS)}")
     parser.add_argument("--run-dir", type=Path, help="default: runs/<profile>")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a notebook parameter, e.g. --set max_train_samples=2000")
+    parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)  # train_in_processes' launch
     args = parser.parse_args(argv)
+    if args.spec:
+        return train_from_spec(args.spec)
     from .run import parse_overrides
 
     try:

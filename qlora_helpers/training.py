@@ -90,6 +90,7 @@ class TrainStats:
     batch_size: int | None = None  # the micro-batch that ran (an OOM retry halves the one asked for)
     gradient_accumulation: int | None = None
     resumed_from_step: int = 0  # the checkpoint this run resumed from; 0: trained from scratch
+    processes: int = 1  # data-parallel processes (one per GPU) that trained; batch_size is per process
 
     @property
     def examples_per_second(self) -> float:
@@ -267,7 +268,7 @@ def _train_once(loaded: LoadedModel, train_dataset, config: TrainConfig) -> Trai
     final = losses[-1] if losses else float("nan")
     return TrainStats(measure.seconds, trainer.state.global_step, measure.examples, measure.real_tokens,
                       measure.padded_tokens, peak, kind, final, losses, seen, config.batch_size,
-                      config.gradient_accumulation, _step(last) if last else 0)
+                      config.gradient_accumulation, _step(last) if last else 0, world_size())
 
 
 # Which checkpoint may resume this run --------------------------------------------------------------

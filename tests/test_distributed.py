@@ -1,5 +1,6 @@
 """Two DDP processes on CPU (gloo): gradients stay in sync, evaluation is gathered, results written once."""
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +78,90 @@ def test_every_collective_works_where_nccl_refuses_cpu_tensors(monkeypatch):
     mine = distributed.shard(np.arange(5))  # rank 0 of 2: rows 0, 2, 4
     assert list(distributed.gather_shards(mine * 10, 6)) == [0, 0, 20, 20, 40, 40]
     assert group.object_calls == 2
+
+
+def test_the_effective_batch_is_split_over_the_gpus_never_changed():
+    import pytest
+
+    from qlora_helpers.distributed import split_batch
+
+    assert split_batch(32, 2, 2) == (32, 1)  # fewer accumulation steps first: each GPU keeps its micro-batch
+    assert split_batch(64, 1, 2) == (32, 1)
+    assert split_batch(64, 1, 1) == (64, 1)
+    with pytest.raises(ValueError, match="multiple of 2.*batch_size=32"):
+        split_batch(33, 1, 2)
+
+
+def test_one_gpu_or_a_launched_process_trains_in_the_notebooks_own_process(monkeypatch):
+    import torch
+
+    from qlora_helpers.distributed import gpus_to_train_on
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert gpus_to_train_on(True) == 2
+    assert gpus_to_train_on(False) == 1
+    monkeypatch.setenv("WORLD_SIZE", "2")  # already one of a launcher's processes
+    assert gpus_to_train_on(True) == 1
+
+
+def _qlora_notebook(tiny_qwen2, banking77_dir, run_dir):
+    from qlora_helpers import experiment
+    from qlora_helpers.parameters import NotebookParameters
+
+    params = NotebookParameters(notebook="03_qlora_qwen2.5_7b", model_id=tiny_qwen2, method="qlora",
+                                data_dir=str(banking77_dir), data_source="local", max_train_samples=160,
+                                max_eval_samples=80, epochs=1.0, batch_size=16, learning_rate=5e-3,
+                                max_length=32, run_dir=str(run_dir), profile="test", seed=0)
+    bank = experiment.load_data(params)
+    loaded = experiment.load_model(params, bank)
+    return params, bank, loaded, *experiment.tokenize(params, bank, loaded)
+
+
+def test_a_notebook_that_sees_two_gpus_trains_on_both_and_gets_the_weights_back(
+        tiny_qwen2, banking77_dir, tmp_path, monkeypatch, capsys):
+    """Kaggle's T4 x2 in a notebook: the training cell launches two processes (here two CPU ones under
+    gloo), they train at the notebook's effective batch, and the notebook's own 4-bit model comes back
+    trained, ready for the evaluation cell; results are written once."""
+    import torch
+
+    from qlora_helpers import experiment, modeling
+
+    params, bank, loaded, train_rows, test_rows = _qlora_notebook(tiny_qwen2, banking77_dir, tmp_path)
+    before = {name: param.detach().clone() for name, param in loaded.model.named_parameters() if param.requires_grad}
+    monkeypatch.setattr(experiment, "gpus_to_train_on", lambda use_all_gpus: 2 if use_all_gpus else 1)
+
+    stats = experiment.train(params, loaded, train_rows)
+
+    assert "training on 2 GPUs" in capsys.readouterr().out
+    assert stats.processes == 2 and (stats.batch_size, stats.gradient_accumulation) == (8, 1)  # 16 = 8 x 2 GPUs
+    # each process trains on its half of the rows (DistributedSampler pads the halves to equal size)
+    assert stats.steps == math.ceil(math.ceil(len(train_rows) / 2) / 8) and stats.examples >= len(train_rows)
+    after = dict(loaded.model.named_parameters())
+    lora_b = [name for name in before if "lora_B" in name]
+    assert lora_b and all(not torch.equal(before[name], after[name]) for name in lora_b)  # B starts at zero
+    assert any(modeling.is_packed_4bit(param) for param in loaded.model.parameters())  # still the 4-bit base
+    assert not (params.output_dir / "all_gpus").exists()
+    result = experiment.evaluate(params, loaded, test_rows, bank)
+    record = experiment.save_results(params, loaded, stats, result, bank)
+    assert record["training"]["processes"] == 2
+    assert sorted(p.name for p in params.output_dir.iterdir()) == ["loss_curve.png", "results.json"]
+
+
+def test_a_failed_launch_says_how_to_train_on_one_gpu_and_keeps_the_notebooks_model(
+        tiny_qwen2, banking77_dir, tmp_path, monkeypatch):
+    import shutil
+
+    import pytest
+
+    from qlora_helpers import experiment
+
+    data_copy = tmp_path / "banking77"
+    shutil.copytree(banking77_dir, data_copy)
+    params, bank, loaded, train_rows, _ = _qlora_notebook(tiny_qwen2, data_copy, tmp_path / "run")
+    shutil.rmtree(data_copy)  # the launched processes cannot load the data
+    monkeypatch.setattr(experiment, "gpus_to_train_on", lambda use_all_gpus: 2)
+    with pytest.raises(RuntimeError, match="use_all_gpus = False"):
+        experiment.train(params, loaded, train_rows)
+    assert loaded.model(**{k: v[:1] for k, v in loaded.tokenizer(["where is my card?"], return_tensors="pt").items()}).logits.shape[-1] == 77
