@@ -79,17 +79,18 @@ def test_cpu_estimator_footprints_are_exact(cpu_run):
 
 
 def test_step_flops_follow_the_stated_formula():
-    bench = _load("benchmark")
+    _load("benchmark")  # puts the repository on sys.path for `bench.*`
+    from bench.timing import step_flops
     from qlora_helpers.memory import QWEN2_5
 
     shape = QWEN2_5["7B"]
     n, n_lora = shape.matmul_params(77), shape.lora_params(16)
     attention = 4 * 8 * 32 * 32 * shape.hidden_size * shape.num_layers
-    model, hardware = bench.step_flops(shape, "qlora", [(8, 32, 200)], checkpointing=True, lora_r=16)
+    model, hardware = step_flops(shape, "qlora", [(8, 32, 200)], checkpointing=True, lora_r=16)
     tokens = 8 * 32
     assert model == pytest.approx(4 * n * tokens + 6 * n_lora * tokens + 3 * attention)
     assert hardware == pytest.approx(model + 2 * n * tokens + 2 * n_lora * tokens + attention)
-    full, _ = bench.step_flops(shape, "full", [(8, 32, 200)], checkpointing=False, lora_r=16)
+    full, _ = step_flops(shape, "full", [(8, 32, 200)], checkpointing=False, lora_r=16)
     assert full == pytest.approx(6 * n * tokens + 3 * attention)
 
 
