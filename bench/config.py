@@ -84,10 +84,10 @@ def speed_setups(method: str, only: list[str] | None = None) -> list[TrainingSet
         setups += [TrainingSetup("b32_fused_adamw", fused, False, 0.0),
                    TrainingSetup("b64_fused_adamw", replace(fused, batch_size=64), False, 0.0)]
     elif method == "lora":
-        setups += [TrainingSetup("b32_dropout0", base, False, 0.0),
+        setups += [TrainingSetup("b32_dropout0", replace(base, batch_size=32), False, 0.0),
                    TrainingSetup("b64_dropout0", replace(base, batch_size=64), False, 0.0)]
     else:
-        setups += [TrainingSetup("b32_dropout0", base, True, 0.0),
+        setups += [TrainingSetup("b32_dropout0", replace(base, batch_size=32), True, 0.0),
                    TrainingSetup("b64_dropout0", replace(base, batch_size=64), True, 0.0),
                    TrainingSetup("b128_dropout0", replace(base, batch_size=128), True, 0.0),
                    TrainingSetup("b16_nockpt_dropout0", replace(base, batch_size=16, max_length=64), False, 0.0)]

@@ -94,6 +94,18 @@ def test_step_flops_follow_the_stated_formula():
     assert full == pytest.approx(6 * n * tokens + 3 * attention)
 
 
+def test_speed_setups_train_the_micro_batch_their_names_say():
+    """A candidate named bNN_... trains micro-batch NN: "b32_dropout0" once took the method's default
+    batch, 64 since the defaults changed, and so timed the same setup as "b64_dropout0"."""
+    _load("benchmark")  # puts the repository on sys.path for `bench.*`
+    from bench.config import speed_setups
+
+    named = [(s, int(s.name[1:].split("_")[0])) for m in defaults.METHODS for s in speed_setups(m)
+             if s.name[0] == "b" and s.name[1:].split("_")[0].isdigit()]
+    assert len(named) == 8
+    assert [(s.name, s.train.batch_size) for s, n in named if s.train.batch_size != n] == []
+
+
 def test_summary_rebuilds_from_committed_results(tmp_path):
     summarize = _load("summarize")
     text = summarize.main(out_path=tmp_path / "SUMMARY.md")
