@@ -9,7 +9,7 @@ ids with Banking77's lengths (workload.py). Each training setup (config.py) runs
 measured step by step (runs.py, timing.py, device_memory.py); results go to <out>/<tag>.json and
 .md (report.py), which bench/summarize.py reads.
 
-Sections (--sections; sections.py says what each measures): env, build, speed, upcast, estimator, probe.
+Sections (--sections, run in the order given): listed at the end of --help (sections.py).
 
 --profile t4 makes the H200 behave like a 16 GB T4 where that matters (qlora_helpers/emulation.py):
 fp16 compute (no bf16), PyTorch's allocator capped at a T4's usable memory, and no flash / cuDNN
@@ -38,7 +38,7 @@ from bench import report  # noqa: E402
 from bench.config import Options  # noqa: E402
 from bench.device_memory import MemoryCap  # noqa: E402
 from bench.runs import log  # noqa: E402
-from bench.sections import SECTIONS, Session  # noqa: E402
+from bench.sections import SECTIONS, Session, __doc__ as SECTIONS_DOC  # noqa: E402
 from qlora_helpers import emulation  # noqa: E402
 
 # Options whose default depends on the device: (CPU mode, GPU).
@@ -51,7 +51,8 @@ def _names(text: str) -> list[str]:
 
 
 def parse_options(argv=None) -> Options:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, epilog=SECTIONS_DOC,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--profile", choices=("t4", "native"), default="t4")
     parser.add_argument("--sections", default="env,speed,upcast,estimator", help=f"of {','.join(SECTIONS)}")
