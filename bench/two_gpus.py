@@ -1,7 +1,7 @@
 """One GPU against two, in the same run: the data-parallel path of `qlora_helpers.train_all_gpus`.
 
 1. Speed: notebook 03's settings (the kaggle-t4 profile's QLoRA knobs, T4 emulation: fp16, 14.5 GiB
-   per GPU) on a random-weight model of Qwen2.5-7B's shape (built here, bench/benchmark.py), one
+   per GPU) on a random-weight model of Qwen2.5-7B's shape (built here, bench/workload.py), one
    process, then two under `accelerate launch`: at the notebook's effective batch (what a notebook
    on two GPUs runs: each GPU takes half of every batch, distributed.split_batch) and at twice
    it (each GPU the one-GPU micro-batch): examples/s, peak memory, optimizer steps.
@@ -63,7 +63,7 @@ def main(argv=None) -> None:
     parser.add_argument("--accuracy-train-samples", type=int, default=2000)
     parser.add_argument("--chosen", help="JSON file from `bench/sweep.py choose`: its qlora knobs replace the profile's")
     args = parser.parse_args(argv)
-    from bench.benchmark import build_checkpoint
+    from bench.workload import build_checkpoint
     from qlora_helpers import memory, modeling, offline_models, profiles, results
 
     work = Path(args.work_dir)

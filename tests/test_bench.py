@@ -79,18 +79,31 @@ def test_cpu_estimator_footprints_are_exact(cpu_run):
 
 
 def test_step_flops_follow_the_stated_formula():
-    bench = _load("benchmark")
+    _load("benchmark")  # puts the repository on sys.path for `bench.*`
+    from bench.timing import step_flops
     from qlora_helpers.memory import QWEN2_5
 
     shape = QWEN2_5["7B"]
     n, n_lora = shape.matmul_params(77), shape.lora_params(16)
     attention = 4 * 8 * 32 * 32 * shape.hidden_size * shape.num_layers
-    model, hardware = bench.step_flops(shape, "qlora", [(8, 32, 200)], checkpointing=True, lora_r=16)
+    model, hardware = step_flops(shape, "qlora", [(8, 32, 200)], checkpointing=True, lora_r=16)
     tokens = 8 * 32
     assert model == pytest.approx(4 * n * tokens + 6 * n_lora * tokens + 3 * attention)
     assert hardware == pytest.approx(model + 2 * n * tokens + 2 * n_lora * tokens + attention)
-    full, _ = bench.step_flops(shape, "full", [(8, 32, 200)], checkpointing=False, lora_r=16)
+    full, _ = step_flops(shape, "full", [(8, 32, 200)], checkpointing=False, lora_r=16)
     assert full == pytest.approx(6 * n * tokens + 3 * attention)
+
+
+def test_speed_setups_train_the_micro_batch_their_names_say():
+    """A candidate named bNN_... trains micro-batch NN: "b32_dropout0" once took the method's default
+    batch, 64 since the defaults changed, and so timed the same setup as "b64_dropout0"."""
+    _load("benchmark")  # puts the repository on sys.path for `bench.*`
+    from bench.config import speed_setups
+
+    named = [(s, int(s.name[1:].split("_")[0])) for m in defaults.METHODS for s in speed_setups(m)
+             if s.name[0] == "b" and s.name[1:].split("_")[0].isdigit()]
+    assert len(named) == 8
+    assert [(s.name, s.train.batch_size) for s, n in named if s.train.batch_size != n] == []
 
 
 def test_summary_rebuilds_from_committed_results(tmp_path):

@@ -17,10 +17,12 @@ RESULTS = REPO / "bench" / "results"
 
 
 def _bench():
+    """bench/workload.py (loading bench/benchmark.py puts the repository on sys.path for `bench.*`)."""
     spec = importlib.util.spec_from_file_location("bench_benchmark", REPO / "bench" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    from bench import workload
+
+    return workload
 
 
 # Two small shapes unlike each other: tied / untied embeddings, 2 / 4 kv heads, odd widths.
