@@ -553,7 +553,7 @@ def _compute_dtype(args):
 def _kaggle_profile(method: str) -> dict:
     """The kaggle-t4 profile's knobs for this method's notebook (what notebooks 01-03 run)."""
     try:
-        from qlora_helpers import profiles
+        from qlora_helpers.runners import profiles
 
         stem = {"full": "01_full_precision_baseline", "lora": "02_lora_qwen2.5_1.5b",
                 "qlora": "03_qlora_qwen2.5_7b"}[method]

@@ -25,11 +25,11 @@ def test_two_processes_train_in_sync_and_write_results_once(tiny_qwen2, tmp_path
 
 
 def test_a_notebooks_steps_run_on_two_processes_through_the_cli(tmp_path):
-    """`accelerate launch -m qlora_helpers.train_all_gpus` on Kaggle's two T4s, here as two CPU processes."""
-    from qlora_helpers import results
+    """`accelerate launch -m qlora_helpers.runners.train_all_gpus` on Kaggle's two T4s, here as two CPU processes."""
+    from qlora_helpers.notebook import results
 
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
-                          "qlora_helpers.train_all_gpus", "--profile", "smoke", "--notebook",
+                          "qlora_helpers.runners.train_all_gpus", "--profile", "smoke", "--notebook",
                           "02_lora_qwen2.5_1.5b", "--run-dir", str(tmp_path)],
                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]

@@ -36,7 +36,7 @@ def test_macro_f1_averages_over_the_intents_present_and_names_the_absent():
 def test_evaluate_step_names_the_intents_without_test_rows(monkeypatch, capsys):
     from types import SimpleNamespace
 
-    from qlora_helpers import experiment
+    from qlora_helpers.notebook import experiment
 
     names = list(data.BANKING77_INTENTS)
     labels = np.array([i for i in range(77) if i not in (3, 40)])

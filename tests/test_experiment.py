@@ -8,8 +8,9 @@ import warnings
 
 import pytest
 
-from qlora_helpers import experiment, modeling
-from qlora_helpers.parameters import NotebookParameters
+from qlora_helpers import modeling
+from qlora_helpers.notebook import experiment
+from qlora_helpers.notebook.parameters import NotebookParameters
 
 
 class _Collect(logging.Handler):

@@ -13,7 +13,8 @@ import nbformat
 import pandas as pd
 import pytest
 
-from qlora_helpers import profiles, results, runner
+from qlora_helpers.notebook import results
+from qlora_helpers.runners import profiles, runner
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_FILES = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -65,7 +66,7 @@ def test_notebook_reads_as_a_tutorial(path):
     for index, cell in enumerate(nb.cells[1:], 1):
         if cell.cell_type == "code" and cell is not parameters_cell(nb):
             assert nb.cells[index - 1].cell_type == "markdown", f"{path.name}: code cell {index} has no prose above it"
-            # The install cell runs before the package exists: it is qlora_helpers/install.py (test_install.py).
+            # The install cell runs before the package exists: it is qlora_helpers/notebook/install.py (test_install.py).
             if cell is not code[0]:
                 assert len(cell.source.splitlines()) <= MAX_CELL_LINES, \
                     f"{path.name}: cell {index} is long: move logic to qlora_helpers"
@@ -124,7 +125,7 @@ def test_the_notebook_recipe_is_the_default_and_is_what_the_model_carries(stem, 
     import torch
 
     from qlora_helpers import defaults, modeling
-    from qlora_helpers.parameters import NotebookParameters
+    from qlora_helpers.notebook.parameters import NotebookParameters
 
     method = profiles.KAGGLE_T4.parameters(stem)["method"]
     params = NotebookParameters(notebook=stem, model_id=tiny_qwen2, method=method, lora_r=8, lora_alpha=24,
@@ -211,7 +212,7 @@ def readable_text(path: Path) -> str:
 
 def machine_folders(run_dir: Path) -> set[str]:
     """Absolute folders of the machine that ran the series: none may appear in what it rendered."""
-    folders = {ROOT, Path(sys.prefix), Path.home(), runner.find_data_dir(), run_dir}
+    folders = {ROOT, Path(sys.prefix), Path.home(), runner.require_data_dir(), run_dir}
     return {str(f) for folder in folders for f in (folder, folder.resolve())}
 
 

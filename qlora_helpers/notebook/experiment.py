@@ -58,8 +58,9 @@ with _quiet(
     # Without ipywidgets, tqdm warns on import that it falls back to text progress bars: harmless.
     warns=((Warning, "IProgress not found"),),
 ):
-    from . import data, evaluation, modeling, plots, results, training
-from .distributed import is_main_process
+    from .. import data, evaluation, modeling, training
+    from . import plots, results
+from ..distributed import is_main_process
 from .parameters import NotebookParameters
 
 RESULTS_FILE = "results.json"

@@ -4,7 +4,7 @@ Kaggle's "GPU T4 x2" gives two T4s; a notebook kernel is one process and uses on
 same steps (experiment.py: data, model, tokens, training, evaluation, figures, results file) with
 the same profile parameters, once per GPU under a launcher:
 
-    accelerate launch --num_processes 2 -m qlora_helpers.train_all_gpus \
+    accelerate launch --num_processes 2 -m qlora_helpers.runners.train_all_gpus \
         --profile kaggle-t4 --notebook 03_qlora_qwen2.5_7b
 
 Each process holds the whole (4-bit) model on its own GPU, gradients are averaged every step,
@@ -18,9 +18,10 @@ import argparse
 import os
 from pathlib import Path
 
-from . import experiment, profiles, runner
-from .distributed import is_main_process, world_size
-from .parameters import NotebookParameters
+from ..distributed import is_main_process, world_size
+from ..notebook import experiment
+from ..notebook.parameters import NotebookParameters
+from . import profiles, runner
 
 
 def run_notebook_steps(params: NotebookParameters) -> dict:
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.notebook not in profiles.TRAINING_NOTEBOOKS:
         parser.error(f"--notebook must be one of {', '.join(profiles.TRAINING_NOTEBOOKS)}")
     run_dir = (args.run_dir or runner.default_run_dir(profile.name)).resolve()
-    data_dir = runner.find_data_dir() if profile.data_source == "local" else None
+    data_dir = runner.require_data_dir() if profile.data_source == "local" else None
     values = runner.notebook_parameters(profile, args.notebook, run_dir, data_dir, overrides)
     record = run_notebook_steps(NotebookParameters(notebook=args.notebook, **values))
     if is_main_process():
