@@ -42,7 +42,7 @@ def test_evaluate_step_names_the_intents_without_test_rows(monkeypatch, capsys):
     labels = np.array([i for i in range(77) if i not in (3, 40)])
     monkeypatch.setattr(evaluation, "evaluate", lambda *a, **k: evaluation.compute_metrics(labels, labels, names))
     params = SimpleNamespace(batch_size=8)
-    experiment.evaluate(params, SimpleNamespace(model=None, tokenizer=None), labels, SimpleNamespace(
+    experiment.evaluate_on_test(params, SimpleNamespace(model=None, tokenizer=None), labels, SimpleNamespace(
         label_names=names, num_labels=77))
     out = capsys.readouterr().out
     assert "2 intents have no test rows" in out and names[3] in out and names[40] in out

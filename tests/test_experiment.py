@@ -34,7 +34,7 @@ def load_log():
 
 def _load(model_id: str, bank, method: str = "full", **knobs):
     params = NotebookParameters(notebook="01_full_precision_baseline", model_id=model_id, method=method, **knobs)
-    return experiment.load_model(params, bank)
+    return experiment.build_model(params, bank)
 
 
 def _causal_lm(tiny_qwen2: str, folder, extra_key: bool = False) -> str:

@@ -190,15 +190,3 @@ def test_summary_says_full_fine_tuning_keeps_fp32_weights(tiny_qwen2):
     loaded.compute_dtype = torch.float16  # as on a T4: the Trainer autocasts, the weights stay fp32
     assert all(p.dtype == torch.float32 for p in loaded.model.parameters())
     assert "loaded in float32 (master weights; float16 autocast compute)" in loaded.summary()
-
-
-def test_one_helper_each_for_4bit_weights_and_for_unwrapping_peft():
-    """modeling.is_packed_4bit and modeling.base_model are the only copies of these two checks."""
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    for path in [*root.glob("qlora_helpers/*.py"), *root.glob("bench/*.py")]:
-        if path.name != "modeling.py":
-            text = path.read_text()
-            assert "Params4bit" not in text, f"{path.name}: use modeling.is_packed_4bit"
-            assert "get_base_model()" not in text, f"{path.name}: use modeling.base_model"

@@ -93,7 +93,7 @@ def test_qlora_notebook_explains_quantization():
 def recipe_cells(stem: str) -> list[str]:
     """The cells of a training notebook that build its method: BitsAndBytesConfig, LoraConfig, the
     TrainingArguments shown before training."""
-    markers = ("BitsAndBytesConfig(", "LoraConfig(", "experiment.training_arguments(")
+    markers = ("BitsAndBytesConfig(", "LoraConfig(", "experiment.show_training_arguments(")
     return [c.source for c in read(ROOT / "notebooks" / f"{stem}.ipynb").cells
             if c.cell_type == "code" and any(m in c.source for m in markers)]
 
@@ -111,7 +111,7 @@ def test_the_notebooks_show_their_recipe():
     found = {stem: "\n".join(recipe_cells(stem)) for stem in profiles.TRAINING_NOTEBOOKS}
     for stem, text in found.items():
         method = profiles.KAGGLE_T4.parameters(stem)["method"]
-        assert "experiment.training_arguments(" in text, f"{stem} does not show its TrainingArguments"
+        assert "experiment.show_training_arguments(" in text, f"{stem} does not show its TrainingArguments"
         assert ("LoraConfig(" in text) == (method != "full"), f"{stem}: a LoraConfig cell iff LoRA"
         assert ("BitsAndBytesConfig(" in text) == (method == "qlora"), f"{stem}: a BitsAndBytesConfig cell iff QLoRA"
     lora_cell = [[s for s in recipe_cells(stem) if "LoraConfig(" in s] for stem in profiles.TRAINING_NOTEBOOKS[1:]]

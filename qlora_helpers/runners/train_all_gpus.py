@@ -26,10 +26,10 @@ from . import profiles, runner
 
 def run_notebook_steps(params: NotebookParameters) -> dict:
     bank = experiment.load_data(params)
-    loaded = experiment.load_model(params, bank)
-    train_rows, test_rows = experiment.tokenize(params, bank, loaded)
-    stats = experiment.train(params, loaded, train_rows)
-    result = experiment.evaluate(params, loaded, test_rows, bank)
+    loaded = experiment.build_model(params, bank)
+    train_rows, test_rows = experiment.tokenize_splits(params, bank, loaded)
+    stats = experiment.train_model(params, loaded, train_rows)
+    result = experiment.evaluate_on_test(params, loaded, test_rows, bank)
     experiment.plot_confusions(params, result, bank.label_names)
     return experiment.save_results(params, loaded, stats, result, bank)
 
