@@ -28,14 +28,14 @@ $(VENV)/.gemma: $(VENV)/.installed
 setup: $(VENV)/.installed
 
 demo: setup
-	$(BIN)/python -m qlora_helpers.run --profile demo
+	$(BIN)/python -m qlora_helpers.runners.run --profile demo
 
 smoke: setup
-	$(BIN)/python -m qlora_helpers.run --profile smoke
+	$(BIN)/python -m qlora_helpers.runners.run --profile smoke
 
 test: setup $(VENV)/.gemma
 	$(BIN)/python -m pytest
 
 # The wheel and dist/kaggle-dataset/ for `kaggle datasets create -p dist/kaggle-dataset` (see README).
 kaggle-dataset: setup
-	$(BIN)/python -m qlora_helpers.kaggle dataset
+	$(BIN)/python -m qlora_helpers.runners.kaggle dataset

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from qlora_helpers import defaults, profiles, training
+from qlora_helpers import defaults, training
+from qlora_helpers.runners import profiles
 
 @dataclass
 class Options:

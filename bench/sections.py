@@ -25,7 +25,7 @@ from bench.runs import Cell, load_cell, log, run_setup, set_checkpointing, set_d
 from bench.workload import MAIN_CELLS, TINY, build_checkpoint, synthetic_dataset
 from qlora_helpers import memory, modeling
 from qlora_helpers.memory import GIB, ModelShape
-from qlora_helpers.results import code_commit, hardware, library_versions  # moves with results.py: only here
+from qlora_helpers.notebook.results import code_commit, hardware, library_versions
 
 PEAK_LIMIT_GIB = 14.0  # the target: a setup must peak at or under this to count as fitting a T4
 

@@ -105,7 +105,7 @@ def main(results_dir: Path = RESULTS, out_path: Path | None = None) -> str:
              "## Current code: defaults chosen on real weights", "",
              "Each method's defaults (qlora_helpers/defaults.py) were chosen by validation accuracy per second of "
              "training on real SmolLM2-135M weights (bench/sweep.py); one GPU against two through "
-             "qlora_helpers.train_all_gpus (bench/two_gpus.py). Raw JSON, logs and plots beside this file.", ""]
+             "qlora_helpers.runners.train_all_gpus (bench/two_gpus.py). Raw JSON, logs and plots beside this file.", ""]
     for generated in sorted(results_dir.glob("sweep_*.md")) + sorted(results_dir.glob("two_gpus_*.md")):
         lines += ["#" + line if line.startswith("#") else line for line in generated.read_text().splitlines()]
         lines.append("")

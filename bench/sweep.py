@@ -79,7 +79,8 @@ def _worker(args) -> None:
     import torch
     from transformers import DataCollatorWithPadding, TrainerCallback
 
-    from qlora_helpers import data, emulation, evaluation, modeling, results, training
+    from qlora_helpers import data, emulation, evaluation, modeling, training
+    from qlora_helpers.notebook import results
 
     knobs = candidate(args.candidate)
     on_gpu = args.device == "cuda"
@@ -205,7 +206,7 @@ def run(args) -> None:
     gpus = args.gpus.split(",") if args.device == "cuda" else ["cpu"]
     out_dir = Path(args.out_dir) / f"sweep_{args.tag}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    from qlora_helpers import results
+    from qlora_helpers.notebook import results
 
     commit = results.code_commit()
     # the slow ones first on each GPU, then round-robin, so that the GPUs end together
@@ -277,7 +278,7 @@ def choose(folder: Path) -> dict[str, dict]:
 def reference(args) -> None:
     """The reference run: the series through the papermill runner on profile smollm2-t4, each
     training notebook with its method's chosen knobs (`choose`), then 04."""
-    from qlora_helpers import profiles, runner
+    from qlora_helpers.runners import profiles, runner
 
     chosen = choose(Path(args.folder))
     profile = profiles.get_profile("smollm2-t4")

@@ -1,4 +1,4 @@
-"""One GPU against two, in the same run: the data-parallel path of `qlora_helpers.train_all_gpus`.
+"""One GPU against two, in the same run: the data-parallel path of `qlora_helpers.runners.train_all_gpus`.
 
 1. Speed: notebook 03's settings (the kaggle-t4 profile's QLoRA knobs, T4 emulation: fp16, 14.5 GiB
    per GPU) on a random-weight model of Qwen2.5-7B's shape (built here, bench/workload.py), one
@@ -30,7 +30,7 @@ def launch(processes: int, run_dir: Path, overrides: dict, log: Path) -> dict:
     """Run notebook 03's steps on `processes` GPUs; return its results.json plus the wall time."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "-m", "qlora_helpers.train_all_gpus", "--profile", "smollm2-t4", "--notebook", NOTEBOOK,
+               "-m", "qlora_helpers.runners.train_all_gpus", "--profile", "smollm2-t4", "--notebook", NOTEBOOK,
                "--run-dir", str(run_dir)]
     for key, value in overrides.items():
         command += ["--set", f"{key}={value!r}"]
@@ -64,7 +64,9 @@ def main(argv=None) -> None:
     parser.add_argument("--chosen", help="JSON file from `bench/sweep.py choose`: its qlora knobs replace the profile's")
     args = parser.parse_args(argv)
     from bench.workload import build_checkpoint
-    from qlora_helpers import memory, modeling, offline_models, profiles, results
+    from qlora_helpers import memory, modeling, offline_models
+    from qlora_helpers.notebook import results
+    from qlora_helpers.runners import profiles
 
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)

@@ -209,7 +209,7 @@ def train_validation_split(dataset: Dataset, validation_fraction: float = 0.1,
 def tokenize(dataset: Dataset, tokenizer, max_length: int = 128) -> Dataset:
     """Tokenize without padding: the collator pads each batch to its own longest row.
 
-    Returns the rows with `input_ids`, `attention_mask` (lists of at most `max_length` ints) and
+    Returns the rows (`label` kept) with `input_ids`, `attention_mask` (lists of at most `max_length` ints) and
     `length` (their token count: the trainer groups batches by it, `evaluation.predict` sorts by it,
     and the collator drops it) in place of `text`.
     Raises Banking77Error if the tokenizer turns any row into zero tokens (a broken or mismatched

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,20 +48,27 @@ class LoadedModel:
     total_params: int
 
     def summary(self) -> str:
-        """One line: the id, method, how the weights are held, footprint in GB (1e9 bytes) and the
-        trainable share, e.g. `... [qlora] loaded in 4-bit. footprint: X GB; trainable params: ...`."""
+        """One line: the id, method, the dtypes the weights really have (read from the parameters, each
+        with its share of the weights, largest first; a packed 4-bit weight counts as the weights it
+        holds), the compute dtype, footprint in GB (1e9 bytes) and the trainable share, e.g.
+        `... [qlora] loaded in 4-bit (96%) + float32 (4%); float16 compute. footprint: X GB; ...`."""
+        held = Counter()
+        for param in self.model.parameters():
+            held["4-bit" if is_packed_4bit(param) else _dtype_name(param.dtype)] += parameter_count(param)
+        weights = " + ".join(f"{kind} ({count / self.total_params:.0%})" for kind, count in held.most_common())
+        if len(held) == 1:
+            weights = next(iter(held))
+        # full keeps fp32 weights whatever the compute dtype: the Trainer's AMP autocasts the matmuls.
+        autocast = self.method == "full" and self.compute_dtype != torch.float32
+        compute = _dtype_name(self.compute_dtype) + (" autocast" if autocast else "")
         share = self.trainable_params / self.total_params
-        compute = str(self.compute_dtype).replace("torch.", "")
-        if self.method == "qlora":
-            bits = "4-bit"
-        elif self.method == "full" and self.compute_dtype != torch.float32:
-            bits = f"float32 (master weights; {compute} autocast compute)"
-        else:
-            bits = compute
-        return (f"{self.model_id} [{self.method}] loaded in {bits}. footprint: "
+        return (f"{self.model_id} [{self.method}] loaded in {weights}; {compute} compute. footprint: "
                 f"{self.footprint_bytes / 1e9:.3f} GB; trainable params: {self.trainable_params:,} of "
                 f"{self.total_params:,} ({share:.2%})")
 
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 def choose_compute_dtype(device: str | torch.device | None = None) -> torch.dtype:
     """fp32 on CPU (bf16 matmuls are ~14x slower there), bf16 on Ampere or newer, fp16 below.

@@ -7,7 +7,9 @@ import nbformat
 import pytest
 import torch
 
-from qlora_helpers import data, export, modeling, offline_models, results, runner
+from qlora_helpers import data, export, modeling, offline_models
+from qlora_helpers.notebook import results
+from qlora_helpers.runners import runner
 from test_results import _record
 
 UMASK = 0o027  # group may read, others nothing: neither tempfile's 0o600/0o700 nor the common 0o022

@@ -5,7 +5,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from qlora_helpers import comparison, parameters
+from qlora_helpers.notebook import comparison, parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,7 +97,7 @@ def test_the_comparison_notebook_claims_nothing_the_results_do_not_show():
 
 
 def test_a_gpu_emulating_a_t4_is_labelled_so():
-    from qlora_helpers import comparison
+    from qlora_helpers.notebook import comparison
 
     h200 = {"device": "cuda", "name": "NVIDIA H200", "count": 1, "memory_bytes": 150_000_000_000}
     assert comparison._hardware({"hardware": {**h200, "emulating": "t4"}}) == "1x NVIDIA H200 emulating a T4"

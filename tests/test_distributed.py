@@ -26,11 +26,11 @@ def test_two_processes_train_in_sync_and_write_results_once(tiny_qwen2, tmp_path
 
 
 def test_a_notebooks_steps_run_on_two_processes_through_the_cli(tmp_path):
-    """`accelerate launch -m qlora_helpers.train_all_gpus` on Kaggle's two T4s, here as two CPU processes."""
-    from qlora_helpers import results
+    """`accelerate launch -m qlora_helpers.runners.train_all_gpus` on Kaggle's two T4s, here as two CPU processes."""
+    from qlora_helpers.notebook import results
 
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
-                          "qlora_helpers.train_all_gpus", "--profile", "smoke", "--notebook",
+                          "qlora_helpers.runners.train_all_gpus", "--profile", "smoke", "--notebook",
                           "02_lora_qwen2.5_1.5b", "--run-dir", str(tmp_path)],
                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -107,16 +107,16 @@ def test_one_gpu_or_a_launched_process_trains_in_the_notebooks_own_process(monke
 
 
 def _qlora_notebook(tiny_qwen2, banking77_dir, run_dir):
-    from qlora_helpers import experiment
-    from qlora_helpers.parameters import NotebookParameters
+    from qlora_helpers.notebook import experiment
+    from qlora_helpers.notebook.parameters import NotebookParameters
 
     params = NotebookParameters(notebook="03_qlora_qwen2.5_7b", model_id=tiny_qwen2, method="qlora",
                                 data_dir=str(banking77_dir), data_source="local", max_train_samples=160,
                                 max_eval_samples=80, epochs=1.0, batch_size=16, learning_rate=5e-3,
                                 max_length=32, run_dir=str(run_dir), profile="test", seed=0)
     bank = experiment.load_data(params)
-    loaded = experiment.load_model(params, bank)
-    return params, bank, loaded, *experiment.tokenize(params, bank, loaded)
+    loaded = experiment.build_model(params, bank)
+    return params, bank, loaded, *experiment.tokenize_splits(params, bank, loaded)
 
 
 def test_a_notebook_that_sees_two_gpus_trains_on_both_and_gets_the_weights_back(
@@ -126,13 +126,14 @@ def test_a_notebook_that_sees_two_gpus_trains_on_both_and_gets_the_weights_back(
     trained, ready for the evaluation cell; results are written once."""
     import torch
 
-    from qlora_helpers import experiment, modeling
+    from qlora_helpers import modeling
+    from qlora_helpers.notebook import experiment
 
     params, bank, loaded, train_rows, test_rows = _qlora_notebook(tiny_qwen2, banking77_dir, tmp_path)
     before = {name: param.detach().clone() for name, param in loaded.model.named_parameters() if param.requires_grad}
     monkeypatch.setattr(experiment, "gpus_to_train_on", lambda use_all_gpus: 2 if use_all_gpus else 1)
 
-    stats = experiment.train(params, loaded, train_rows)
+    stats = experiment.train_model(params, loaded, train_rows)
 
     assert "training on 2 GPUs" in capsys.readouterr().out
     assert stats.processes == 2 and (stats.batch_size, stats.gradient_accumulation) == (8, 1)  # 16 = 8 x 2 GPUs
@@ -143,7 +144,7 @@ def test_a_notebook_that_sees_two_gpus_trains_on_both_and_gets_the_weights_back(
     assert lora_b and all(not torch.equal(before[name], after[name]) for name in lora_b)  # B starts at zero
     assert any(modeling.is_packed_4bit(param) for param in loaded.model.parameters())  # still the 4-bit base
     assert not (params.output_dir / "all_gpus").exists()
-    result = experiment.evaluate(params, loaded, test_rows, bank)
+    result = experiment.evaluate_on_test(params, loaded, test_rows, bank)
     record = experiment.save_results(params, loaded, stats, result, bank)
     assert record["training"]["processes"] == 2
     assert sorted(p.name for p in params.output_dir.iterdir()) == ["loss_curve.png", "results.json"]
@@ -155,7 +156,7 @@ def test_a_failed_launch_says_how_to_train_on_one_gpu_and_keeps_the_notebooks_mo
 
     import pytest
 
-    from qlora_helpers import experiment
+    from qlora_helpers.notebook import experiment
 
     data_copy = tmp_path / "banking77"
     shutil.copytree(banking77_dir, data_copy)
@@ -163,5 +164,5 @@ def test_a_failed_launch_says_how_to_train_on_one_gpu_and_keeps_the_notebooks_mo
     shutil.rmtree(data_copy)  # the launched processes cannot load the data
     monkeypatch.setattr(experiment, "gpus_to_train_on", lambda use_all_gpus: 2)
     with pytest.raises(RuntimeError, match="use_all_gpus = False"):
-        experiment.train(params, loaded, train_rows)
+        experiment.train_model(params, loaded, train_rows)
     assert loaded.model(**{k: v[:1] for k, v in loaded.tokenizer(["where is my card?"], return_tensors="pt").items()}).logits.shape[-1] == 77

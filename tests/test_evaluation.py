@@ -36,13 +36,13 @@ def test_macro_f1_averages_over_the_intents_present_and_names_the_absent():
 def test_evaluate_step_names_the_intents_without_test_rows(monkeypatch, capsys):
     from types import SimpleNamespace
 
-    from qlora_helpers import experiment
+    from qlora_helpers.notebook import experiment
 
     names = list(data.BANKING77_INTENTS)
     labels = np.array([i for i in range(77) if i not in (3, 40)])
     monkeypatch.setattr(evaluation, "evaluate", lambda *a, **k: evaluation.compute_metrics(labels, labels, names))
     params = SimpleNamespace(batch_size=8)
-    experiment.evaluate(params, SimpleNamespace(model=None, tokenizer=None), labels, SimpleNamespace(
+    experiment.evaluate_on_test(params, SimpleNamespace(model=None, tokenizer=None), labels, SimpleNamespace(
         label_names=names, num_labels=77))
     out = capsys.readouterr().out
     assert "2 intents have no test rows" in out and names[3] in out and names[40] in out

@@ -8,8 +8,9 @@ import warnings
 
 import pytest
 
-from qlora_helpers import experiment, modeling
-from qlora_helpers.parameters import NotebookParameters
+from qlora_helpers import modeling
+from qlora_helpers.notebook import experiment
+from qlora_helpers.notebook.parameters import NotebookParameters
 
 
 class _Collect(logging.Handler):
@@ -33,7 +34,7 @@ def load_log():
 
 def _load(model_id: str, bank, method: str = "full", **knobs):
     params = NotebookParameters(notebook="01_full_precision_baseline", model_id=model_id, method=method, **knobs)
-    return experiment.load_model(params, bank)
+    return experiment.build_model(params, bank)
 
 
 def _causal_lm(tiny_qwen2: str, folder, extra_key: bool = False) -> str:

@@ -1,4 +1,4 @@
-"""The notebooks' install cell (qlora_helpers/install.py), run for each branch in a simulated Kaggle or
+"""The notebooks' install cell (qlora_helpers/notebook/install.py), run for each branch in a simulated Kaggle or
 Colab runtime: its environment variable, an input folder holding a wheel built here, and pip installing
 into a temporary folder (offline) instead of this environment."""
 from __future__ import annotations
@@ -14,7 +14,8 @@ import nbformat
 import pytest
 
 import qlora_helpers
-from qlora_helpers import install, kaggle
+from qlora_helpers.notebook import install
+from qlora_helpers.runners import kaggle
 
 ROOT = Path(__file__).resolve().parents[1]
 NOT_INSTALLED = "9.9.9"  # a version of qlora-helpers that no environment has, so the cell must install it
@@ -62,8 +63,8 @@ def requirement(command: list[str]) -> str:
 def test_each_notebook_install_cell_is_install_py(path):
     cells = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
     assert cells[0].source == kaggle.install_cell_source(), (
-        f"{path.name}: the install cell differs from qlora_helpers/install.py: "
-        "run `python -m qlora_helpers.kaggle install-cell`")
+        f"{path.name}: the install cell differs from qlora_helpers/notebook/install.py: "
+        "run `python -m qlora_helpers.runners.kaggle install-cell`")
 
 
 def test_the_cell_expects_this_package_version():

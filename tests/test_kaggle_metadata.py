@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from qlora_helpers import __version__, kaggle
-from qlora_helpers.profiles import NOTEBOOKS, TRAINING_NOTEBOOKS
+from qlora_helpers import __version__
+from qlora_helpers.runners import kaggle
+from qlora_helpers.runners.profiles import NOTEBOOKS, TRAINING_NOTEBOOKS
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDER = ROOT / "kaggle_metadata"
@@ -60,7 +61,7 @@ def test_every_kernel_attaches_the_package_dataset_of_the_one_owner():
         meta = json.loads(path.read_text())
         assert meta["dataset_sources"] == [kaggle.dataset_id()] == [f"{kaggle.OWNER}/{kaggle.DATASET_SLUG}"], path
         assert all(ref.split("/")[0] == kaggle.OWNER for ref in [meta["id"], *meta["kernel_sources"]]), path
-    # the committed files are exactly what `python -m qlora_helpers.kaggle metadata` writes
+    # the committed files are exactly what `python -m qlora_helpers.runners.kaggle metadata` writes
     assert kaggle.write_kernel_metadata(FOLDER) == []
 
 
@@ -104,7 +105,8 @@ def test_the_dataset_builder_writes_the_wheel_and_kaggle_metadata(tmp_path):
     with zipfile.ZipFile(out / kaggle.wheel_name()) as wheel:
         names = set(wheel.namelist())
         info = wheel.read(f"qlora_helpers-{__version__}.dist-info/METADATA").decode()
-    assert {"qlora_helpers/__init__.py", "qlora_helpers/install.py", "qlora_helpers/modeling.py"} <= names
+    assert {"qlora_helpers/__init__.py", "qlora_helpers/notebook/install.py", "qlora_helpers/runners/kaggle.py",
+            "qlora_helpers/modeling.py"} <= names
     assert f"Version: {__version__}" in info and 'Requires-Dist: bitsandbytes==0.50.2; extra == "qlora"' in info
     assert sorted(ROOT.iterdir()) == checkout  # the build ran on a copy: no build/ or *.egg-info here
 
@@ -138,7 +140,7 @@ def test_readme_kaggle_commands_name_what_the_repository_has():
     metas = {p.parent.name: json.loads(p.read_text()) for p in FILES}
     dataset_dir = kaggle.DATASET_DIR.relative_to(ROOT)
     assert "make kaggle-dataset" in commands
-    assert re.search(r"^kaggle-dataset:.*\n\t.*-m qlora_helpers\.kaggle dataset$", (ROOT / "Makefile").read_text(), re.M)
+    assert re.search(r"^kaggle-dataset:.*\n\t.*-m qlora_helpers\.runners\.kaggle dataset$", (ROOT / "Makefile").read_text(), re.M)
     assert f"kaggle datasets create -p {dataset_dir}" in commands
     pushed = [c.split("-p ")[1] for c in commands if c.startswith("kaggle kernels push")]
     assert pushed == [f"kaggle_metadata/{stem}" for stem in NOTEBOOKS]  # 04 last: it reads 01-03's outputs

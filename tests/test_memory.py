@@ -58,7 +58,7 @@ def test_upcast_all_to_fp32_is_predicted(checkpoints, shape):
     loaded = modeling.load_model(str(checkpoints[shape.name]), "qlora", 77, compute_dtype=torch.bfloat16,
                                  device="cpu", upcast_all_to_fp32=True)
     est = memory.estimate(shape, "qlora", compute_dtype="bfloat16", upcast_all_to_fp32=True)
-    assert est.footprint_bytes + est.adapter_bytes == loaded.model.get_base_model().get_memory_footprint()
+    assert est.footprint_bytes + est.adapter_bytes == modeling.base_model(loaded.model).get_memory_footprint()
     plain = memory.estimate(shape, "qlora", compute_dtype="bfloat16")
     assert est.adapter_bytes - plain.adapter_bytes == 2 * (shape.total_params() - shape.linear_params)
 

@@ -54,7 +54,7 @@ def test_qlora_quantizes_linear_layers_but_not_the_head(tiny_qwen2):
     assert weight.quant_state.quant_type == "nf4" and weight.quant_state.state2 is not None  # double quant
     full = modeling.load_model(tiny_qwen2, "lora")
     assert loaded.footprint_bytes < full.footprint_bytes
-    assert "loaded in 4-bit. footprint:" in loaded.summary()
+    assert "4-bit (" in loaded.summary() and "float32 (" in loaded.summary()  # the embeddings, norms, head
 
 
 def test_bert_classifier_is_not_quantized(minilm_path):
@@ -63,7 +63,7 @@ def test_bert_classifier_is_not_quantized(minilm_path):
     loaded = modeling.load_model(minilm_path, "qlora")
     heads = [n for n, m in loaded.model.named_modules() if n.endswith("classifier.modules_to_save.default")]
     assert heads and not isinstance(dict(loaded.model.named_modules())[heads[0]], bnb.nn.Linear4bit)
-    assert isinstance(loaded.model.base_model.model.bert.encoder.layer[0].attention.self.query.base_layer,
+    assert isinstance(modeling.base_model(loaded.model).bert.encoder.layer[0].attention.self.query.base_layer,
                       bnb.nn.Linear4bit)
 
 
@@ -189,16 +189,19 @@ def test_summary_says_full_fine_tuning_keeps_fp32_weights(tiny_qwen2):
     loaded = modeling.load_model(tiny_qwen2, "full")
     loaded.compute_dtype = torch.float16  # as on a T4: the Trainer autocasts, the weights stay fp32
     assert all(p.dtype == torch.float32 for p in loaded.model.parameters())
-    assert "loaded in float32 (master weights; float16 autocast compute)" in loaded.summary()
+    assert "loaded in float32; float16 autocast compute." in loaded.summary()
 
 
-def test_one_helper_each_for_4bit_weights_and_for_unwrapping_peft():
-    """modeling.is_packed_4bit and modeling.base_model are the only copies of these two checks."""
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    for path in [*root.glob("qlora_helpers/*.py"), *root.glob("bench/*.py")]:
-        if path.name != "modeling.py":
-            text = path.read_text()
-            assert "Params4bit" not in text, f"{path.name}: use modeling.is_packed_4bit"
-            assert "get_base_model()" not in text, f"{path.name}: use modeling.base_model"
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_summary_names_every_dtype_the_weights_have(tiny_qwen2, method):
+    """A 16-bit base with fp32 adapters and head says both, with each one's share of the weights."""
+    loaded = modeling.load_model(tiny_qwen2, method, compute_dtype=torch.bfloat16)
+    held = {}
+    for param in loaded.model.parameters():
+        kind = "4-bit" if modeling.is_packed_4bit(param) else str(param.dtype).removeprefix("torch.")
+        held[kind] = held.get(kind, 0) + modeling.parameter_count(param)
+    assert set(held) == ({"4-bit", "bfloat16", "float32"} if method == "qlora" else {"bfloat16", "float32"})
+    line = loaded.summary()
+    for kind, count in held.items():
+        assert f"{kind} ({count / loaded.total_params:.0%})" in line, line
+    assert "; bfloat16 compute." in line

@@ -13,7 +13,8 @@ import nbformat
 import pandas as pd
 import pytest
 
-from qlora_helpers import profiles, results, runner
+from qlora_helpers.notebook import results
+from qlora_helpers.runners import profiles, runner
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_FILES = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -65,7 +66,7 @@ def test_notebook_reads_as_a_tutorial(path):
     for index, cell in enumerate(nb.cells[1:], 1):
         if cell.cell_type == "code" and cell is not parameters_cell(nb):
             assert nb.cells[index - 1].cell_type == "markdown", f"{path.name}: code cell {index} has no prose above it"
-            # The install cell runs before the package exists: it is qlora_helpers/install.py (test_install.py).
+            # The install cell runs before the package exists: it is qlora_helpers/notebook/install.py (test_install.py).
             if cell is not code[0]:
                 assert len(cell.source.splitlines()) <= MAX_CELL_LINES, \
                     f"{path.name}: cell {index} is long: move logic to qlora_helpers"
@@ -85,14 +86,14 @@ def test_parameter_defaults_are_the_kaggle_t4_profile(stem):
 def test_qlora_notebook_explains_quantization():
     text = "\n".join(c.source for c in read(ROOT / "notebooks" / "03_qlora_qwen2.5_7b.ipynb").cells)
     for flag in ("nf4", "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype", "llm_int8_skip_modules",
-                 "prepare_model_for_kbit_training", "loaded in 4-bit. footprint"):
+                 "prepare_model_for_kbit_training", "loaded in 4-bit (..%)"):
         assert flag in text
 
 
 def recipe_cells(stem: str) -> list[str]:
     """The cells of a training notebook that build its method: BitsAndBytesConfig, LoraConfig, the
     TrainingArguments shown before training."""
-    markers = ("BitsAndBytesConfig(", "LoraConfig(", "experiment.training_arguments(")
+    markers = ("BitsAndBytesConfig(", "LoraConfig(", "experiment.show_training_arguments(")
     return [c.source for c in read(ROOT / "notebooks" / f"{stem}.ipynb").cells
             if c.cell_type == "code" and any(m in c.source for m in markers)]
 
@@ -110,7 +111,7 @@ def test_the_notebooks_show_their_recipe():
     found = {stem: "\n".join(recipe_cells(stem)) for stem in profiles.TRAINING_NOTEBOOKS}
     for stem, text in found.items():
         method = profiles.KAGGLE_T4.parameters(stem)["method"]
-        assert "experiment.training_arguments(" in text, f"{stem} does not show its TrainingArguments"
+        assert "experiment.show_training_arguments(" in text, f"{stem} does not show its TrainingArguments"
         assert ("LoraConfig(" in text) == (method != "full"), f"{stem}: a LoraConfig cell iff LoRA"
         assert ("BitsAndBytesConfig(" in text) == (method == "qlora"), f"{stem}: a BitsAndBytesConfig cell iff QLoRA"
     lora_cell = [[s for s in recipe_cells(stem) if "LoraConfig(" in s] for stem in profiles.TRAINING_NOTEBOOKS[1:]]
@@ -124,7 +125,7 @@ def test_the_notebook_recipe_is_the_default_and_is_what_the_model_carries(stem, 
     import torch
 
     from qlora_helpers import defaults, modeling
-    from qlora_helpers.parameters import NotebookParameters
+    from qlora_helpers.notebook.parameters import NotebookParameters
 
     method = profiles.KAGGLE_T4.parameters(stem)["method"]
     params = NotebookParameters(notebook=stem, model_id=tiny_qwen2, method=method, lora_r=8, lora_alpha=24,
@@ -194,7 +195,7 @@ def test_executed_notebook_and_html(smoke, stem):
     if stem in profiles.TRAINING_NOTEBOOKS:
         assert "confusion matrix" in html or "rows normalised" in html
     if stem == "03_qlora_qwen2.5_7b":
-        assert "loaded in 4-bit. footprint:" in html
+        assert re.search(r"loaded in [^;]*4-bit \(\d+%\)[^;]*; \w+ compute\. footprint:", html)
 
 
 def readable_text(path: Path) -> str:
@@ -211,7 +212,7 @@ def readable_text(path: Path) -> str:
 
 def machine_folders(run_dir: Path) -> set[str]:
     """Absolute folders of the machine that ran the series: none may appear in what it rendered."""
-    folders = {ROOT, Path(sys.prefix), Path.home(), runner.find_data_dir(), run_dir}
+    folders = {ROOT, Path(sys.prefix), Path.home(), runner.require_data_dir(), run_dir}
     return {str(f) for folder in folders for f in (folder, folder.resolve())}
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from qlora_helpers import defaults, memory, parameters, profiles, runner, training
-from qlora_helpers.parameters import NotebookParameters, ParameterError
+from qlora_helpers import defaults, memory, training
+from qlora_helpers.notebook import parameters
+from qlora_helpers.notebook.parameters import NotebookParameters, ParameterError
+from qlora_helpers.runners import profiles, runner
 
 
 def build(**values):

@@ -1,7 +1,8 @@
 import matplotlib.image
 import numpy as np
 
-from qlora_helpers import data, plots
+from qlora_helpers import data
+from qlora_helpers.notebook import plots
 
 
 def _confusion(seed=0):

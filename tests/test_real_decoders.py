@@ -52,7 +52,7 @@ def test_qlora_on_smollm2_learns_banking77_on_cpu(smollm2_path, banking77, tmp_p
     """4-bit NF4 base, LoRA adapters and head, 770 training rows (10 per intent) x 1 epoch at the
     method's learning rate: a real decoder learns, far above chance (1/77 = 1.3%)."""
     loaded = modeling.load_model(smollm2_path, "qlora", num_labels=banking77.num_labels)
-    assert any(p.__class__.__name__ == "Params4bit" for p in loaded.model.parameters())
+    assert any(modeling.is_packed_4bit(p) for p in loaded.model.parameters())
     train_rows = data.tokenize(data.stratified_subsample(banking77.train, 770, seed=0), loaded.tokenizer)
     test_rows = data.tokenize(data.stratified_subsample(banking77.test, 385, seed=0), loaded.tokenizer)
     config = training.default_train_config("qlora", output_dir=str(tmp_path), epochs=1, batch_size=16,

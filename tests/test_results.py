@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from qlora_helpers import results
+from qlora_helpers.notebook import results
 from qlora_helpers.evaluation import compute_metrics
 from qlora_helpers.modeling import LoadedModel
 from qlora_helpers.training import TrainStats

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from qlora_helpers import data, parameters, profiles, results, run, runner, training
+from qlora_helpers import data, training
+from qlora_helpers.notebook import parameters, results
+from qlora_helpers.runners import profiles, run, runner
 
 PROFILE = profiles.get_profile("smoke")
 
@@ -152,7 +154,7 @@ def test_failing_notebook_exits_non_zero_naming_notebook_and_cell(tmp_path, caps
 @pytest.mark.parametrize("stem", profiles.TRAINING_NOTEBOOKS)
 def test_every_knob_of_the_cell_is_injected(stem, tmp_path):
     """A profile never inherits a value from the notebook's own (Kaggle) defaults."""
-    from qlora_helpers.parameters import NotebookParameters
+    from qlora_helpers.notebook.parameters import NotebookParameters
 
     injected = runner.notebook_parameters(PROFILE, stem, tmp_path, tmp_path, None)
     assert runner.cell_knobs(stem) <= set(injected)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from qlora_helpers import data, distributed, evaluation, modeling, results, training
+from qlora_helpers import data, distributed, evaluation, modeling, training
+from qlora_helpers.notebook import results
 
 model_path, output_dir = sys.argv[1], Path(sys.argv[2])
 bank = data.load_banking77()

@@ -58,8 +58,9 @@ with _quiet(
     # Without ipywidgets, tqdm warns on import that it falls back to text progress bars: harmless.
     warns=((Warning, "IProgress not found"),),
 ):
-    from . import data, evaluation, modeling, plots, results, training
-from .distributed import gpus_to_train_on, is_main_process, launched_processes, split_batch
+    from .. import data, evaluation, modeling, training
+    from . import plots, results
+from ..distributed import gpus_to_train_on, is_main_process, launched_processes, split_batch
 from .parameters import NotebookParameters
 
 RESULTS_FILE = "results.json"
@@ -100,8 +101,8 @@ def show_examples(bank: data.Banking77, n: int = 8, seed: int = 0) -> pd.DataFra
 
 
 # Model ----------------------------------------------------------------------------------------
-def load_model(params: NotebookParameters, bank: data.Banking77, *, quantization_config=None,
-               lora_config=None) -> modeling.LoadedModel:
+def build_model(params: NotebookParameters, bank: data.Banking77, *, quantization_config=None,
+                lora_config=None) -> modeling.LoadedModel:
     """The classifier set up for params.method, its head sized to the data's intents.
 
     quantization_config (a `BitsAndBytesConfig`, 03) and lora_config (a peft `LoraConfig`, 02 and 03)
@@ -136,7 +137,7 @@ def load_model(params: NotebookParameters, bank: data.Banking77, *, quantization
 
 class _LoadReport(logging.Filter):
     """transformers' LOAD REPORT table, when all it lists is a new classification head (and a causal
-    LM's `lm_head`, unused by a classifier): dropped and remembered, for load_model to say in a
+    LM's `lm_head`, unused by a classifier): dropped and remembered, for build_model to say in a
     sentence. Any other report shows, naming the model by its id rather than its folder."""
 
     def __init__(self, model_id: str):
@@ -236,7 +237,7 @@ def weights_table(loaded: modeling.LoadedModel) -> pd.DataFrame:
 
 
 # Tokens ---------------------------------------------------------------------------------------
-def tokenize(params: NotebookParameters, bank: data.Banking77, loaded: modeling.LoadedModel):
+def tokenize_splits(params: NotebookParameters, bank: data.Banking77, loaded: modeling.LoadedModel):
     """Token ids without padding (each batch is padded to its own longest row later)."""
     train_rows = data.tokenize(bank.train, loaded.tokenizer, max_length=params.max_length)
     test_rows = data.tokenize(bank.test, loaded.tokenizer, max_length=params.max_length)
@@ -266,21 +267,21 @@ _SHOWN_ARGUMENTS = ("num_train_epochs", "per_device_train_batch_size", "gradient
                     "train_sampling_strategy", "save_steps", "seed")
 
 
-def training_arguments(params: NotebookParameters, loaded: modeling.LoadedModel, train_rows) -> pd.DataFrame:
-    """The `TrainingArguments` that `train` will give the Trainer (training.training_arguments), the
+def show_training_arguments(params: NotebookParameters, loaded: modeling.LoadedModel, train_rows) -> pd.DataFrame:
+    """The `TrainingArguments` that `train_model` will give the Trainer (training.training_arguments), the
     fields a recipe sets; the rest keep transformers' defaults."""
     args = training.training_arguments(loaded, train_config(params, len(train_rows)))
     values = {name: getattr(args, name) for name in _SHOWN_ARGUMENTS}
     return pd.DataFrame({"value": {name: repr(getattr(value, "value", value)) for name, value in values.items()}})
 
 
-def train(params: NotebookParameters, loaded: modeling.LoadedModel, train_rows) -> training.TrainStats:
+def train_model(params: NotebookParameters, loaded: modeling.LoadedModel, train_rows) -> training.TrainStats:
     """Train (resuming an interrupted run from its last checkpoint), then show what was measured.
     With several GPUs visible and params.use_all_gpus, train data-parallel on all of them
-    (train_all_gpus.train_in_processes) at the same effective batch."""
+    (all_gpus.train_in_processes) at the same effective batch."""
     processes = gpus_to_train_on(params.use_all_gpus)
     if processes > 1:
-        from .train_all_gpus import train_in_processes
+        from .all_gpus import train_in_processes
 
         stats = train_in_processes(params, loaded, processes)
     else:
@@ -323,8 +324,8 @@ def _drop_finished_checkpoints(folder: str) -> None:
 
 
 # Evaluation -----------------------------------------------------------------------------------
-def evaluate(params: NotebookParameters, loaded: modeling.LoadedModel, test_rows,
-             bank: data.Banking77) -> evaluation.Evaluation:
+def evaluate_on_test(params: NotebookParameters, loaded: modeling.LoadedModel, test_rows,
+                     bank: data.Banking77) -> evaluation.Evaluation:
     """Accuracy and macro-F1 on the test rows (never seen in training), naming any intent the test
     rows lack (macro-F1 leaves it out)."""
     result = evaluation.evaluate(loaded.model, test_rows, loaded.tokenizer, bank.label_names,

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import defaults
+from .. import defaults
 
 METHODS = defaults.METHODS
 DATA_SOURCES = ("auto", "local", "hub")
@@ -124,7 +124,7 @@ class NotebookParameters:
             problems.append(f"data_source={self.data_source!r} is not a source: use one of "
                             f"{', '.join(map(repr, DATA_SOURCES))}.")
         if self.data_source == "local" and self.data_dir is None and not os.environ.get("BANKING77_DIR"):
-            from .data import default_data_dir
+            from ..data import default_data_dir
 
             if default_data_dir() is None:
                 problems.append("data_source='local' but data_dir is None and no Banking77 folder was "

@@ -1,12 +1,12 @@
 """Kaggle: a dataset that carries this package's wheel, and kernels that attach it.
 
-    python -m qlora_helpers.kaggle dataset        # `make kaggle-dataset`: wheel + dataset-metadata.json
-    python -m qlora_helpers.kaggle metadata       # rewrite kaggle_metadata/*/kernel-metadata.json from OWNER
-    python -m qlora_helpers.kaggle install-cell   # write install.py into each notebook's first code cell
+    python -m qlora_helpers.runners.kaggle dataset        # `make kaggle-dataset`: wheel + dataset-metadata.json
+    python -m qlora_helpers.runners.kaggle metadata       # rewrite kaggle_metadata/*/kernel-metadata.json from OWNER
+    python -m qlora_helpers.runners.kaggle install-cell   # write install.py into each notebook's first code cell
 
 A Kaggle kernel cannot pip-install from a repository that is not published, but it can read a dataset
-attached as an input (/kaggle/input/...): the notebooks' install cell (install.py) looks for the wheel
-there. OWNER is the one place the Kaggle user name is set; `dataset` also rewrites the kernels'
+attached as an input (/kaggle/input/...): the notebooks' install cell (notebook/install.py) looks for
+the wheel there. OWNER is the one place the Kaggle user name is set; `dataset` also rewrites the kernels'
 metadata, so the ids and the dataset they list always agree with it. Run from a checkout of the repository.
 """
 from __future__ import annotations
@@ -22,11 +22,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import __version__
+from .. import __version__, atomic
+from ..notebook import install
 
 OWNER = "qlora-notebooks"  # your Kaggle user name: change it here, then `make kaggle-dataset`
 DATASET_SLUG = "qlora-helpers"
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DATASET_DIR = REPO_ROOT / "dist" / "kaggle-dataset"
 METADATA_DIR = REPO_ROOT / "kaggle_metadata"
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -118,14 +119,14 @@ def write_kernel_metadata(folder: str | Path = METADATA_DIR, owner: str | None =
     for path in sorted(Path(folder).glob("*/kernel-metadata.json")):
         text = json.dumps(kernel_metadata(json.loads(path.read_text()), owner), indent=2) + "\n"
         if text != path.read_text():
-            write_text_atomic(path, text)
+            atomic.write_text(path, text)
             changed.append(path)
     return changed
 
 
 def install_cell_source() -> str:
     """The notebooks' install cell: install.py's code below its docstring, then the call."""
-    lines = Path(__file__).with_name("install.py").read_text().splitlines()
+    lines = Path(install.__file__).read_text().splitlines()
     docstring_end = ast.parse("\n".join(lines)).body[0].end_lineno
     code = "\n".join(lines[docstring_end:]).strip("\n")
     return f"{code}\n\n\nprint(install_qlora_helpers())"
@@ -141,25 +142,13 @@ def write_install_cells(folder: str | Path = NOTEBOOKS_DIR) -> list[Path]:
         cell = next(c for c in notebook.cells if c.cell_type == "code")
         if cell.source != install_cell_source():
             cell.source = install_cell_source()
-            write_text_atomic(path, nbformat.writes(notebook) + "\n")
+            atomic.write_text(path, nbformat.writes(notebook) + "\n")
             changed.append(path)
     return changed
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """A temporary file beside `path`, renamed over it: `path` is the old text or the new, never half."""
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        try:
-            tmp.write(text)
-            tmp.close()
-            os.replace(tmp.name, path)
-        except BaseException:
-            os.unlink(tmp.name)
-            raise
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m qlora_helpers.kaggle", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m qlora_helpers.runners.kaggle", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     dataset = commands.add_parser("dataset", help="build the wheel and the dataset folder; sync the kernels")

@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.transforms import Bbox
 
-from .distributed import is_main_process
+from ..distributed import is_main_process
 
 
 def _normalise_rows(confusion: np.ndarray) -> np.ndarray:

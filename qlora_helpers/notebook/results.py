@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from . import atomic
-from .distributed import is_main_process
+from .. import atomic
+from ..distributed import is_main_process
 from .parameters import model_kind
 
 SCHEMA = "qlora-notebooks/run-result"
@@ -41,7 +41,7 @@ class ResultsError(ValueError):
 def hardware() -> dict:
     """The machine that ran: device kind, name, count, memory; `emulating` names a GPU profile
     (emulation.py, e.g. "t4") that a bigger GPU played, else None."""
-    from .emulation import emulated_gpu
+    from ..emulation import emulated_gpu
 
     if torch.cuda.is_available():
         return {"device": "cuda", "name": torch.cuda.get_device_name(0),

@@ -28,7 +28,7 @@ def load_records(run_dir: str | Path) -> list[dict]:
     if not records:
         raise results.ResultsError(
             f"no results.json under {run_dir}: run the training notebooks 01-03 with the same run_dir "
-            "first (or `python -m qlora_helpers.run --profile demo`)."
+            "first (or `python -m qlora_helpers.runners.run --profile demo`)."
         )
     records.sort(key=lambda r: r["run_name"])
     print(f"{len(records)} run(s): {', '.join(r['run_name'] for r in records)}")

@@ -27,10 +27,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import parameters as params_module
-from . import atomic, profiles, results
+from .. import atomic
+from ..notebook import parameters as params_module
+from ..notebook import results
+from . import profiles
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 KERNEL_NAME = "qlora-notebooks-runner"
 # Knobs that change the numbers: a results.json written with other values is stale.
@@ -61,9 +63,9 @@ def default_run_dir(profile: str) -> Path:
     return REPO_ROOT / "runs" / profile
 
 
-def find_data_dir() -> Path:
+def require_data_dir() -> Path:
     """The Banking77 folder (data.find_data_dir), as a RunnerError if there is none."""
-    from .data import Banking77Error, find_data_dir as find_banking77
+    from ..data import Banking77Error, find_data_dir as find_banking77
 
     try:
         return find_banking77()
@@ -312,7 +314,7 @@ def run(profile_name: str, run_dir: str | Path | None = None, force: bool = Fals
         raise RunnerError(f"notebook(s) {', '.join(missing)} not found in {NOTEBOOKS_DIR}: run from a "
                           "clone of the repository (the notebooks are not part of the installed package).")
     run_dir = Path(run_dir or default_run_dir(profile.name)).resolve()
-    data_dir = find_data_dir() if profile.data_source == "local" and "data_dir" not in overrides else None
+    data_dir = require_data_dir() if profile.data_source == "local" and "data_dir" not in overrides else None
     injected = {n: notebook_parameters(profile, n, run_dir, data_dir, overrides) for n in selected}
 
     # The kernel finds the data folder through $BANKING77_DIR (data_dir None: "look for one"), so
@@ -360,7 +362,7 @@ def comparison_text(run_dir: str | Path) -> str:
     """The comparison table as text, for the terminal."""
     import pandas as pd
 
-    from .comparison import comparison_table
+    from ..notebook.comparison import comparison_table
 
     records = results.read_results(run_dir)
     if not records:

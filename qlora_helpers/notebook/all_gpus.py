@@ -1,25 +1,12 @@
-"""Run one training notebook's steps as a script, data-parallel on every visible GPU.
+"""A training notebook's cell on every visible GPU (Kaggle's "GPU T4 x2"), from the notebook's kernel.
 
-Kaggle's "GPU T4 x2" gives two T4s; a notebook kernel is one process and uses one. This runs the
-same steps (experiment.py: data, model, tokens, training, evaluation, figures, results file) with
-the same profile parameters, once per GPU under a launcher:
-
-    accelerate launch --num_processes 2 -m qlora_helpers.train_all_gpus \
-        --profile kaggle-t4 --notebook 03_qlora_qwen2.5_7b
-
-Each process holds the whole (4-bit) model on its own GPU, gradients are averaged every step,
-evaluation is sharded and gathered, and only the main process writes
-`<run_dir>/<notebook>/results.json` and the PNGs, which 04_comparison then reads. Without a
-launcher it runs in one process, like the notebook does. The effective batch stays the parameters'
-batch_size x gradient_accumulation on any number of GPUs (distributed.split_batch).
-
-A notebook on several GPUs trains through here too: its training cell (`experiment.train`) calls
-`train_in_processes`, which launches this module with `--spec` under torchrun and loads the trained
-weights back into the notebook's model (see there why not `accelerate.notebook_launcher`).
+`experiment.train_model` calls `train_in_processes` when it sees several GPUs: torchrun starts this
+module once per GPU, each process loads and trains its copy data-parallel (DDP) at the notebook's
+effective batch, and the trained weights come back into the notebook's model, which the
+evaluation cells then use as on one GPU. `runners/train_all_gpus.py` is the same from a shell.
 """
 from __future__ import annotations
 
-import argparse
 import codecs
 import dataclasses
 import gc
@@ -32,26 +19,16 @@ from pathlib import Path
 
 import torch
 
-from . import atomic, experiment, profiles, runner, training
-from .distributed import is_main_process, world_size
-from .modeling import LoadedModel
+from .. import atomic, training
+from ..distributed import is_main_process
+from ..modeling import LoadedModel
+from . import experiment
 from .parameters import NotebookParameters
 
 LAUNCH_FOLDER = "all_gpus"  # <run_dir>/<notebook>/all_gpus: the launch's spec and the trained weights
 TRAINED_FOLDER = "trained"  # in it: weights.safetensors (the trainable weights) and stats.json
 
 
-def run_notebook_steps(params: NotebookParameters) -> dict:
-    bank = experiment.load_data(params)
-    loaded = experiment.load_model(params, bank)
-    train_rows, test_rows = experiment.tokenize(params, bank, loaded)
-    stats = experiment.train(params, loaded, train_rows)
-    result = experiment.evaluate(params, loaded, test_rows, bank)
-    experiment.plot_confusions(params, result, bank.label_names)
-    return experiment.save_results(params, loaded, stats, result, bank)
-
-
-# A notebook's training cell on several GPUs ---------------------------------------------------------
 def train_in_processes(params: NotebookParameters, loaded: LoadedModel, processes: int) -> training.TrainStats:
     """Train `loaded` data-parallel in `processes` new processes (one per GPU), from the notebook's kernel.
 
@@ -80,7 +57,7 @@ def train_in_processes(params: NotebookParameters, loaded: LoadedModel, processe
     gc.collect()
     torch.cuda.empty_cache()
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
-               "-m", __name__, "--spec", str(spec)]
+               "-m", __name__, str(spec)]
     print(f"training on {processes} GPUs: {processes} processes each load the model and train on their share "
           f"of every batch (effective batch {params.batch_size * params.gradient_accumulation}, as on one GPU)")
     try:
@@ -124,7 +101,7 @@ def _load_trainable(model: torch.nn.Module, path: Path) -> None:
 
 
 def train_from_spec(spec_path: Path) -> None:
-    """One launched process of `train_in_processes`: load, tokenize and train as the notebook does;
+    """One launched process of `train_in_processes` (`python -m qlora_helpers.notebook.all_gpus SPEC`): load, tokenize and train as the notebook does;
     the main process writes the trainable weights and the training measurements."""
     from peft import LoraConfig
     from safetensors.torch import save_file
@@ -137,8 +114,8 @@ def train_from_spec(spec_path: Path) -> None:
     bank = experiment.load_data(params)
     quantization = spec["quantization_config"] and BitsAndBytesConfig.from_dict(spec["quantization_config"])
     lora = spec["lora_config"] and LoraConfig.from_pretrained(spec["lora_config"])
-    loaded = experiment.load_model(params, bank, quantization_config=quantization or None, lora_config=lora or None)
-    train_rows, _ = experiment.tokenize(params, bank, loaded)
+    loaded = experiment.build_model(params, bank, quantization_config=quantization or None, lora_config=lora or None)
+    train_rows, _ = experiment.tokenize_splits(params, bank, loaded)
     stats = experiment.train_in_this_process(params, loaded, train_rows)
     if is_main_process():
         weights = {name: param.detach().to("cpu").contiguous()
@@ -148,36 +125,5 @@ def train_from_spec(spec_path: Path) -> None:
             (staging / "stats.json").write_text(json.dumps(dataclasses.asdict(stats)))
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", default="kaggle-t4", help=f"one of {', '.join(profiles.PROFILES)}")
-    parser.add_argument("--notebook", help=f"one of {', '.join(profiles.TRAINING_NOTEBOOKS)}")
-    parser.add_argument("--run-dir", type=Path, help="default: runs/<profile>")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a notebook parameter, e.g. --set max_train_samples=2000")
-    parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)  # train_in_processes' launch
-    args = parser.parse_args(argv)
-    if args.spec:
-        return train_from_spec(args.spec)
-    from .run import parse_overrides
-
-    try:
-        overrides = parse_overrides(args.set)
-    except ValueError as error:
-        parser.error(str(error))
-    profile = profiles.get_profile(args.profile)
-    for name, value in profile.env.items():  # what the runner gives the notebooks' kernel (offline, T4 emulation)
-        os.environ.setdefault(name, value)
-    if args.notebook not in profiles.TRAINING_NOTEBOOKS:
-        parser.error(f"--notebook must be one of {', '.join(profiles.TRAINING_NOTEBOOKS)}")
-    run_dir = (args.run_dir or runner.default_run_dir(profile.name)).resolve()
-    data_dir = runner.find_data_dir() if profile.data_source == "local" else None
-    values = runner.notebook_parameters(profile, args.notebook, run_dir, data_dir, overrides)
-    record = run_notebook_steps(NotebookParameters(notebook=args.notebook, **values))
-    if is_main_process():
-        print(f"{args.notebook} on {world_size()} process(es): accuracy {record['metrics']['accuracy']:.2%}, "
-              f"{record['training']['examples_per_second']:.1f} examples/s")
-
-
 if __name__ == "__main__":
-    main()
+    train_from_spec(Path(sys.argv[1]))

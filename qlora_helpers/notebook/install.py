@@ -1,8 +1,8 @@
 """The notebooks' first cell: install this package on Kaggle or Colab, before it can be imported.
 
 Each notebook's install cell is this file's code below the docstring plus `print(install_qlora_helpers())`;
-tests/test_install.py checks that, and `python -m qlora_helpers.kaggle install-cell` writes it into the
-notebooks. So this file imports only the standard library, never the package.
+tests/test_install.py checks that, and `python -m qlora_helpers.runners.kaggle install-cell` writes it
+into the notebooks. So this file imports only the standard library, never the package.
 """
 # On Kaggle/Colab: install qlora_helpers (the cells below call it) from a wheel in an attached Kaggle dataset
 # (`make kaggle-dataset`) or uploaded to /content, else from $QLORA_HELPERS_SOURCE (a pip URL; default: this

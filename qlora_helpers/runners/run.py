@@ -1,4 +1,4 @@
-"""`python -m qlora_helpers.run --profile demo`: run the notebook series headless (see runner.py)."""
+"""`python -m qlora_helpers.runners.run --profile demo`: run the notebook series headless (see runner.py)."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +10,7 @@ from . import profiles, runner
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m qlora_helpers.run", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m qlora_helpers.runners.run", description=__doc__)
     parser.add_argument("--profile", default="demo",
                         help=f"parameter set: {', '.join(profiles.PROFILES)} (default: demo)")
     parser.add_argument("--run-dir", help="where executed notebooks, HTML and results go (default: runs/<profile>)")
