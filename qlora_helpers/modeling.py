@@ -5,6 +5,7 @@ Pitfalls handled here: a tokenizer without a pad token (Qwen2 refuses batches > 
 for on a T4 (where `torch.cuda.is_bf16_supported()` can say yes), the fp32 copy of every
 non-4-bit weight that `prepare_model_for_kbit_training` makes, a checkpoint saved already 4-bit
 (whose own quantization config would quantize the new head), and class names left as `LABEL_n`.
+On Kaggle a hub id with a Kaggle Model attached (`model_sources`) loads from its mounted folder.
 """
 from __future__ import annotations
 
@@ -29,6 +30,11 @@ if TYPE_CHECKING:  # peft is imported where a LoRA model is built
 
 METHODS = defaults.METHODS
 HEAD_NAMES = ("score", "classifier")  # Qwen2/Llama-style and BERT-style classification heads
+# Kaggle mounts the inputs attached to a notebook here; tests point it at a temporary folder.
+KAGGLE_INPUT = Path("/kaggle/input")
+# Hub id -> the same weights as a Kaggle Model, by the handle `model_sources` attaches
+# (owner/model/framework/variation/version): no hub token is needed for a mounted model.
+KAGGLE_MODELS = {"google/gemma-3-270m": "google/gemma-3/transformers/gemma-3-270m/2"}
 
 
 class ModelSetupError(ValueError):
@@ -45,6 +51,7 @@ class LoadedModel:
     footprint_bytes: int  # get_memory_footprint() right after loading, before any upcast
     trainable_params: int
     total_params: int
+    kaggle_folder: str | None = None  # the mounted Kaggle Model the weights came from; None: model_id
 
     def summary(self) -> str:
         """One line: the id, method, how the weights are held, footprint in GB (1e9 bytes) and the
@@ -57,9 +64,34 @@ class LoadedModel:
             bits = f"float32 (master weights; {compute} autocast compute)"
         else:
             bits = compute
-        return (f"{self.model_id} [{self.method}] loaded in {bits}. footprint: "
+        origin = f" from the Kaggle Model at {self.kaggle_folder}" if self.kaggle_folder else ""
+        return (f"{self.model_id} [{self.method}] loaded{origin} in {bits}. footprint: "
                 f"{self.footprint_bytes / 1e9:.3f} GB; trainable params: {self.trainable_params:,} of "
                 f"{self.total_params:,} ({share:.2%})")
+
+
+def kaggle_model_folder(model_id: str) -> Path | None:
+    """The folder where Kaggle mounted the Kaggle Model standing for hub id `model_id`
+    (KAGGLE_MODELS), if this runs on Kaggle and the folder holds a model; else None.
+
+    Kaggle mounts a model at `<input>/<model>/<framework>/<variation>/<version>` and, since its
+    inputs gained owner folders, at `<input>/models/<owner>/<model>/...`: both are looked for.
+    """
+    handle = KAGGLE_MODELS.get(model_id)
+    if handle is None or "KAGGLE_KERNEL_RUN_TYPE" not in os.environ:
+        return None
+    owner, rest = handle.split("/", 1)
+    for folder in (KAGGLE_INPUT / "models" / owner / rest, KAGGLE_INPUT / rest):
+        if (folder / "config.json").is_file():
+            return folder
+    return None
+
+
+def model_source(model_id: str) -> str:
+    """What from_pretrained reads for `model_id`: its mounted Kaggle Model, an offline model's
+    folder (offline_models), else the id itself (a hub id or a local folder)."""
+    folder = kaggle_model_folder(model_id)
+    return str(folder) if folder else resolve_model_id(model_id)
 
 
 def choose_compute_dtype(device: str | torch.device | None = None) -> torch.dtype:
@@ -211,7 +243,8 @@ def load_base(model_id_or_path: str, method: str = "lora", num_labels: int = 77,
     check_compute_dtype(compute_dtype, device)
 
     model_id = str(model_id_or_path)
-    model_id_or_path = resolve_model_id(model_id)
+    kaggle_folder = kaggle_model_folder(model_id)
+    model_id_or_path = model_source(model_id)
     tokenizer = _load_tokenizer_or_explain(model_id_or_path)
     # Full fine-tuning keeps fp32 master weights; the Trainer's AMP does the 16-bit compute.
     load_dtype = torch.float32 if method == "full" else compute_dtype
@@ -234,7 +267,7 @@ def load_base(model_id_or_path: str, method: str = "lora", num_labels: int = 77,
         set_label_names(model, label_names)
     trainable, total = count_parameters(model)
     return LoadedModel(model, tokenizer, model_id, method, compute_dtype, model.get_memory_footprint(),
-                       trainable, total)
+                       trainable, total, str(kaggle_folder) if kaggle_folder else None)
 
 
 def _head_kept_unquantized(config: BitsAndBytesConfig, compute_dtype: torch.dtype | None) -> BitsAndBytesConfig:
@@ -269,7 +302,7 @@ def saved_quantization(model_id_or_path: str) -> dict | None:
     for an unquantized one."""
     from transformers import AutoConfig
 
-    saved = getattr(AutoConfig.from_pretrained(resolve_model_id(model_id_or_path)), "quantization_config", None)
+    saved = getattr(AutoConfig.from_pretrained(model_source(model_id_or_path)), "quantization_config", None)
     if saved is None:
         return None
     return saved.to_dict() if hasattr(saved, "to_dict") else dict(saved)
