@@ -202,3 +202,18 @@ def test_one_helper_each_for_4bit_weights_and_for_unwrapping_peft():
             text = path.read_text()
             assert "Params4bit" not in text, f"{path.name}: use modeling.is_packed_4bit"
             assert "get_base_model()" not in text, f"{path.name}: use modeling.base_model"
+
+
+def test_gemma_with_a_16_bit_base_computes_in_fp32_on_a_gpu_without_bf16(monkeypatch):
+    """Gemma 3's activations overflow fp16 when its weights are fp16 (measured: inf after layer 8 of
+    Gemma 3 270M); full fine-tuning keeps fp32 weights and fp16 autocast, which stays finite."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    for method in ("lora", "qlora"):
+        assert modeling.choose_compute_dtype("cuda", model_type="gemma3_text", method=method) == torch.float32
+        assert modeling.choose_compute_dtype("cuda", model_type="qwen2", method=method) == torch.float16
+    assert modeling.choose_compute_dtype("cuda", model_type="gemma3_text", method="full") == torch.float16
+    monkeypatch.setenv("QLORA_EMULATE_GPU", "t4")  # a bigger GPU playing a T4 decides the same
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert modeling.choose_compute_dtype("cuda", model_type="gemma3_text", method="lora") == torch.float32
+    monkeypatch.delenv("QLORA_EMULATE_GPU")
+    assert modeling.choose_compute_dtype("cuda", model_type="gemma3_text", method="lora") == torch.bfloat16
