@@ -5,6 +5,7 @@ Pitfalls handled here: a tokenizer without a pad token (Qwen2 refuses batches > 
 for on a T4 (where `torch.cuda.is_bf16_supported()` can say yes), the fp32 copy of every
 non-4-bit weight that `prepare_model_for_kbit_training` makes, a checkpoint saved already 4-bit
 (whose own quantization config would quantize the new head), and class names left as `LABEL_n`.
+On Kaggle a hub id with a Kaggle Model attached (`model_sources`) loads from its mounted folder.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 from huggingface_hub import get_token
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, BitsAndBytesConfig, set_seed
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, BitsAndBytesConfig, set_seed
 
 from . import defaults, emulation
 from .distributed import local_device
@@ -30,6 +31,16 @@ if TYPE_CHECKING:  # peft is imported where a LoRA model is built
 
 METHODS = defaults.METHODS
 HEAD_NAMES = ("score", "classifier")  # Qwen2/Llama-style and BERT-style classification heads
+# Kaggle mounts the inputs attached to a notebook here; tests point it at a temporary folder.
+KAGGLE_INPUT = Path("/kaggle/input")
+# Hub id -> the same weights as a Kaggle Model, by the handle `model_sources` attaches
+# (owner/model/framework/variation/version): no hub token is needed for a mounted model.
+KAGGLE_MODELS = {"google/gemma-3-270m": "google/gemma-3/transformers/gemma-3-270m/2"}
+# Models whose residual stream outgrows fp16 (largest finite value 65,504) when their weights are held in
+# fp16: Gemma 3 270M's reaches ~1.0e5 on Banking77 utterances (inf after layer 8 of 18, then NaN logits;
+# measured on CPU). Full fine-tuning's fp32 weights under fp16 autocast keep that stream in fp32 (only
+# matmul outputs are fp16) and stay finite, so only a 16-bit base (lora, qlora) needs fp32 instead.
+FP16_OVERFLOW_MODEL_TYPES = ("gemma3_text", "gemma3")
 
 
 class ModelSetupError(ValueError):
@@ -46,6 +57,7 @@ class LoadedModel:
     footprint_bytes: int  # get_memory_footprint() right after loading, before any upcast
     trainable_params: int
     total_params: int
+    kaggle_folder: str | None = None  # the mounted Kaggle Model the weights came from; None: model_id
 
     def summary(self) -> str:
         """One line: the id, method, the dtypes the weights really have (read from the parameters, each
@@ -62,7 +74,14 @@ class LoadedModel:
         autocast = self.method == "full" and self.compute_dtype != torch.float32
         compute = _dtype_name(self.compute_dtype) + (" autocast" if autocast else "")
         share = self.trainable_params / self.total_params
-        return (f"{self.model_id} [{self.method}] loaded in {weights}; {compute} compute. footprint: "
+        model_type = getattr(base_model(self.model).config, "model_type", None)
+        device = next(self.model.parameters()).device
+        if device.type == "cuda" and self.compute_dtype == torch.float32 == choose_compute_dtype(
+                device, model_type=model_type, method=self.method):  # fp32 only because fp16 overflows
+            compute += (f" (not fp16: {model_type} activations overflow fp16, inf then NaN, with "
+                        "16-bit weights; this GPU has no bf16)")
+        origin = f" from the Kaggle Model at {self.kaggle_folder}" if self.kaggle_folder else ""
+        return (f"{self.model_id} [{self.method}] loaded{origin} in {weights}; {compute} compute. footprint: "
                 f"{self.footprint_bytes / 1e9:.3f} GB; trainable params: {self.trainable_params:,} of "
                 f"{self.total_params:,} ({share:.2%})")
 
@@ -70,8 +89,36 @@ class LoadedModel:
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
-def choose_compute_dtype(device: str | torch.device | None = None) -> torch.dtype:
-    """fp32 on CPU (bf16 matmuls are ~14x slower there), bf16 on Ampere or newer, fp16 below.
+
+def kaggle_model_folder(model_id: str) -> Path | None:
+    """The folder where Kaggle mounted the Kaggle Model standing for hub id `model_id`
+    (KAGGLE_MODELS), if this runs on Kaggle and the folder holds a model; else None.
+
+    Kaggle mounts a model at `<input>/<model>/<framework>/<variation>/<version>` and, since its
+    inputs gained owner folders, at `<input>/models/<owner>/<model>/...`: both are looked for.
+    """
+    handle = KAGGLE_MODELS.get(model_id)
+    if handle is None or "KAGGLE_KERNEL_RUN_TYPE" not in os.environ:
+        return None
+    owner, rest = handle.split("/", 1)
+    for folder in (KAGGLE_INPUT / "models" / owner / rest, KAGGLE_INPUT / rest):
+        if (folder / "config.json").is_file():
+            return folder
+    return None
+
+
+def model_source(model_id: str) -> str:
+    """What from_pretrained reads for `model_id`: its mounted Kaggle Model, an offline model's
+    folder (offline_models), else the id itself (a hub id or a local folder)."""
+    folder = kaggle_model_folder(model_id)
+    return str(folder) if folder else resolve_model_id(model_id)
+
+
+def choose_compute_dtype(device: str | torch.device | None = None, *, model_type: str | None = None,
+                         method: str = "full") -> torch.dtype:
+    """fp32 on CPU (bf16 matmuls are ~14x slower there), bf16 on Ampere or newer, fp16 below, except
+    fp32 where fp16 would overflow: a model of FP16_OVERFLOW_MODEL_TYPES (`config.model_type`) whose
+    weights `method` holds in 16-bit (lora, qlora).
 
     `torch.cuda.is_bf16_supported()` returns True on a T4 (bf16 is emulated, slowly), so the
     compute capability decides, not that call.
@@ -79,10 +126,15 @@ def choose_compute_dtype(device: str | torch.device | None = None) -> torch.dtyp
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type != "cuda":
         return torch.float32
-    if emulation.emulated_gpu() == "t4":  # a bigger GPU standing in for a T4 (emulation.py)
-        return torch.float16
-    major, _ = torch.cuda.get_device_capability(device)
-    return torch.bfloat16 if major >= 8 else torch.float16
+    # a bigger GPU standing in for a T4 (emulation.py) has no bf16 either
+    if emulation.emulated_gpu() != "t4" and torch.cuda.get_device_capability(device)[0] >= 8:
+        return torch.bfloat16
+    return torch.float32 if fp16_overflows(model_type, method) else torch.float16
+
+
+def fp16_overflows(model_type: str | None, method: str) -> bool:
+    """True if `method` would hold this model's weights in fp16 and its activations overflow there."""
+    return method != "full" and model_type in FP16_OVERFLOW_MODEL_TYPES
 
 
 def check_compute_dtype(dtype: torch.dtype, device: str | torch.device | None = None) -> None:
@@ -215,12 +267,16 @@ def load_base(model_id_or_path: str, method: str = "lora", num_labels: int = 77,
     if quantization_config is not None:
         quantization_config = _head_kept_unquantized(quantization_config, compute_dtype)
         compute_dtype = quantization_config.bnb_4bit_compute_dtype
-    compute_dtype = compute_dtype or choose_compute_dtype(device)
-    check_compute_dtype(compute_dtype, device)
+    if compute_dtype is not None:
+        check_compute_dtype(compute_dtype, device)
 
     model_id = str(model_id_or_path)
-    model_id_or_path = resolve_model_id(model_id)
+    kaggle_folder = kaggle_model_folder(model_id)
+    model_id_or_path = model_source(model_id)
     tokenizer = _load_tokenizer_or_explain(model_id_or_path)
+    if compute_dtype is None:
+        model_type = AutoConfig.from_pretrained(model_id_or_path).model_type
+        compute_dtype = choose_compute_dtype(device, model_type=model_type, method=method)
     # Full fine-tuning keeps fp32 master weights; the Trainer's AMP does the 16-bit compute.
     load_dtype = torch.float32 if method == "full" else compute_dtype
     kwargs: dict = {"num_labels": num_labels, "dtype": load_dtype}
@@ -242,7 +298,7 @@ def load_base(model_id_or_path: str, method: str = "lora", num_labels: int = 77,
         set_label_names(model, label_names)
     trainable, total = count_parameters(model)
     return LoadedModel(model, tokenizer, model_id, method, compute_dtype, model.get_memory_footprint(),
-                       trainable, total)
+                       trainable, total, str(kaggle_folder) if kaggle_folder else None)
 
 
 def _head_kept_unquantized(config: BitsAndBytesConfig, compute_dtype: torch.dtype | None) -> BitsAndBytesConfig:
@@ -275,9 +331,7 @@ def set_label_names(model: torch.nn.Module, label_names: list[str]) -> None:
 def saved_quantization(model_id_or_path: str) -> dict | None:
     """The `quantization_config` a checkpoint was saved with (e.g. the hub's `...-bnb-4bit`), or None
     for an unquantized one."""
-    from transformers import AutoConfig
-
-    saved = getattr(AutoConfig.from_pretrained(resolve_model_id(model_id_or_path)), "quantization_config", None)
+    saved = getattr(AutoConfig.from_pretrained(model_source(model_id_or_path)), "quantization_config", None)
     if saved is None:
         return None
     return saved.to_dict() if hasattr(saved, "to_dict") else dict(saved)
@@ -293,8 +347,6 @@ def _load_quantized_checkpoint(model_id: str, path: str, method: str, saved: dic
     implemented for 'Byte'). So the head names join its skip list and the compute dtype is this
     device's. A bitsandbytes 4-bit checkpoint serves qlora only; nothing else can be trained here.
     """
-    from transformers import AutoConfig
-
     bits = "4-bit" if saved.get("load_in_4bit") else "8-bit" if saved.get("load_in_8bit") else ""
     kind = f"{saved.get('quant_method', 'unknown method')} {bits}".strip()
     bnb_4bit = saved.get("quant_method") == "bitsandbytes" and saved.get("load_in_4bit")

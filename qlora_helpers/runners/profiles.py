@@ -7,9 +7,10 @@
   at each method's defaults, on 3,080 stratified training rows for one epoch.
 - smollm2-t4: the reference run, SmolLM2-135M with kaggle-t4's settings on a GPU emulating a T4.
 - smoke: the same pipeline on a tiny random Qwen2 and a few hundred rows, for CI: minutes.
-- kaggle-t4: the real models (Qwen2.5-0.5B full, Qwen2.5-1.5B LoRA, Qwen2.5-7B QLoRA) with T4
+- kaggle-t4: the real models (Gemma 3 270M full, Qwen2.5-1.5B LoRA, Qwen2.5-7B QLoRA) with T4
   settings (fp16 compute is picked by modeling.choose_compute_dtype), data from the hub. These are
-  also the defaults in the notebooks' `parameters` cells.
+  also the defaults in the notebooks' `parameters` cells. Gemma is gated on the hub; on Kaggle 01's
+  kernel attaches it as a Kaggle Model (modeling.KAGGLE_MODELS); Qwen2.5-0.5B is 01's ungated alternative.
 """
 from __future__ import annotations
 
@@ -92,12 +93,12 @@ SMOKE = Profile(
 
 KAGGLE_T4 = Profile(
     name="kaggle-t4",
-    description="the real Qwen2.5 models on a Kaggle T4 (fp16 compute), Banking77 from the hub",
+    description="the real models (Gemma 3 270M, Qwen2.5) on a Kaggle T4 (fp16 compute), Banking77 from the hub",
     # Every other knob is the method's default (defaults.py, chosen on real weights by
     # bench/sweep.py). 1.5B LoRA at micro-batch 64 would need ~17.5 GB (memory.estimate): on a T4 it
     # takes micro-batch 32 x 2 accumulated, the same effective batch and optimizer steps.
     notebooks={
-        "01_full_precision_baseline": dict(model_id="Qwen/Qwen2.5-0.5B", method="full"),
+        "01_full_precision_baseline": dict(model_id="google/gemma-3-270m", method="full"),
         "02_lora_qwen2.5_1.5b": dict(model_id="Qwen/Qwen2.5-1.5B", method="lora", batch_size=32,
                                      gradient_accumulation=2),
         "03_qlora_qwen2.5_7b": dict(model_id="Qwen/Qwen2.5-7B", method="qlora"),
