@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo smoke test kaggle-dataset
+.PHONY: setup demo smoke test kaggle-dataset reference
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ smoke: setup
 
 test: setup $(VENV)/.gemma
 	$(BIN)/python -m pytest
+
+# The committed reference render, reference/smollm2-t4/: the series on real SmolLM2-135M weights on a
+# CUDA GPU emulating a T4 (fp16, 14.5 GiB). Needs a GPU and `pip install torch` for its CUDA.
+reference: setup
+	cd reference && ../$(BIN)/python -m qlora_helpers.runners.run --profile smollm2-t4 --run-dir smollm2-t4 --force
 
 # The wheel and dist/kaggle-dataset/ for `kaggle datasets create -p dist/kaggle-dataset` (see README).
 kaggle-dataset: setup

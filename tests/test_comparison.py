@@ -100,5 +100,5 @@ def test_a_gpu_emulating_a_t4_is_labelled_so():
     from qlora_helpers.notebook import comparison
 
     h200 = {"device": "cuda", "name": "NVIDIA H200", "count": 1, "memory_bytes": 150_000_000_000}
-    assert comparison._hardware({"hardware": {**h200, "emulating": "t4"}}) == "1x NVIDIA H200 emulating a T4"
-    assert comparison._hardware({"hardware": h200}) == "1x NVIDIA H200"  # results from before the field
+    assert comparison.hardware_label({"hardware": {**h200, "emulating": "t4"}}) == "1x NVIDIA H200 emulating a T4"
+    assert comparison.hardware_label({"hardware": h200}) == "1x NVIDIA H200"  # results from before the field

@@ -253,6 +253,19 @@ def test_comparison_has_three_rows_and_says_what_kind_of_model_each_used(smoke):
     assert sum(stem in text for stem in profiles.TRAINING_NOTEBOOKS) == 3
 
 
+def test_the_run_folder_opens_with_a_readme_that_says_what_ran_where(smoke):
+    """What a reader of a committed run folder sees first: when, on what hardware and code each
+    notebook ran, the table and the findings, links to the renders, and the refresh command."""
+    readme = (smoke.run_dir / "README.md").read_text()
+    for stem in profiles.TRAINING_NOTEBOOKS:
+        record = json.loads((smoke.run_dir / stem / "results.json").read_text())
+        assert f"| [{stem}]({stem}.ipynb) | {record['created_at'][:10]}" in readme
+        assert record["commit"] and record["commit"] in readme
+        assert f"{record['metrics']['accuracy']:.4f}".rstrip("0") in readme
+    assert "CPU, " in readme and "Most accurate" in readme and "[04_comparison](04_comparison.ipynb)" in readme
+    assert f"--profile smoke --run-dir {smoke.run_dir.name} --force" in readme
+
+
 def test_no_partial_files_are_left(smoke):
     assert not [p for p in smoke.run_dir.rglob("*") if ".partial-" in p.name or p.name.endswith(".failed.ipynb")]
 

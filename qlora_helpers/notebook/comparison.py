@@ -35,7 +35,8 @@ def load_records(run_dir: str | Path) -> list[dict]:
     return records
 
 
-def _hardware(record: dict) -> str:
+def hardware_label(record: dict) -> str:
+    """Where a run trained, e.g. "1x NVIDIA H200 emulating a T4" or "CPU, 2 cores"."""
     hw = record["hardware"]
     if hw.get("device") == "cuda":
         emulating = f" emulating a {hw['emulating'].upper()}" if hw.get("emulating") else ""  # emulation.py
@@ -67,7 +68,7 @@ def comparison_table(records: list[dict]) -> pd.DataFrame:
             "examples_per_s": round(training["examples_per_second"], 1),
             "train_time_s": round(training["train_seconds"], 1),
             "peak_memory_gib": round(training["peak_memory_bytes"] / 2**30, 2),
-            "hardware": _hardware(r),
+            "hardware": hardware_label(r),
         })
     return pd.DataFrame(rows).set_index("run")
 
@@ -89,7 +90,7 @@ def describe_runs(records: list[dict]) -> str:
         kinds.setdefault(model_kind(r), []).append(r)
     return "\n\n".join(
         f"**{kind[0].upper()}{kind[1:]}:** " + "; ".join(
-            f"`{r['run_name']}` ({r['method']} on `{r['model_id']}`, {_hardware(r)})" for r in runs)
+            f"`{r['run_name']}` ({r['method']} on `{r['model_id']}`, {hardware_label(r)})" for r in runs)
         + "." + _KIND_NOTES.get(kind, "") for kind, runs in kinds.items())
 
 
@@ -135,7 +136,7 @@ def findings(records: list[dict]) -> str:
                          "least"))
     lines.append(_spread(records, lambda r: r["training"]["examples_per_second"], "{:.1f} examples/s",
                          "Fastest to train", "slowest"))
-    if len({_hardware(r) for r in records}) > 1:
+    if len({hardware_label(r) for r in records}) > 1:
         lines.append("The runs ran on different hardware, so speed compares machines as well as methods.")
     peak_kinds = {r["training"]["peak_memory_kind"] for r in records}
     lines.append(_spread(records, lambda r: r["training"]["peak_memory_bytes"] / 2**30, "{:.2f} GiB",

@@ -91,7 +91,8 @@ def build_result(*, run_name: str, loaded, stats, evaluation, label_names: list[
                     "absent_intents": list(evaluation.absent_intents)},
         "label_names": list(label_names), "confusion_matrix": evaluation.confusion.tolist(),
         "confused_pairs": evaluation.confused_pairs, "config": config,
-        "versions": library_versions(), "created_at": datetime.now(timezone.utc).isoformat(),
+        "versions": library_versions(), "commit": code_commit(),
+        "created_at": datetime.now(timezone.utc).isoformat(),
     }
     validate(record)
     return record

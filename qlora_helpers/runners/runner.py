@@ -355,7 +355,39 @@ def run(profile_name: str, run_dir: str | Path | None = None, force: bool = Fals
             ran_any = True
             echo(f"{prefix}: done in {seconds:.0f} s: {summary}")
             outcomes.append(Outcome(notebook, "ran", seconds, summary))
+    if results.read_results(run_dir):
+        write_readme(run_dir, profile)
     return outcomes
+
+
+README_FILE = "README.md"
+
+
+def write_readme(run_dir: str | Path, profile: profiles.Profile) -> Path:
+    """`<run_dir>/README.md`: what a reader of the run folder (e.g. on GitHub) sees first: the
+    profile, when and on what hardware and code each notebook ran (read from its results.json),
+    the comparison table, 04's findings, and the command that refreshes the folder."""
+    from ..notebook.comparison import comparison_table, findings, hardware_label
+
+    run_dir = Path(run_dir)
+    records = results.read_results(run_dir)
+    table = comparison_table(records).reset_index()
+    versions = records[-1]["versions"]
+    lines = [f"# Profile `{profile.name}`: {profile.description}", "",
+             "The series as `python -m qlora_helpers.runners.run` executed it; each notebook below opens with its "
+             "outputs (`.ipynb`, which GitHub renders, and `.html`).", "",
+             "| notebook | ran (UTC) | hardware | commit |", "| --- | --- | --- | --- |"]
+    lines += [f"| [{r['run_name']}]({r['run_name']}.ipynb) | {r['created_at'][:16].replace('T', ' ')} | "
+              f"{hardware_label(r)} | {r.get('commit', 'not recorded')} |" for r in records]
+    comparison = profiles.COMPARISON_NOTEBOOK
+    lines += ["", "Libraries: " + ", ".join(f"{name} {version}" for name, version in versions.items() if version) + ".",
+              "", f"## Results ([{comparison}]({comparison}.ipynb))", "",
+              "| " + " | ".join(table.columns) + " |", "|" + " --- |" * len(table.columns)]
+    lines += ["| " + " | ".join(str(value) for value in row) + " |" for row in table.itertuples(index=False)]
+    lines += ["", findings(records), "", "## Refresh", "", "From the folder that holds this one:", "", "```bash",
+              f"python -m qlora_helpers.runners.run --profile {profile.name} --run-dir {run_dir.name} --force",
+              "```", ""]
+    return atomic.write_text(run_dir / README_FILE, "\n".join(lines))
 
 
 def comparison_text(run_dir: str | Path) -> str:
