@@ -1,6 +1,8 @@
 """Predictions and metrics, computed locally (`evaluate.load` fetches scripts and fails offline)."""
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +26,19 @@ class Evaluation:
     absent_intents: list[str]  # intents with no test rows: they do not count in macro_f1
 
 
+def autocast_like_training(model: torch.nn.Module, device: torch.device):
+    """The autocast the Trainer trained `model` under: to its 16-bit weights' dtype (a 16-bit or 4-bit
+    base: fp16 on a T4, bf16 on Ampere+), none for fp32 weights. Its fp32 head and adapters then take
+    the base's 16-bit activations. Needed wherever the model was not trained in this process (loaded
+    from disk, or trained by notebook/all_gpus.py's processes): a trained model's forward keeps the
+    autocast wrapper accelerate put on it, a fresh one has none and fails with "expected mat1 and mat2
+    to have the same dtype"."""
+    sixteen = {p.dtype for p in model.parameters()} & {torch.float16, torch.bfloat16}
+    if len(sixteen) != 1:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=sixteen.pop())
+
+
 @torch.no_grad()
 def predict(model: torch.nn.Module, dataset, tokenizer, batch_size: int = 64) -> np.ndarray:
     """Predicted label ids, shape (len(dataset),) int64, in the dataset's order.
@@ -31,7 +46,7 @@ def predict(model: torch.nn.Module, dataset, tokenizer, batch_size: int = 64) ->
     `dataset` is what data.tokenize returns: `input_ids`, `attention_mask` and `length` (each row's
     token count: batches are sorted by it, so each is padded little). Raises KeyError without a
     `length` column. Under DDP each process predicts its shard and every process gets the whole,
-    gathered result.
+    gathered result. Runs under the autocast the model trained with (autocast_like_training).
     """
     model.eval()
     lengths = np.asarray(dataset["length"])
@@ -43,7 +58,8 @@ def predict(model: torch.nn.Module, dataset, tokenizer, batch_size: int = 64) ->
     device = next(p for p in model.parameters()).device
     predictions = []
     for batch in tqdm(DataLoader(rows, batch_size=batch_size, collate_fn=collator), desc="predict"):
-        logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
+        with autocast_like_training(model, device):
+            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
         predictions.append(logits.argmax(-1).cpu().numpy())
     ordered = np.concatenate(predictions)
     local = np.empty_like(ordered)
@@ -57,7 +73,7 @@ def predict_texts(model: torch.nn.Module, tokenizer, texts: list[str], label_nam
     model.eval()
     device = next(p for p in model.parameters()).device
     batch = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-    with torch.no_grad():
+    with torch.no_grad(), autocast_like_training(model, device):
         logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
     return [label_names[i] for i in logits.argmax(-1).tolist()]
 

@@ -67,3 +67,23 @@ def test_predict_keeps_dataset_order_despite_length_sorting(tiny_qwen2, banking7
     one_by_one = [evaluation.predict_texts(loaded.model, loaded.tokenizer, [text], banking77.label_names)[0]
                   for text in banking77.test.select(range(0, 3_080, 97))["text"]]
     assert [banking77.label_names[i] for i in batched] == one_by_one
+
+
+def test_a_16_bit_base_predicts_without_the_trainers_autocast(tiny_qwen2, banking77):
+    """A LoRA model on a 16-bit base that this process did not train (trained by the two-GPU processes,
+    or loaded from disk) has fp32 adapters and head but no autocast on its forward: predict must
+    autocast as training did, else the head meets 16-bit activations (first seen on a GPU:
+    "expected mat1 and mat2 to have the same dtype")."""
+    import torch
+
+    loaded = modeling.load_model(tiny_qwen2, "lora")
+    with torch.no_grad():
+        for param in loaded.model.parameters():
+            if not param.requires_grad:
+                param.data = param.data.to(torch.bfloat16)  # the frozen base in 16-bit, as on a GPU
+    texts = banking77.test.select(range(0, 3_080, 97))
+    rows = data.tokenize(texts, loaded.tokenizer)
+    batched = evaluation.predict(loaded.model, rows, loaded.tokenizer, batch_size=8)
+    assert batched.shape == (len(rows),)
+    named = evaluation.predict_texts(loaded.model, loaded.tokenizer, texts["text"][:4], banking77.label_names)
+    assert named == [banking77.label_names[i] for i in batched[:4]]

@@ -21,7 +21,7 @@ PROFILE = profiles.get_profile("smoke")
 
 def fake_record(notebook: str, injected: dict) -> dict:
     loaded = SimpleNamespace(model_id=injected["model_id"], method=injected["method"], compute_dtype=torch.float32,
-                             footprint_bytes=1_000, trainable_params=10, total_params=100)
+                             footprint_bytes=1_000, trainable_params=10, total_params=100, kaggle_folder=None)
     stats = training.TrainStats(train_seconds=1.0, steps=2, examples=32, real_tokens=200, padded_tokens=256,
                                 peak_memory_bytes=2**20, peak_memory_kind="process_peak_rss", final_loss=1.0,
                                 losses=[2.0, 1.0])

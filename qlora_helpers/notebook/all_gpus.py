@@ -76,8 +76,9 @@ def train_in_processes(params: NotebookParameters, loaded: LoadedModel, processe
 
 def _stream(command: list[str]) -> int:
     """Run `command`, copying its output (stdout and stderr, progress bars included) as it comes."""
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    # One thread a process unless set (torchrun's default, which otherwise prints a banner about it).
+    env = {"OMP_NUM_THREADS": "1", **os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     while chunk := os.read(process.stdout.fileno(), 65536):
         sys.stdout.write(decoder.decode(chunk))
@@ -123,6 +124,8 @@ def train_from_spec(spec_path: Path) -> None:
         with atomic.folder(spec_path.parent / TRAINED_FOLDER) as staging:
             save_file(weights, staging / "weights.safetensors")
             (staging / "stats.json").write_text(json.dumps(dataclasses.asdict(stats)))
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # else NCCL warns of leaked resources at exit
 
 
 if __name__ == "__main__":
