@@ -105,8 +105,12 @@ def main(results_dir: Path = RESULTS, out_path: Path | None = None) -> str:
              "## Current code: defaults chosen on real weights", "",
              "Each method's defaults (qlora_helpers/defaults.py) were chosen by validation accuracy per second of "
              "training on real SmolLM2-135M weights (bench/sweep.py); one GPU against two through "
-             "qlora_helpers.runners.train_all_gpus (bench/two_gpus.py). Raw JSON, logs and plots beside this file.", ""]
-    for generated in sorted(results_dir.glob("sweep_*.md")) + sorted(results_dir.glob("two_gpus_*.md")):
+             "qlora_helpers.runners.train_all_gpus (bench/two_gpus.py); the notebooks themselves on one and two "
+             "GPUs and 01 on Gemma 3 270M (bench/notebook_runs.py; the whole series' reference run is "
+             "reference/smollm2-t4/). Raw JSON, logs and plots beside this file.", ""]
+    generated_files = [*sorted(results_dir.glob("sweep_*.md")), *sorted(results_dir.glob("notebooks_*.md")),
+                       *sorted(results_dir.glob("two_gpus_*.md")), *sorted(results_dir.glob("t4_estimate.md"))]
+    for generated in generated_files:
         lines += ["#" + line if line.startswith("#") else line for line in generated.read_text().splitlines()]
         lines.append("")
     lines += ["## Older code: throughput on random weights (runs 1-3, commit 9f1f602 and before)", "",

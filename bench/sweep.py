@@ -275,27 +275,6 @@ def choose(folder: Path) -> dict[str, dict]:
     return chosen
 
 
-def reference(args) -> None:
-    """The reference run: the series through the papermill runner on profile smollm2-t4, each
-    training notebook with its method's chosen knobs (`choose`), then 04."""
-    from qlora_helpers.runners import profiles, runner
-
-    chosen = choose(Path(args.folder))
-    profile = profiles.get_profile("smollm2-t4")
-    selected = profiles.resolve_notebooks(args.notebooks)
-    for stem in [s for s in profiles.TRAINING_NOTEBOOKS if s in selected]:
-        knobs = chosen[profile.parameters(stem)["method"]]
-        overrides = {k: knobs[k] for k in ("batch_size", "gradient_accumulation", "learning_rate", "epochs")}
-        if knobs["method"] != "full":
-            overrides["lora_dropout"] = knobs["lora_dropout"]
-        runner.run(profile.name, args.run_dir, notebooks=[stem], overrides=overrides,
-                   echo=lambda line: print(line, flush=True))
-    if profiles.COMPARISON_NOTEBOOK in selected:
-        runner.run(profile.name, args.run_dir, notebooks=[profiles.COMPARISON_NOTEBOOK],
-                   echo=lambda line: print(line, flush=True))
-        print(runner.comparison_text(args.run_dir))
-
-
 def report(args) -> str:
     import matplotlib
 
@@ -382,10 +361,6 @@ def main(argv=None) -> None:
     r.add_argument("folder")
     c = sub.add_parser("choose", help="print the chosen knobs per method as JSON")
     c.add_argument("folder")
-    ref = sub.add_parser("reference", help="run the series on profile smollm2-t4 with the chosen knobs")
-    ref.add_argument("folder")
-    ref.add_argument("--run-dir", required=True)
-    ref.add_argument("--notebooks", nargs="+", help="a subset (numbers), e.g. 01 02; default all four")
     args = parser.parse_args(argv)
     if args.command == "choose":
         print(json.dumps(choose(Path(args.folder)), indent=1))
@@ -393,7 +368,7 @@ def main(argv=None) -> None:
     for key in ("max_train", "max_validation"):
         if getattr(args, key, None) is not None:
             setattr(args, key, int(getattr(args, key)))
-    {"run": run, "worker": worker, "report": report, "reference": reference}[args.command](args)
+    {"run": run, "worker": worker, "report": report}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -135,3 +135,19 @@ def test_sweep_cpu_mode_records_curves_and_chooses_by_time_to_accuracy(tmp_path)
     assert chosen["solo_seconds"] == min(t for t in (sweep.time_to(r, chosen["target"]) for r in records) if t)
     sweep.main(["report", str(folder)])
     assert (tmp_path / "sweep_cpu.png").stat().st_size > 0 and "lora_b64_lr2e-3" in (tmp_path / "sweep_cpu.md").read_text()
+
+
+def test_t4_estimate_batches_every_row_once_and_pads_as_each_recipe_does():
+    from bench import t4_estimate
+
+    rows = t4_estimate.epoch_lengths()
+    assert len(rows) == 10_003
+    tutorial = t4_estimate.batches(rows, 8, pad_to=128, grouped=False)
+    grouped = t4_estimate.batches(rows, 64, pad_to=None, grouped=True)
+    for steps in (tutorial, grouped):
+        assert sum(b for b, _, _ in steps) == 10_003 and sum(r for _, _, r in steps) == rows.sum()
+        assert all(length >= real / batch for batch, length, real in steps)
+    assert {length for _, length, _ in tutorial} == {128}
+    assert all(length % 8 == 0 for _, length, _ in grouped)
+    # grouping by length pads far less than padding every row to 128
+    assert sum(b * l for b, l, _ in grouped) < sum(b * l for b, l, _ in tutorial) / 5

@@ -283,3 +283,22 @@ def test_a_truncated_results_file_reruns_that_notebook_for_real(smoke):
     outcomes = runner.run("smoke", run_dir=smoke.run_dir, echo=lambda line: None)
     assert [o.status for o in outcomes] == ["ran", "skipped", "skipped", "ran"]
     assert json.loads(path.read_text())["run_name"] == "01_full_precision_baseline"
+
+
+REFERENCE = ROOT / "reference" / "smollm2-t4"
+
+
+def test_the_committed_reference_render_is_complete_and_clean():
+    """reference/smollm2-t4, the render people read on GitHub (`make reference` on a GPU refreshes it):
+    all four notebooks executed with valid results, no path of this machine or of the GPU machine
+    that ran it, no library noise, and a README that says when, where and on which commit."""
+    assert render_problems(REFERENCE) == []
+    for path in REFERENCE.glob("*.ipynb"):
+        text = path.read_text()
+        assert not re.search(r"/(tmp|root|opt|home|work)/", text), f"{path.name} holds a machine path"
+        assert all(cell.execution_count for cell in read(path).cells if cell.cell_type == "code"), \
+            f"{path.name}: a code cell that did not run"
+    records = results.read_results(REFERENCE)
+    assert [r["run_name"] for r in records] == list(profiles.TRAINING_NOTEBOOKS)
+    readme = (REFERENCE / "README.md").read_text()
+    assert all(r["commit"] in readme and r["model_id"] == "offline:smollm2-135m" for r in records)
