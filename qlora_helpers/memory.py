@@ -359,7 +359,7 @@ def fit_table(models=("0.5B", "1.5B", "7B"), methods=("full", "lora", "qlora"), 
               *, batch_size: int | None = None, seq_len: int = 64, **kwargs):
     """One row per model x method: footprint, predicted peak, and whether it fits each GPU.
 
-    batch_size None means each method's default micro-batch (32 for full and LoRA, 128 for QLoRA);
+    batch_size None means each method's default micro-batch (DEFAULT_BATCH_SIZE, from defaults.py);
     seq_len is the padded length of the longest batch (the notebooks truncate at 64 tokens).
     A cell says "yes" when the allocator peak plus 5% for fragmentation, any paged optimizer state
     and ~0.5 GiB of CUDA context fit the card's memory. kwargs go to `estimate` (optimizer,

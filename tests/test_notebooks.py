@@ -302,3 +302,15 @@ def test_the_committed_reference_render_is_complete_and_clean():
     assert [r["run_name"] for r in records] == list(profiles.TRAINING_NOTEBOOKS)
     readme = (REFERENCE / "README.md").read_text()
     assert all(r["commit"] in readme and r["model_id"] == "offline:smollm2-135m" for r in records)
+
+
+def test_will_it_fit_shows_each_method_at_its_own_default_batch(smoke):
+    """03's table once put QLoRA's batch on every row, so 0.5B full fine-tuning 'did not fit' the
+    T4 that notebook 01 trains it on."""
+    from qlora_helpers import defaults
+
+    outputs = [o for c in read(smoke.run_dir / "03_qlora_qwen2.5_7b.ipynb").cells if "fit_table" in c.source
+               for o in c.outputs if "text/plain" in o.get("data", {})]
+    rows = re.findall(r"\b(full|lora|qlora)\s+(\d+)\s+(on|off)\b", outputs[0]["data"]["text/plain"])
+    assert len(rows) == 9
+    assert all(int(batch) == defaults.for_method(method).batch_size for method, batch, _ in rows)
