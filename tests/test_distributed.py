@@ -166,3 +166,34 @@ def test_a_failed_launch_says_how_to_train_on_one_gpu_and_keeps_the_notebooks_mo
     with pytest.raises(RuntimeError, match="use_all_gpus = False"):
         experiment.train_model(params, loaded, train_rows)
     assert loaded.model(**{k: v[:1] for k, v in loaded.tokenizer(["where is my card?"], return_tensors="pt").items()}).logits.shape[-1] == 77
+
+
+def test_interrupting_the_training_cell_stops_the_launched_processes(tmp_path, monkeypatch):
+    """Kernel > Interrupt while the GPUs train: the launched processes must not live on holding them."""
+    import os
+    import time
+
+    import pytest
+
+    from qlora_helpers.notebook import all_gpus
+
+    pid_file = tmp_path / "pid"
+    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); print('training', flush=True); time.sleep(120)"
+    real_read, calls = os.read, []
+
+    def read_then_interrupt(fd, n):
+        calls.append(fd)
+        if len(calls) > 1:
+            while not pid_file.exists():  # the process is up and training
+                time.sleep(0.1)
+            raise KeyboardInterrupt
+        return real_read(fd, n)
+
+    monkeypatch.setattr(all_gpus.os, "read", read_then_interrupt)
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        all_gpus._stream([sys.executable, "-c", child])
+    assert time.monotonic() - start < 60
+    pid = int(pid_file.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # gone (reaped by _stream's wait)

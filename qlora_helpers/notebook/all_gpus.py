@@ -34,7 +34,7 @@ def train_in_processes(params: NotebookParameters, loaded: LoadedModel, processe
 
     `accelerate.notebook_launcher` forks the kernel, which must not have touched CUDA yet; a notebook
     has loaded its model onto the GPU by now. So the model moves to CPU memory meanwhile (4-bit
-    weights included), torchrun starts this module with `--spec` (the parameters and the model's
+    weights included), torchrun starts this module with a spec file (the parameters and the model's
     own quantization and LoRA configs), each process loads and trains its copy, the main one writes
     the trainable weights, and they are loaded into `loaded.model`, which moves back to its GPU.
     The processes' output streams into the cell. Raises RuntimeError if they fail (their output
@@ -75,14 +75,20 @@ def train_in_processes(params: NotebookParameters, loaded: LoadedModel, processe
 
 
 def _stream(command: list[str]) -> int:
-    """Run `command`, copying its output (stdout and stderr, progress bars included) as it comes."""
+    """Run `command`, copying its output (stdout and stderr, progress bars included) as it comes.
+    An interrupted cell (Kernel > Interrupt) stops the processes too, so none keeps holding a GPU."""
     # One thread a process unless set (torchrun's default, which otherwise prints a banner about it).
     env = {"OMP_NUM_THREADS": "1", **os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    while chunk := os.read(process.stdout.fileno(), 65536):
-        sys.stdout.write(decoder.decode(chunk))
-        sys.stdout.flush()
+    try:
+        while chunk := os.read(process.stdout.fileno(), 65536):
+            sys.stdout.write(decoder.decode(chunk))
+            sys.stdout.flush()
+    except BaseException:
+        process.terminate()  # torchrun passes the signal on to its workers
+        process.wait()
+        raise
     return process.wait()
 
 
@@ -102,8 +108,9 @@ def _load_trainable(model: torch.nn.Module, path: Path) -> None:
 
 
 def train_from_spec(spec_path: Path) -> None:
-    """One launched process of `train_in_processes` (`python -m qlora_helpers.notebook.all_gpus SPEC`): load, tokenize and train as the notebook does;
-    the main process writes the trainable weights and the training measurements."""
+    """One launched process of `train_in_processes` (`python -m qlora_helpers.notebook.all_gpus SPEC`):
+    load, tokenize and train as the notebook does; the main process writes the trainable weights and
+    the training measurements."""
     from peft import LoraConfig
     from safetensors.torch import save_file
     from transformers import BitsAndBytesConfig
@@ -113,9 +120,9 @@ def train_from_spec(spec_path: Path) -> None:
         sys.stdout = open(os.devnull, "w")  # one process speaks; errors still reach stderr
     params = NotebookParameters(**spec["parameters"])
     bank = experiment.load_data(params)
-    quantization = spec["quantization_config"] and BitsAndBytesConfig.from_dict(spec["quantization_config"])
-    lora = spec["lora_config"] and LoraConfig.from_pretrained(spec["lora_config"])
-    loaded = experiment.build_model(params, bank, quantization_config=quantization or None, lora_config=lora or None)
+    quantization = BitsAndBytesConfig.from_dict(spec["quantization_config"]) if spec["quantization_config"] else None
+    lora = LoraConfig.from_pretrained(spec["lora_config"]) if spec["lora_config"] else None
+    loaded = experiment.build_model(params, bank, quantization_config=quantization, lora_config=lora)
     train_rows, _ = experiment.tokenize_splits(params, bank, loaded)
     stats = experiment.train_in_this_process(params, loaded, train_rows)
     if is_main_process():
