@@ -3,6 +3,7 @@ each run used, what the runs measured (in sentences read off the results), and h
 confused intents fared in each run."""
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter
 from pathlib import Path
@@ -77,8 +78,9 @@ _KIND_NOTES = {
     "hub model": "",
     "local folder": " What these weights are, the results cannot tell: a folder may hold a pretrained, a "
                     "fine-tuned or a random model.",
-    "offline stand-in (real weights)": " Small pretrained models standing in for the notebooks' Qwen2.5 "
-                                       "models: they show the pipeline working end to end, not the Qwen2.5 results.",
+    "offline stand-in (real weights)": " Small pretrained models standing in for the notebooks' own models "
+                                       "(Gemma 3 270M, Qwen2.5-1.5B and -7B): they show the methods at work on "
+                                       "real weights, not those models' results.",
     "random weights (test)": " A random model that tests the pipeline: its accuracy means nothing.",
 }
 
@@ -115,6 +117,25 @@ def _spread(records: list[dict], value, unit: str, best: str, worst: str, low_is
             f"{unit.format(value(bottom))} ({factor}).")
 
 
+def _accuracy_spread(records: list[dict]) -> str:
+    """The most and least accurate runs, or that the test set cannot tell them apart: a gap within
+    two standard errors of the difference of two accuracies, sqrt(p1(1-p1)/n1 + p2(1-p2)/n2) (the
+    normal approximation to two binomial proportions, n the test rows), could reverse on another
+    test set of the same size."""
+    accuracy = lambda r: r["metrics"]["accuracy"]  # noqa: E731
+    ranked = sorted(records, key=accuracy, reverse=True)
+    top, bottom = ranked[0], ranked[-1]
+    test_rows = lambda r: r.get("data", {}).get("test_examples") or int(np.sum(r["confusion_matrix"]))  # noqa: E731
+    (p1, n1), (p2, n2) = [(accuracy(r), test_rows(r)) for r in (top, bottom)]
+    two_se = 2 * math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2)
+    if p1 - p2 <= two_se:
+        return (f"Most accurate: none that the test set can tell apart; {p2:.1%} to {p1:.1%} accuracy, a gap within "
+                f"two standard errors ({100 * two_se:.1f} points on {min(n1, n2):,} test rows).")
+    tied = lambda end: " and ".join(_run(r) for r in records if accuracy(r) == accuracy(end))  # noqa: E731
+    return (f"Most accurate: {tied(top)}, {p1:.1%}; least: {tied(bottom)}, {p2:.1%} ({100 * (p1 - p2):.1f} points "
+            f"apart, more than two standard errors: {100 * two_se:.1f} points).")
+
+
 def findings(records: list[dict]) -> str:
     """Markdown sentences read off the results, never assumed: which runs share a model (their
     differences are the method's alone), and which run was the most accurate, the fastest and the
@@ -132,8 +153,7 @@ def findings(records: list[dict]) -> str:
                          "methods'.")
     if len(models) > 1:
         lines.append("Runs on different models differ in model size as well as in method.")
-    lines.append(_spread(records, lambda r: r["metrics"]["accuracy"], "{:.1%} accuracy", "Most accurate",
-                         "least"))
+    lines.append(_accuracy_spread(records))
     lines.append(_spread(records, lambda r: r["training"]["examples_per_second"], "{:.1f} examples/s",
                          "Fastest to train", "slowest"))
     if len({hardware_label(r) for r in records}) > 1:

@@ -41,7 +41,7 @@ _TINY = "offline:tiny-qwen2"
 
 DEMO = Profile(
     name="demo",
-    description="offline, CPU: real all-MiniLM-L6-v2 weights stand in for Qwen2.5; full Banking77",
+    description="offline, CPU: real all-MiniLM-L6-v2 weights stand in for each notebook's model; full Banking77",
     notebooks={
         "01_full_precision_baseline": dict(model_id=_MINILM, method="full", max_train_samples=None,
                                            max_eval_samples=None, epochs=2.0, batch_size=32,
