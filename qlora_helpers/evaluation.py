@@ -57,10 +57,10 @@ def predict(model: torch.nn.Module, dataset, tokenizer, batch_size: int = 64) ->
     rows = dataset.select(order).select_columns(columns)
     device = next(p for p in model.parameters()).device
     predictions = []
-    for batch in tqdm(DataLoader(rows, batch_size=batch_size, collate_fn=collator), desc="predict"):
-        with autocast_like_training(model, device):
+    with autocast_like_training(model, device):
+        for batch in tqdm(DataLoader(rows, batch_size=batch_size, collate_fn=collator), desc="predict"):
             logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
-        predictions.append(logits.argmax(-1).cpu().numpy())
+            predictions.append(logits.argmax(-1).cpu().numpy())
     ordered = np.concatenate(predictions)
     local = np.empty_like(ordered)
     local[np.searchsorted(mine, order)] = ordered  # back to shard order

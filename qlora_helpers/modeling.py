@@ -66,13 +66,13 @@ class LoadedModel:
         `... [qlora] loaded in 4-bit (96%) + float32 (4%); float16 compute. footprint: X GB; ...`."""
         held = Counter()
         for param in self.model.parameters():
-            held["4-bit" if is_packed_4bit(param) else _dtype_name(param.dtype)] += parameter_count(param)
+            held["4-bit" if is_packed_4bit(param) else dtype_name(param.dtype)] += parameter_count(param)
         weights = " + ".join(f"{kind} ({count / self.total_params:.0%})" for kind, count in held.most_common())
         if len(held) == 1:
             weights = next(iter(held))
         # full keeps fp32 weights whatever the compute dtype: the Trainer's AMP autocasts the matmuls.
         autocast = self.method == "full" and self.compute_dtype != torch.float32
-        compute = _dtype_name(self.compute_dtype) + (" autocast" if autocast else "")
+        compute = dtype_name(self.compute_dtype) + (" autocast" if autocast else "")
         share = self.trainable_params / self.total_params
         model_type = getattr(base_model(self.model).config, "model_type", None)
         device = next(self.model.parameters()).device
@@ -86,7 +86,8 @@ class LoadedModel:
                 f"{self.total_params:,} ({share:.2%})")
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
+def dtype_name(dtype: torch.dtype) -> str:
+    """`torch.float16` -> "float16", as configs, results and tables write a dtype."""
     return str(dtype).removeprefix("torch.")
 
 
@@ -274,9 +275,9 @@ def load_base(model_id_or_path: str, method: str = "lora", num_labels: int = 77,
     kaggle_folder = kaggle_model_folder(model_id)
     model_id_or_path = model_source(model_id)
     tokenizer = _load_tokenizer_or_explain(model_id_or_path)
+    config = AutoConfig.from_pretrained(model_id_or_path)
     if compute_dtype is None:
-        model_type = AutoConfig.from_pretrained(model_id_or_path).model_type
-        compute_dtype = choose_compute_dtype(device, model_type=model_type, method=method)
+        compute_dtype = choose_compute_dtype(device, model_type=config.model_type, method=method)
     # Full fine-tuning keeps fp32 master weights; the Trainer's AMP does the 16-bit compute.
     load_dtype = torch.float32 if method == "full" else compute_dtype
     kwargs: dict = {"num_labels": num_labels, "dtype": load_dtype}
@@ -284,9 +285,9 @@ def load_base(model_id_or_path: str, method: str = "lora", num_labels: int = 77,
         kwargs["quantization_config"] = quantization_config or default_quantization_config(compute_dtype)
         # The whole model on this process's device: under DDP every GPU holds a full 4-bit copy.
         kwargs["device_map"] = {"": torch.device(device)}
-    saved = saved_quantization(model_id_or_path)
+    saved = quantization_settings(config)
     if saved is not None:
-        kwargs = _load_quantized_checkpoint(model_id, model_id_or_path, method, saved, kwargs, compute_dtype)
+        kwargs = _load_quantized_checkpoint(model_id, config, method, saved, kwargs, compute_dtype)
     set_seed(seed)  # a head missing from the checkpoint (BERT's classifier) is initialised here
     model = AutoModelForSequenceClassification.from_pretrained(model_id_or_path, **kwargs)
     if method != "qlora":
@@ -331,13 +332,19 @@ def set_label_names(model: torch.nn.Module, label_names: list[str]) -> None:
 def saved_quantization(model_id_or_path: str) -> dict | None:
     """The `quantization_config` a checkpoint was saved with (e.g. the hub's `...-bnb-4bit`), or None
     for an unquantized one."""
-    saved = getattr(AutoConfig.from_pretrained(model_source(model_id_or_path)), "quantization_config", None)
-    if saved is None:
+    return quantization_settings(AutoConfig.from_pretrained(model_source(model_id_or_path)))
+
+
+def quantization_settings(config) -> dict | None:
+    """A model config's `quantization_config` as a dict (transformers holds an object or a dict), or
+    None for an unquantized model."""
+    settings = getattr(config, "quantization_config", None)
+    if settings is None:
         return None
-    return saved.to_dict() if hasattr(saved, "to_dict") else dict(saved)
+    return settings.to_dict() if hasattr(settings, "to_dict") else dict(settings)
 
 
-def _load_quantized_checkpoint(model_id: str, path: str, method: str, saved: dict, kwargs: dict,
+def _load_quantized_checkpoint(model_id: str, config, method: str, saved: dict, kwargs: dict,
                                compute_dtype: torch.dtype) -> dict:
     """from_pretrained kwargs for a checkpoint saved already quantized.
 
@@ -356,10 +363,11 @@ def _load_quantized_checkpoint(model_id: str, path: str, method: str, saved: dic
             "weights it was quantized from. Use the 16-bit base model's id (e.g. Qwen/Qwen2.5-7B, not "
             "unsloth/Qwen2.5-7B-bnb-4bit)" + (", or method='qlora'." if bnb_4bit else ".")
         )
-    config = AutoConfig.from_pretrained(path, num_labels=kwargs["num_labels"])
+    config = copy.deepcopy(config)  # the checkpoint's, as load_base read it
+    config.num_labels = kwargs["num_labels"]
     skip = list(dict.fromkeys([*(saved.get("llm_int8_skip_modules") or []), *HEAD_NAMES]))
     config.quantization_config = {**saved, "llm_int8_skip_modules": skip,
-                                  "bnb_4bit_compute_dtype": str(compute_dtype).replace("torch.", "")}
+                                  "bnb_4bit_compute_dtype": dtype_name(compute_dtype)}
     return {**{k: v for k, v in kwargs.items() if k not in ("num_labels", "quantization_config")},
             "config": config}
 

@@ -21,7 +21,7 @@ import torch
 
 from .. import atomic, training
 from ..distributed import is_main_process
-from ..modeling import LoadedModel
+from ..modeling import LoadedModel, base_model, quantization_settings
 from . import experiment
 from .parameters import NotebookParameters
 
@@ -46,10 +46,9 @@ def train_in_processes(params: NotebookParameters, loaded: LoadedModel, processe
     lora = getattr(loaded.model, "peft_config", {}).get("default")
     if lora is not None:
         lora.save_pretrained(folder / "lora_config")
-    quantization = getattr(loaded.model.config, "quantization_config", None)
     atomic.write_text(spec, json.dumps({
         "parameters": params.as_dict(),
-        "quantization_config": quantization.to_dict() if hasattr(quantization, "to_dict") else quantization,
+        "quantization_config": quantization_settings(base_model(loaded.model).config),
         "lora_config": str(folder / "lora_config") if lora is not None else None,
     }, indent=1))
     device = next(loaded.model.parameters()).device

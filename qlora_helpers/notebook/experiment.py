@@ -177,7 +177,7 @@ def memory_table(loaded: modeling.LoadedModel) -> pd.DataFrame:
             packed += param.numel() * param.element_size()
         else:
             other += param.numel() * param.element_size()
-            dtypes.add(str(param.dtype).replace("torch.", ""))
+            dtypes.add(modeling.dtype_name(param.dtype))
     if packed:
         rows["  of which 4-bit packed linear weights"] = packed
         rows[f"  of which unquantized weights ({', '.join(sorted(dtypes))})"] = other
@@ -202,11 +202,10 @@ _FLAG_WHY = {
 
 def quantization_table(loaded: modeling.LoadedModel) -> pd.DataFrame:
     """Each BitsAndBytesConfig flag the model was loaded with, its value, and why it is set."""
-    config = getattr(modeling.base_model(loaded.model).config, "quantization_config", None)
-    if config is None:
+    values = modeling.quantization_settings(modeling.base_model(loaded.model).config)
+    if values is None:
         return pd.DataFrame({"value": {"quantization": "none"},
                              "why": {"quantization": f"method={loaded.method!r} loads the base unquantized"}})
-    values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     return pd.DataFrame({"value": {flag: str(values.get(flag)) for flag in _FLAG_WHY}, "why": _FLAG_WHY})
 
 
@@ -222,7 +221,7 @@ def weights_table(loaded: modeling.LoadedModel) -> pd.DataFrame:
         else:
             kind = "frozen: 4-bit packed" if packed else "frozen: not quantized (norms, embeddings, ...)"
         quant_type = getattr(param.quant_state, "quant_type", "4-bit") if packed else None
-        dtype = f"{quant_type} (stored as uint8)" if packed else str(param.dtype).replace("torch.", "")
+        dtype = f"{quant_type} (stored as uint8)" if packed else modeling.dtype_name(param.dtype)
         entry = groups.setdefault((kind, dtype), [0, 0])
         entry[0] += 1
         entry[1] += count

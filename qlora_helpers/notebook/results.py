@@ -78,12 +78,13 @@ def library_versions() -> dict:
 def build_result(*, run_name: str, loaded, stats, evaluation, label_names: list[str], data: dict,
                  demo: bool, config: dict) -> dict:
     """Assemble the results record from the objects the notebook already holds."""
+    from ..modeling import dtype_name  # here, not at the top: the runner reads results without transformers
     record = {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "run_name": run_name,
         "model_id": loaded.model_id, "model_kind": model_kind(loaded.model_id), "method": loaded.method,
         "kaggle_model_folder": loaded.kaggle_folder,  # the mounted Kaggle Model it loaded from, else None
         "demo": demo,
-        "compute_dtype": str(loaded.compute_dtype).replace("torch.", ""),
+        "compute_dtype": dtype_name(loaded.compute_dtype),
         "hardware": hardware(), "data": data,
         "footprint_bytes": int(loaded.footprint_bytes), "trainable_params": int(loaded.trainable_params),
         "total_params": int(loaded.total_params), "training": stats.as_dict(),
