@@ -59,6 +59,8 @@ def parse_options(argv=None) -> Options:
     parser.add_argument("--cells", default="", help="only these model:method cells, e.g. 7B:qlora,0.5B:full")
     parser.add_argument("--only-configs", default="", help="only these speed configs (names)")
     parser.add_argument("--probe-cells", default="", help="model:method cells for the probe section")
+    parser.add_argument("--memory-snapshot", default="", help="speed configs (names) whose allocator history of "
+                        "the first two steps is saved as <out>/<tag>_<model>_<config>.snapshot.pickle.gz (CUDA)")
     parser.add_argument("--upcast-model", default="7B")
     parser.add_argument("--build", default="", help="models to build (and time) in the build section, e.g. 1.5B,7B")
     for name in DEVICE_DEFAULTS:
@@ -82,6 +84,7 @@ def parse_options(argv=None) -> Options:
     return Options(
         device=device, profile=args.profile, sections=sections, cells=_names(args.cells),
         only_configs=_names(args.only_configs), probe_cells=_names(args.probe_cells),
+        memory_snapshot=_names(args.memory_snapshot),
         upcast_model=args.upcast_model, build=_names(args.build),
         est_batch=min(args.est_batch, 8) if cpu else args.est_batch,  # tiny shapes on CPU
         est_seq=min(args.est_seq, 32) if cpu else args.est_seq,

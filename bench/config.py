@@ -21,6 +21,7 @@ class Options:
     cells: list[str]  # "model:method" cells for speed / estimator (empty: the notebooks' three pairs / all)
     only_configs: list[str]  # speed setups to run, by name (empty: all)
     probe_cells: list[str]  # "model:method" cells for the probe section
+    memory_snapshot: list[str]  # speed setups (by name) whose first steps' allocator history is saved
     upcast_model: str  # the model the upcast section loads ("7B", or "0.5B" for a quick check)
     build: list[str]  # models the build section saves (and times) up front, e.g. ["1.5B", "7B"]
     steps: int  # optimizer steps per speed setup
@@ -48,6 +49,7 @@ class TrainingSetup:
     checkpointing: bool  # gradient checkpointing (recompute activations in backward)
     lora_dropout: float  # dropout on the adapters' input; ignored for full fine-tuning
     padded_to_128: bool = False  # every row padded to 128 tokens up front (else batches pad to their longest)
+    checkpoint_every: int = 1  # with checkpointing: recompute every layer (1), every other one (2), ...
 
 
 def kaggle_t4_knobs(method: str) -> dict:
@@ -91,8 +93,32 @@ def speed_setups(method: str, only: list[str] | None = None) -> list[TrainingSet
         setups += [TrainingSetup("b32_dropout0", replace(base, batch_size=32), True, 0.0),
                    TrainingSetup("b64_dropout0", replace(base, batch_size=64), True, 0.0),
                    TrainingSetup("b128_dropout0", replace(base, batch_size=128), True, 0.0),
-                   TrainingSetup("b16_nockpt_dropout0", replace(base, batch_size=16, max_length=64), False, 0.0)]
+                   TrainingSetup("b16_nockpt_dropout0", replace(base, batch_size=16, max_length=64), False, 0.0),
+                   # run2's b64_dropout0 exactly (max_length 128 then): today's peak against run2's 7.53 GiB
+                   TrainingSetup("b64_len128_dropout0", replace(base, batch_size=64, max_length=128), True, 0.0)]
+    if method != "full":
+        setups += lever_setups(method)
     return [s for s in setups if not only or s.name in only]
+
+
+def lever_setups(method: str) -> list[TrainingSetup]:
+    """Ways to make a step cheaper at the method's default batch (issue 12's levers), each to be
+    timed in the same run as `library_default`: a fused fp32 AdamW instead of the 8-bit one, less or
+    no activation checkpointing, torch.compile of the decoder layers, and all of them together."""
+    chosen = defaults.for_method(method)
+    base = training.default_train_config(method)
+    fused = replace(base, optimizer="adamw_torch_fused")
+    compiled = replace(base, compile_layers=True)
+    ckpt = chosen.gradient_checkpointing
+    levers = [TrainingSetup("lever_fused_adamw", fused, ckpt, chosen.lora_dropout),
+              TrainingSetup("lever_compiled_layers", compiled, ckpt, chosen.lora_dropout)]
+    if ckpt:
+        levers += [TrainingSetup("lever_no_checkpointing", base, False, chosen.lora_dropout),
+                   TrainingSetup("lever_half_checkpointing", base, True, chosen.lora_dropout, checkpoint_every=2),
+                   TrainingSetup("lever_all_half_checkpointing", replace(fused, compile_layers=True), True,
+                                 chosen.lora_dropout, checkpoint_every=2)]
+    levers.append(TrainingSetup("lever_all", replace(fused, compile_layers=True), False, chosen.lora_dropout))
+    return levers
 
 
 def estimator_setup(method: str, *, batch_size: int, seq_len: int, over_3b_params: bool, cpu: bool) -> TrainingSetup:

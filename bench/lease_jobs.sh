@@ -1,26 +1,64 @@
 #!/usr/bin/env bash
 # What ran on the lent two-GPU machine (nvidia-h200-x2) after `. bench/lease_setup.sh`, each GPU
-# emulating a T4 (profile smollm2-t4: QLORA_EMULATE_GPU=t4), in three phases; logs in $WORK.
-#   1. the reference run: 01 then 02 on GPU 0 while 03 runs on GPU 1, then 04 (one GPU per notebook,
-#      as on a single T4); this folder becomes reference/smollm2-t4/ in the repository;
-#   2. notebook 03 on both GPUs at once through the same runner (the training cell's two-GPU path,
-#      notebook/all_gpus.py), to set against 03 of the reference run;
-#   3. notebook 01 on Gemma 3 270M (the series' default for 01) under the T4 profile: fp16 autocast
-#      over fp32 weights, the check that its loss stays finite and its accuracy sane.
-# Usage: bash bench/lease_jobs.sh WORK_FOLDER
+# emulating a T4 (fp16, 14.5 GiB) where it says so. Results and logs go to WORK_FOLDER.
+# Usage: bash bench/lease_jobs.sh WORK_FOLDER PHASE...   (phases run in the order given)
+#   reference         the reference render: 01 then 02 on GPU 0 while 03 runs on GPU 1, then 04 (one
+#                     GPU per notebook, as on one T4); the folder becomes reference/smollm2-t4/
+#   two-gpu-notebook  notebook 03 on both GPUs through the runner (notebook/all_gpus.py)
+#   gemma             notebook 01 on Gemma 3 270M (its default) under the T4 profile
+#   measure           GPU 0: the benchmark of today's code on the three notebooks' shapes with the
+#                     step-cost levers, a memory snapshot of run2's b64 setup, the estimator cells
+#                     (run4_h200_t4); GPU 1: the levers on real SmolLM2-135M (run4_h200_t4_smollm2),
+#                     then their validation accuracy against today's QLoRA default (sweep_h200_t4_levers);
+#                     then GPU 0: Unsloth on the same 7B checkpoint and batch (unsloth_h200_t4.json)
+#   two-gpus-speed    the 7B QLoRA shape on one GPU against two (two_gpus_h200x2_t4_long)
 set -u
 WORK=${1:?a work folder}
-mkdir -p "$WORK"
+shift
+mkdir -p "$WORK/results"
 RUN="python3 -m qlora_helpers.runners.run --profile smollm2-t4"
+B="python3 bench/benchmark.py --device cuda --profile t4 --out $WORK/results --long-steps 0"
+LEVERS=lever_fused_adamw,lever_compiled_layers,lever_no_checkpointing,lever_half_checkpointing,lever_all_half_checkpointing,lever_all
 phase() { echo "== $(date -u +%H:%M:%S) $*" >> "$WORK/phases.log"; }
-phase reference
-(CUDA_VISIBLE_DEVICES=0 $RUN --run-dir "$WORK/smollm2-t4" --notebooks 01 02 > "$WORK/reference_gpu0.log" 2>&1; echo "exit $?" >> "$WORK/reference_gpu0.log") &
-(CUDA_VISIBLE_DEVICES=1 $RUN --run-dir "$WORK/smollm2-t4" --notebooks 03 > "$WORK/reference_gpu1.log" 2>&1; echo "exit $?" >> "$WORK/reference_gpu1.log") &
-wait
-$RUN --run-dir "$WORK/smollm2-t4" --notebooks 04 > "$WORK/reference_04.log" 2>&1; echo "exit $?" >> "$WORK/reference_04.log"
-phase two-gpu notebook
-$RUN --run-dir "$WORK/two_gpus" --notebooks 03 > "$WORK/two_gpus.log" 2>&1; echo "exit $?" >> "$WORK/two_gpus.log"
-phase gemma
-CUDA_VISIBLE_DEVICES=0 $RUN --run-dir "$WORK/gemma" --notebooks 01 --set model_id=offline:gemma-3-270m \
-  > "$WORK/gemma.log" 2>&1; echo "exit $?" >> "$WORK/gemma.log"
+finished() { echo "exit $?" >> "$1"; }
+for name in "$@"; do
+  phase "$name"
+  case $name in
+    reference)
+      (CUDA_VISIBLE_DEVICES=0 $RUN --run-dir "$WORK/smollm2-t4" --notebooks 01 02 > "$WORK/reference_gpu0.log" 2>&1; finished "$WORK/reference_gpu0.log") &
+      (CUDA_VISIBLE_DEVICES=1 $RUN --run-dir "$WORK/smollm2-t4" --notebooks 03 > "$WORK/reference_gpu1.log" 2>&1; finished "$WORK/reference_gpu1.log") &
+      wait
+      $RUN --run-dir "$WORK/smollm2-t4" --notebooks 04 > "$WORK/reference_04.log" 2>&1; finished "$WORK/reference_04.log" ;;
+    two-gpu-notebook)
+      $RUN --run-dir "$WORK/two_gpus" --notebooks 03 > "$WORK/two_gpus.log" 2>&1; finished "$WORK/two_gpus.log" ;;
+    gemma)
+      CUDA_VISIBLE_DEVICES=0 $RUN --run-dir "$WORK/gemma" --notebooks 01 --set model_id=offline:gemma-3-270m \
+        > "$WORK/gemma.log" 2>&1; finished "$WORK/gemma.log" ;;
+    measure)
+      (CUDA_VISIBLE_DEVICES=0 $B --sections env,build,speed,estimator --build 7B,0.5B,1.5B --steps 25 --warmup 3 \
+         --only-configs tutorial,library_default,b64_len128_dropout0,$LEVERS --memory-snapshot b64_len128_dropout0 \
+         --tag run4_h200_t4 > "$WORK/run4.log" 2>&1; finished "$WORK/run4.log"
+       CUDA_VISIBLE_DEVICES=0 PYTHONPATH=/tmp/site_unsloth:$PWD python3 bench/unsloth_row.py --max-length 64 \
+         --model /tmp/qlora_bench_models/Qwen2.5-7B --out "$WORK/results/unsloth_h200_t4.json" > "$WORK/unsloth.log" 2>&1
+       finished "$WORK/unsloth.log") &
+      (CUDA_VISIBLE_DEVICES=1 $B --sections env,speed --cells smollm2:qlora --steps 40 --warmup 3 \
+         --only-configs tutorial,library_default,$LEVERS --tag run4_h200_t4_smollm2 > "$WORK/run4_smollm2.log" 2>&1
+       finished "$WORK/run4_smollm2.log"
+       python3 bench/sweep.py run --gpus 1 --tag h200_t4_levers --max-seconds 300 --out-dir "$WORK/results" \
+         --work-dir /tmp/sweep_work --candidates qlora_b64_lr2e-3,qlora_b64_lr2e-3_levers > "$WORK/sweep_levers.log" 2>&1
+       finished "$WORK/sweep_levers.log") &
+      wait ;;
+    two-gpus-speed)
+      # reuse the benchmark's random 7B (built by `measure`) instead of writing another 15 GB
+      if [ -f /tmp/qlora_bench_models/Qwen2.5-7B/config.json ] && [ ! -e /tmp/qlora_two_gpus/qwen2.5-7b-random ]; then
+        mkdir -p /tmp/qlora_two_gpus/qwen2.5-7b-random
+        for f in /tmp/qlora_bench_models/Qwen2.5-7B/*.safetensors /tmp/qlora_bench_models/Qwen2.5-7B/*.json; do
+          case $(basename "$f") in tokenizer*|special_tokens*) ;; *) ln -s "$f" /tmp/qlora_two_gpus/qwen2.5-7b-random/ ;; esac
+        done
+      fi
+      python3 bench/two_gpus.py --parts speed --speed-train-samples 6000 --tag h200x2_t4_long \
+        --out-dir "$WORK/results" > "$WORK/two_gpus_speed.log" 2>&1; finished "$WORK/two_gpus_speed.log" ;;
+    *) echo "unknown phase $name" >&2; exit 2 ;;
+  esac
+done
 phase done

@@ -23,4 +23,10 @@ if ls /tmp/carry/gemma.part* >/dev/null 2>&1 && [ ! -f "$QLORA_CACHE/gemma-3-270
 o.convert_gguf(o.GgufModel('gemma_gguf', 'gemma-3-270m-q4_k_m.gguf', ''), os.environ['QLORA_CACHE'] + '/gemma-3-270m')
 print('Gemma 3 270M at', o.resolve_model_id('offline:gemma-3-270m'))" 2>&1 | grep -v "it/s"
 fi
+if ls /tmp/carry_u/*.whl >/dev/null 2>&1 && [ ! -f /tmp/site_unsloth/.installed ]; then
+  # Unsloth and what it imports (bench/unsloth_row.py), apart from /tmp/site: it pins datasets < 5
+  # and transformers <= 5.17 (the device's own), so it runs with PYTHONPATH=/tmp/site_unsloth only.
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site_unsloth \
+    /tmp/carry_u/*.whl /tmp/carry/peft-*.whl /tmp/carry/bitsandbytes-*.whl && touch /tmp/site_unsloth/.installed
+fi
 set +e

@@ -96,27 +96,76 @@ def set_dropout(model, p: float) -> None:
                 drop[key] = torch.nn.Dropout(p) if p > 0 else torch.nn.Identity()
 
 
-def set_checkpointing(model, on: bool) -> None:
+def set_checkpointing(model, on: bool, every: int = 1) -> None:
+    """Activation checkpointing off, or on for every `every`-th decoder layer (1: all of them)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
     base = modeling.base_model(model)
     if on:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        layers = [m for m in base.modules() if isinstance(m, GradientCheckpointingLayer)]
+        for index, layer in enumerate(layers):
+            layer.gradient_checkpointing = index % every == 0
     else:
         base.gradient_checkpointing_disable()
 
 
+def uncompile_layers(model) -> None:
+    """Undo training.compile_decoder_layers, so that the next setup on this model runs eagerly."""
+    for module in model.modules():
+        if getattr(module, "_compiled_call_impl", None) is not None:
+            module._compiled_call_impl = None
+
+
+class MemorySnapshot:
+    """Record the CUDA allocator's history (every allocation and free, with Python stacks) from the
+    start of training until the end of optimizer step `step`, then save it as a gzipped pickle that
+    https://pytorch.org/memory_viz (or bench/results/peak_growth/snapshot_peak.py) reads."""
+
+    def __init__(self, path: Path, step: int = 2, max_entries: int = 200_000):
+        from transformers import TrainerCallback
+
+        self.path, self.step = path, step
+        torch.cuda.memory._record_memory_history(max_entries=max_entries, stacks="python")
+        snapshot = self
+
+        class Dump(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step == snapshot.step:
+                    snapshot.save()
+
+        self.callback = Dump()
+
+    def save(self) -> None:
+        import gzip
+        import pickle
+
+        if self.path is None:
+            return
+        snapshot = torch.cuda.memory._snapshot()
+        torch.cuda.memory._record_memory_history(enabled=None)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with gzip.open(self.path, "wb") as out:
+            pickle.dump(snapshot, out)
+        log(f"  memory snapshot of steps 1-{self.step}: {self.path}")
+        self.path = None
+
+
 def run_setup(cell: Cell, data: Rows, setup: TrainingSetup, *, steps: int, warmup: int, cap: MemoryCap,
               out_dir: Path, name: str | None = None, peak_tflops: float | None = None,
-              profile_step: int | None = None) -> dict:
+              profile_step: int | None = None, snapshot_path: Path | None = None) -> dict:
     """Train `steps` optimizer steps of `setup` from the cell's starting weights; return its results row.
 
     name: the row's "name" (default: method:setup name); peak_tflops: the MFU ceiling (None: no
     MFU); profile_step: the step torch.profiler records (CUDA only). Peaks are bytes above the
-    cell's baseline (`cap.baseline_bytes`). Status "oom" or "nonfinite" instead of raising."""
+    cell's baseline (`cap.baseline_bytes`); snapshot_path: save the allocator's history of the first
+    two steps there (CUDA only, MemorySnapshot). Status "oom", "nonfinite", or "error" for a compiled
+    setup that fails, instead of raising."""
     loaded, method = cell.loaded, cell.method
     name = name or f"{method}:{setup.name}"
     lora_r = defaults.for_method(method).lora_r
     restore_state(loaded.model, cell.initial_state)
-    set_checkpointing(loaded.model, setup.checkpointing)
+    set_checkpointing(loaded.model, setup.checkpointing, setup.checkpoint_every)
     if method != "full":
         set_dropout(loaded.model, setup.lora_dropout)
     cfg = replace(setup.train, max_steps=steps, output_dir=str(out_dir / name), retry_on_oom=False,
@@ -127,6 +176,7 @@ def run_setup(cell: Cell, data: Rows, setup: TrainingSetup, *, steps: int, warmu
               "group_by_length": cfg.group_by_length, "pad_to_multiple_of": cfg.pad_to_multiple_of,
               "optimizer": cfg.optimizer, "gradient_checkpointing": setup.checkpointing,
               "lora_dropout": setup.lora_dropout, "fixed_padding": data.fixed_padding,
+              "checkpoint_every": setup.checkpoint_every, "compile_layers": cfg.compile_layers,
               "learning_rate": cfg.learning_rate, "dataset_rows": len(data)}
     trainer, measure = training.build_trainer(loaded, data, cfg)
     from transformers.trainer_utils import SaveStrategy
@@ -134,6 +184,9 @@ def run_setup(cell: Cell, data: Rows, setup: TrainingSetup, *, steps: int, warmu
     trainer.args.save_strategy = SaveStrategy.NO
     timer = StepTimer(loaded.model, profile_step=profile_step)
     trainer.add_callback(timer.callback)
+    snapshot = MemorySnapshot(snapshot_path) if snapshot_path and torch.cuda.is_available() else None
+    if snapshot:
+        trainer.add_callback(snapshot.callback)
     start_allocated = device_memory.allocated()
     device_memory.reset_peak()
     start = time.perf_counter()
@@ -146,9 +199,17 @@ def run_setup(cell: Cell, data: Rows, setup: TrainingSetup, *, steps: int, warmu
     except training.NonFiniteLossError as error:
         record["status"] = "nonfinite"
         record["error"] = str(error)
+    except Exception as error:  # noqa: BLE001 - a lever that cannot run (compile, say) is a result too
+        if not cfg.compile_layers:
+            raise
+        record["status"] = "error"
+        record["error"] = f"{type(error).__name__}: {str(error)[:500]}"
     finally:
         measure.hook.remove()
         timer.close()
+        uncompile_layers(loaded.model)
+        if snapshot:
+            snapshot.save()  # a run that failed before step 2 still leaves its history
     peak = device_memory.peak()
     record["wall_seconds"] = round(time.perf_counter() - start, 2)
     record["peak_bytes"] = peak - cap.baseline_bytes  # this cell's model and training, not leftovers
@@ -164,7 +225,9 @@ def run_setup(cell: Cell, data: Rows, setup: TrainingSetup, *, steps: int, warmu
     opt = trainer.optimizer
     record["optimizer_state_tensors"] = sum(len(s) for s in opt.state.values()) if opt is not None else 0
     record["max_padded_length"] = max((l for step in timer.step_batches for _, l, _ in step), default=0)
-    record.update(summarise_steps(timer, warmup, cell.shape, method, checkpointing=setup.checkpointing,
+    layers = cell.shape.num_layers
+    recomputed = math.ceil(layers / setup.checkpoint_every) / layers if setup.checkpointing else 0.0
+    record.update(summarise_steps(timer, warmup, cell.shape, method, checkpointing=recomputed,
                                   lora_r=lora_r, peak_tflops=peak_tflops))
     if timer.profile:
         record["profile"] = timer.profile

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -22,8 +22,8 @@ from bench import device_memory, report
 from bench.config import Options, TrainingSetup, default_setup, estimator_setup, speed_setups
 from bench.device_memory import MemoryCap
 from bench.runs import Cell, load_cell, log, run_setup, set_checkpointing, set_dropout
-from bench.workload import MAIN_CELLS, TINY, build_checkpoint, synthetic_dataset
-from qlora_helpers import memory, modeling
+from bench.workload import MAIN_CELLS, REAL_MODELS, TINY, build_checkpoint, synthetic_dataset
+from qlora_helpers import memory, modeling, offline_models
 from qlora_helpers.memory import GIB, ModelShape
 from qlora_helpers.notebook.results import code_commit, hardware, library_versions
 
@@ -40,9 +40,14 @@ class Session:
     def write(self) -> None:
         report.write_results(self.options.out, self.options.tag, self.results)
 
-    @property
-    def shapes(self) -> dict[str, ModelShape]:
-        return TINY if self.options.cpu else memory.QWEN2_5
+    def shape(self, key: str) -> ModelShape:
+        """The shape of model `key`: a Qwen2.5 size (a tiny stand-in on CPU) or a REAL_MODELS key."""
+        if key in REAL_MODELS:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(self.checkpoint(key))
+            return replace(ModelShape.from_config(config, REAL_MODELS[key].split(":")[-1]), qkv_bias=getattr(config, "attention_bias", False))
+        return (TINY if self.options.cpu else memory.QWEN2_5)[key]
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -55,8 +60,11 @@ class Session:
         return self.results.get("env", {}).get("fp16_matmul_tflops")
 
     def checkpoint(self, key: str) -> Path:
-        """The random checkpoint of model `key` ("0.5B", "1.5B", "7B"), built (uncapped) if missing."""
-        shape = self.shapes[key]
+        """The random checkpoint of model `key` ("0.5B", "1.5B", "7B"), built (uncapped) if missing, or
+        the folder of a REAL_MODELS key's real weights (converted once, offline_models.py)."""
+        if key in REAL_MODELS:
+            return Path(offline_models.resolve_model_id(REAL_MODELS[key]))
+        shape = self.shape(key)
         with self.cap.lifted():
             return build_checkpoint(shape, Path(self.options.models_dir) / shape.name, self.options.device)
 
@@ -65,7 +73,7 @@ class Session:
         keep_initial=False for a cell trained once (no copy of its trainable weights on CPU)."""
         folder = self.checkpoint(key)
         self.cap.start_cell()
-        return load_cell(folder, self.shapes[key], method, self.compute_dtype, keep_initial=keep_initial, **kwargs)
+        return load_cell(folder, self.shape(key), method, self.compute_dtype, keep_initial=keep_initial, **kwargs)
 
     def run(self, cell: Cell, data, setup: TrainingSetup, *, steps: int, warmup: int, **kwargs) -> dict:
         return run_setup(cell, data, setup, steps=steps, warmup=warmup, cap=self.cap,
@@ -126,7 +134,7 @@ def speed(session: Session) -> None:
     estimator_rows = results.setdefault("estimator", [])
     cells = [tuple(c.split(":")) for c in opts.cells] if opts.cells else MAIN_CELLS
     for key, method in cells:
-        shape = session.shapes[key]
+        shape = session.shape(key)
         log(f"speed: {shape.name} {method}")
         cell = session.load(key, method)
         info = loads[f"{shape.name}:{method}"] = cell.load_info
@@ -144,9 +152,11 @@ def speed(session: Session) -> None:
                     dynamic[length] = synthetic_dataset(opts.rows, shape.vocab_size, max_length=length)
                 data = dynamic[length]
             profiled = not opts.cpu and setup.name in ("tutorial", "library_default")
+            snapshot = (Path(opts.out) / f"{opts.tag}_{shape.name}_{setup.name}.snapshot.pickle.gz"
+                        if setup.name in opts.memory_snapshot else None)
             record = session.run(cell, data, setup, steps=opts.steps, warmup=opts.warmup,
-                                 peak_tflops=session.peak_tflops,
-                                 profile_step=opts.warmup + 2 if profiled else None)
+                                 peak_tflops=session.peak_tflops, snapshot_path=snapshot,
+                                 profile_step=opts.warmup + 2 if profiled and not snapshot else None)
             record.update(config=setup.name, profile_kind=opts.profile)
             runs.append(record)
             session.write()
@@ -223,7 +233,7 @@ def estimator(session: Session) -> None:
     session.cap.lift()  # 7B full / LoRA do not fit a T4: measure them anyway (still fp16)
     for key in ("0.5B", "1.5B", "7B"):
         for method in ("full", "lora", "qlora"):
-            shape = session.shapes[key]
+            shape = session.shape(key)
             if (shape.name, method) in done or (opts.cells and f"{key}:{method}" not in opts.cells):
                 continue
             log(f"estimator: {shape.name} {method}")
@@ -248,7 +258,7 @@ def probe(session: Session) -> None:
     device = "cpu" if opts.cpu else "cuda"
     for spec in opts.probe_cells or ["0.5B:full", "0.5B:lora", "0.5B:qlora"]:
         key, method = spec.split(":")
-        shape = session.shapes[key]
+        shape = session.shape(key)
         cell = session.load(key, method)
         model = cell.loaded.model
         model.train()

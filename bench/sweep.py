@@ -49,9 +49,13 @@ CANDIDATES: dict[str, dict] = {
     "qlora_b32_lr2e-4": dict(method="qlora", batch_size=32, learning_rate=2e-4),
     "qlora_b32_lr1e-3": dict(method="qlora", batch_size=32, learning_rate=1e-3),
     "qlora_b64_lr2e-3": dict(method="qlora", batch_size=64, learning_rate=2e-3),
+    # the step-cost levers together (bench/config.py lever_setups: "lever_all"): does accuracy hold?
+    "qlora_b64_lr2e-3_levers": dict(method="qlora", batch_size=64, learning_rate=2e-3, compile_layers=True,
+                                    optimizer="adamw_torch_fused", gradient_checkpointing=False),
 }
+# optimizer / gradient_checkpointing None: the method's default (qlora_helpers/defaults.py)
 SHARED = dict(epochs=2.0, gradient_accumulation=1, lora_r=16, lora_alpha=32, lora_dropout=0.0, max_length=64,
-              tutorial=False)
+              tutorial=False, compile_layers=False, optimizer=None, gradient_checkpointing=None)
 
 
 def candidate(name: str) -> dict:
@@ -94,7 +98,8 @@ def _worker(args) -> None:
     validation = data.stratified_subsample(validation, args.max_validation, seed=0)
     loaded = modeling.load_model(args.model, knobs["method"], num_labels=bank.num_labels,
                                  lora_r=knobs["lora_r"],
-                                 lora_alpha=knobs["lora_alpha"], lora_dropout=knobs["lora_dropout"])
+                                 lora_alpha=knobs["lora_alpha"], lora_dropout=knobs["lora_dropout"],
+                                 gradient_checkpointing=knobs["gradient_checkpointing"])
     max_length = 128 if knobs["tutorial"] else knobs["max_length"]
     train_rows = data.tokenize(train_split, loaded.tokenizer, max_length=max_length)
     val_rows = data.tokenize(validation, loaded.tokenizer, max_length=max_length)
@@ -102,7 +107,8 @@ def _worker(args) -> None:
         knobs["method"], output_dir=str(Path(args.work_dir) / knobs["name"]), epochs=knobs["epochs"],
         batch_size=knobs["batch_size"], gradient_accumulation=knobs["gradient_accumulation"],
         learning_rate=knobs["learning_rate"], max_length=max_length, save_steps=10**9, logging_steps=10,
-        group_by_length=not knobs["tutorial"], retry_on_oom=False)
+        group_by_length=not knobs["tutorial"], retry_on_oom=False, compile_layers=knobs["compile_layers"],
+        **({"optimizer": knobs["optimizer"]} if knobs["optimizer"] else {}))
     trainer, measure = training.build_trainer(loaded, train_rows, config)
     if knobs["tutorial"]:  # padding="max_length": every row 128 tokens, as the tutorials tokenize
         trainer.data_collator = training.LengthDroppingCollator(loaded.tokenizer, padding="max_length",

@@ -95,13 +95,14 @@ class StepTimer:
         self.hook.remove()
 
 
-def step_flops(shape: ModelShape, method: str, batches, *, checkpointing: bool, lora_r: int, real: bool = False):
+def step_flops(shape: ModelShape, method: str, batches, *, checkpointing: float, lora_r: int, real: bool = False):
     """(model FLOPs, hardware FLOPs) of one optimizer step's micro-batches.
 
     Per token: forward 2·N (N = matmul parameters: decoder linears + head), backward 4·N for full
     fine-tuning (activation and weight gradients) but 2·N for a frozen base (activation gradients
     only) plus 6·N_lora for the adapters; attention adds 4·L²·h per sequence and layer forward,
-    twice that backward. Hardware FLOPs add the recomputed forward of gradient checkpointing.
+    twice that backward. Hardware FLOPs add the recomputed forward of gradient checkpointing;
+    `checkpointing` is the share of layers recomputed (True: all, False: none, 0.5: every other).
     real=True counts only the real tokens (useful work), padded ones are what the GPU computes.
     """
     n = shape.matmul_params(NUM_LABELS)
@@ -117,11 +118,11 @@ def step_flops(shape: ModelShape, method: str, batches, *, checkpointing: bool, 
         forward = 2 * n * tokens + 2 * n_lora * tokens + attention_fwd
         backward = (4 * n * tokens if method == "full" else 2 * n * tokens + 4 * n_lora * tokens) + 2 * attention_fwd
         model += forward + backward
-        hardware += forward + backward + (forward if checkpointing else 0)
+        hardware += forward + backward + forward * float(checkpointing)
     return model, hardware
 
 
-def summarise_steps(timer: StepTimer, warmup: int, shape: ModelShape, method: str, *, checkpointing: bool,
+def summarise_steps(timer: StepTimer, warmup: int, shape: ModelShape, method: str, *, checkpointing: float,
                     lora_r: int, peak_tflops: float | None) -> dict:
     """Throughput over the optimizer steps after `warmup` (the profiled step and the one after it,
     which pays the profiler's teardown, left out). `steady_*` also leaves out each step whose padded

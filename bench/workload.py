@@ -24,6 +24,8 @@ PAD_ID = 0  # the tiny tokenizer's EOS, which load_tokenizer makes the pad token
 
 # The three notebooks' (model, method) pairs, and tiny stand-ins of their shapes for the CPU mode.
 MAIN_CELLS = (("7B", "qlora"), ("0.5B", "full"), ("1.5B", "lora"))
+# Cells on real weights instead of a random checkpoint (same on CPU and GPU): key -> offline model id.
+REAL_MODELS = {"smollm2": "offline:smollm2-135m"}
 TINY = {
     "0.5B": ModelShape("tiny-0.5B", 64, 160, 2, 4, 2, 2048, True),
     "1.5B": ModelShape("tiny-1.5B", 96, 224, 2, 6, 2, 2048, True),

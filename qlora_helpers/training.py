@@ -60,6 +60,10 @@ class TrainConfig:
     # On CUDA OOM: halve batch_size, double gradient_accumulation, retry from the starting weights
     # (kept in CPU memory meanwhile: for `full`, a copy of the whole model).
     retry_on_oom: bool = True
+    # torch.compile each decoder layer (compile_decoder_layers): fewer, fused kernels where a step is
+    # bound by kernel launches, not arithmetic; the first steps pay for compiling. Off by default: see
+    # bench/results/SUMMARY.md ("Step cost") for what it bought and why it is not a default.
+    compile_layers: bool = False
 
 
 def default_train_config(method: str, **overrides) -> TrainConfig:
@@ -197,9 +201,32 @@ def training_arguments(loaded: LoadedModel, config: TrainConfig) -> TrainingArgu
     )
 
 
+def compile_decoder_layers(model: torch.nn.Module) -> int:
+    """torch.compile every decoder layer of `model` in place; returns how many were compiled.
+
+    Regional compilation (PyTorch's recipe for models built of repeated blocks): the layers share
+    one compiled graph, so compiling costs about one layer's time, not the model's, and the parts
+    that do not trace well (the head, the loss, peft's wrappers) stay eager. A decoder layer is
+    what transformers checkpoints (`GradientCheckpointingLayer`); a layer already compiled is
+    left alone. ValueError if the model has none (then there is nothing this knob can speed up).
+    """
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no decoder layers that transformers can checkpoint: "
+                         "train it with compile_layers=False.")
+    for layer in layers:
+        if getattr(layer, "_compiled_call_impl", None) is None:
+            layer.compile()
+    return len(layers)
+
+
 def build_trainer(loaded: LoadedModel, train_dataset, config: TrainConfig) -> tuple[Trainer, MeasureCallback]:
     """A Trainer with `training_arguments`, our collator and the measuring callback."""
     set_seed(config.seed)
+    if config.compile_layers:
+        compile_decoder_layers(loaded.model)
     args = training_arguments(loaded, config)
     collator = LengthDroppingCollator(loaded.tokenizer, pad_to_multiple_of=config.pad_to_multiple_of)
     measure = MeasureCallback(loaded.model, args.fp16)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from qlora_helpers import defaults
+from qlora_helpers import defaults, modeling
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ def cpu_run(tmp_path_factory):
     results = bench.main(common + ["--sections", "env,build,speed,upcast,probe", "--build", "7B",
                                    "--cells", "7B:qlora,0.5B:full,1.5B:lora", "--probe-cells", "0.5B:lora",
                                    "--upcast-model", "0.5B", "--tag", "cpu_test",
-                                   "--only-configs", "tutorial,kaggle_t4_profile,library_default"])
+                                   "--only-configs", "tutorial,kaggle_t4_profile,library_default,lever_half_checkpointing"])
     estimator = bench.main(common + ["--sections", "estimator", "--cells", "0.5B:qlora", "--tag", "cpu_test_est"])
     results["estimator"] += estimator["estimator"]
     torch.set_num_threads(threads)  # the tests after this one train real models on every core
@@ -102,7 +102,7 @@ def test_speed_setups_train_the_micro_batch_their_names_say():
 
     named = [(s, int(s.name[1:].split("_")[0])) for m in defaults.METHODS for s in speed_setups(m)
              if s.name[0] == "b" and s.name[1:].split("_")[0].isdigit()]
-    assert len(named) == 8
+    assert len(named) == 9
     assert [(s.name, s.train.batch_size) for s, n in named if s.train.batch_size != n] == []
 
 
@@ -151,3 +151,18 @@ def test_t4_estimate_batches_every_row_once_and_pads_as_each_recipe_does():
     assert all(length % 8 == 0 for _, length, _ in grouped)
     # grouping by length pads far less than padding every row to 128
     assert sum(b * l for b, l, _ in grouped) < sum(b * l for b, l, _ in tutorial) / 5
+
+
+def test_partial_checkpointing_recomputes_every_other_layer(tiny_qwen2):
+    """The half-checkpointing lever checkpoints layers 0, 2, 4, ... and only those; off clears all."""
+    _load("benchmark")
+    from bench.runs import set_checkpointing
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    loaded = modeling.load_model(tiny_qwen2, "qlora")
+    layers = [m for m in loaded.model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    assert len(layers) >= 2
+    set_checkpointing(loaded.model, True, every=2)
+    assert [layer.gradient_checkpointing for layer in layers] == [i % 2 == 0 for i in range(len(layers))]
+    set_checkpointing(loaded.model, False)
+    assert not any(layer.gradient_checkpointing for layer in layers)
