@@ -113,7 +113,9 @@ def lever_setups(method: str) -> list[TrainingSetup]:
     levers = [TrainingSetup("lever_fused_adamw", fused, ckpt, chosen.lora_dropout),
               TrainingSetup("lever_compiled_layers", compiled, ckpt, chosen.lora_dropout)]
     if ckpt:
-        levers += [TrainingSetup("lever_no_checkpointing", base, False, chosen.lora_dropout),
+        levers += [TrainingSetup("lever_compiled_fused_adamw", replace(fused, compile_layers=True), ckpt,
+                                 chosen.lora_dropout),
+                   TrainingSetup("lever_no_checkpointing", base, False, chosen.lora_dropout),
                    TrainingSetup("lever_half_checkpointing", base, True, chosen.lora_dropout, checkpoint_every=2),
                    TrainingSetup("lever_all_half_checkpointing", replace(fused, compile_layers=True), True,
                                  chosen.lora_dropout, checkpoint_every=2)]

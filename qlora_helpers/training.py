@@ -202,13 +202,17 @@ def training_arguments(loaded: LoadedModel, config: TrainConfig) -> TrainingArgu
 
 
 def compile_decoder_layers(model: torch.nn.Module) -> int:
-    """torch.compile every decoder layer of `model` in place; returns how many were compiled.
+    """torch.compile every decoder layer of `model` in place; returns how many layers were compiled.
 
     Regional compilation (PyTorch's recipe for models built of repeated blocks): the layers share
     one compiled graph, so compiling costs about one layer's time, not the model's, and the parts
     that do not trace well (the head, the loss, peft's wrappers) stay eager. A decoder layer is
-    what transformers checkpoints (`GradientCheckpointingLayer`); a layer already compiled is
-    left alone. ValueError if the model has none (then there is nothing this knob can speed up).
+    what transformers checkpoints (`GradientCheckpointingLayer`). A layer that checkpoints its
+    activations has its blocks (attention, MLP, norms) compiled instead of itself: the eager
+    checkpoint around them then keeps only the layer's input, while a compiled layer around the
+    checkpoint kept its activations (7B QLoRA under the T4 cap ran out of memory that way,
+    bench/results/SUMMARY.md). Modules already compiled are left alone. ValueError if the model
+    has no decoder layers (then there is nothing this knob can speed up).
     """
     from transformers.modeling_layers import GradientCheckpointingLayer
 
@@ -217,8 +221,9 @@ def compile_decoder_layers(model: torch.nn.Module) -> int:
         raise ValueError(f"{type(model).__name__} has no decoder layers that transformers can checkpoint: "
                          "train it with compile_layers=False.")
     for layer in layers:
-        if getattr(layer, "_compiled_call_impl", None) is None:
-            layer.compile()
+        for module in layer.children() if layer.gradient_checkpointing else [layer]:
+            if getattr(module, "_compiled_call_impl", None) is None:
+                module.compile()
     return len(layers)
 
 

@@ -134,8 +134,10 @@ def test_compiled_decoder_layers_train_as_the_eager_ones(tiny_qwen2, small_split
                                                batch_size=16, logging_steps=1, save_steps=1000,
                                                compile_layers=compiled)
         losses[compiled] = training.train(loaded, rows, config).losses
-        layers = [m for m in loaded.model.modules() if getattr(m, "_compiled_call_impl", None) is not None]
-        assert len(layers) == (loaded.model.config.num_hidden_layers if compiled else 0)
+        compiled_modules = [m for m in loaded.model.modules() if getattr(m, "_compiled_call_impl", None) is not None]
+        # checkpointed layers (QLoRA's default) compile their blocks, so the checkpoint stays eager around them
+        assert {type(m).__name__ for m in compiled_modules} == (
+            {"Qwen2Attention", "Qwen2MLP", "Qwen2RMSNorm"} if compiled else set())
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
     with pytest.raises(ValueError, match="compile_layers=False"):
         training.compile_decoder_layers(torch.nn.Linear(4, 4))
