@@ -59,7 +59,7 @@ for name in "$@"; do
           case $(basename "$f") in tokenizer*|special_tokens*) ;; *) ln -s "$f" /tmp/qlora_two_gpus/qwen2.5-7b-random/ ;; esac
         done
       fi
-      python3 bench/two_gpus.py --parts speed --speed-train-samples 6000 --tag h200x2_t4_long \
+      python3 bench/two_gpus.py --parts speed --speed-train-samples 4000 --tag h200x2_t4_long \
         --out-dir "$WORK/results" > "$WORK/two_gpus_speed.log" 2>&1; finished "$WORK/two_gpus_speed.log" ;;
     compiled-blocks)
       (CUDA_VISIBLE_DEVICES=0 $B --sections env,speed --cells 7B:qlora --steps 25 --warmup 3 \
@@ -68,6 +68,14 @@ for name in "$@"; do
       (CUDA_VISIBLE_DEVICES=1 $B --sections env,speed --cells smollm2:qlora,1.5B:lora --steps 40 --warmup 3 \
          --only-configs kaggle_t4_profile,library_default,lever_compiled_layers,lever_compiled_fused_adamw,lever_all \
          --tag run5_h200_t4_smollm2 > "$WORK/run5_smollm2.log" 2>&1; finished "$WORK/run5_smollm2.log") &
+      wait ;;
+    retry)  # the lease lapsed before measure's and two-gpus-speed's files came back: their key parts again
+      (CUDA_VISIBLE_DEVICES=0 $B --sections env,build,speed --build 7B --cells 7B:qlora --steps 25 --warmup 3 \
+         --only-configs library_default,lever_compiled_layers,lever_compiled_fused_adamw \
+         --tag run5_h200_t4 > "$WORK/run5.log" 2>&1; finished "$WORK/run5.log") &
+      (python3 bench/sweep.py run --gpus 1 --tag h200_t4_levers --max-seconds 200 --max-train 4500 \
+         --out-dir "$WORK/results" --work-dir /tmp/sweep_work --candidates qlora_b64_lr2e-3,qlora_b64_lr2e-3_levers \
+         > "$WORK/sweep_levers.log" 2>&1; finished "$WORK/sweep_levers.log") &
       wait ;;
     *) echo "unknown phase $name" >&2; exit 2 ;;
   esac
