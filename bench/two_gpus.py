@@ -64,7 +64,7 @@ def main(argv=None) -> None:
     parser.add_argument("--chosen", help="JSON file from `bench/sweep.py choose`: its qlora knobs replace the profile's")
     args = parser.parse_args(argv)
     from bench.workload import build_checkpoint
-    from qlora_helpers import memory, modeling, offline_models
+    from qlora_helpers import defaults, memory, modeling, offline_models
     from qlora_helpers.notebook import results
     from qlora_helpers.runners import profiles
 
@@ -75,6 +75,9 @@ def main(argv=None) -> None:
         chosen = json.loads(Path(args.chosen).read_text())["qlora"]
         knobs.update({k: chosen[k] for k in ("batch_size", "gradient_accumulation", "learning_rate", "lora_dropout",
                                              "epochs")})
+    chosen_defaults = defaults.for_method("qlora")  # a knob the profile leaves out is the method's default
+    knobs = {**{k: getattr(chosen_defaults, k) for k in ("batch_size", "gradient_accumulation", "learning_rate",
+                                                          "lora_dropout", "epochs")}, **knobs}
     tuned = {k: knobs[k] for k in ("learning_rate", "lora_dropout", "gradient_accumulation")}
     commit = results.code_commit()
     out = Path(args.out_dir) / f"two_gpus_{args.tag}"
