@@ -9,6 +9,7 @@ On CPU there is no cap, nothing is allocated on a device, and peaks are the proc
 from __future__ import annotations
 
 import gc
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -73,6 +74,19 @@ class MemoryCap:
             yield
         finally:
             free()
+            self._apply()
+
+    @contextmanager
+    def loading(self):
+        """Around a model load: `load_model` applies $QLORA_EMULATE_GPU's T4 cap itself (the
+        notebooks' path), which would undo a lifted cap and ignore the cell's baseline. With the cap
+        lifted the variable is hidden during the load; afterwards this cap is put back either way."""
+        hidden = os.environ.pop(emulation.ENV_VAR, None) if self.cap_bytes is None else None
+        try:
+            yield
+        finally:
+            if hidden is not None:
+                os.environ[emulation.ENV_VAR] = hidden
             self._apply()
 
     def _apply(self) -> None:

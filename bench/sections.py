@@ -73,7 +73,9 @@ class Session:
         keep_initial=False for a cell trained once (no copy of its trainable weights on CPU)."""
         folder = self.checkpoint(key)
         self.cap.start_cell()
-        return load_cell(folder, self.shape(key), method, self.compute_dtype, keep_initial=keep_initial, **kwargs)
+        compute_dtype = self.compute_dtype  # read before a lifted cap hides the T4 profile's variable
+        with self.cap.loading():
+            return load_cell(folder, self.shape(key), method, compute_dtype, keep_initial=keep_initial, **kwargs)
 
     def run(self, cell: Cell, data, setup: TrainingSetup, *, steps: int, warmup: int, **kwargs) -> dict:
         return run_setup(cell, data, setup, steps=steps, warmup=warmup, cap=self.cap,

@@ -26,23 +26,37 @@ sys.path.insert(0, str(REPO))
 NOTEBOOK = "03_qlora_qwen2.5_7b"
 
 
-def launch(processes: int, run_dir: Path, overrides: dict, log: Path) -> dict:
-    """Run notebook 03's steps on `processes` GPUs; return its results.json plus the wall time."""
+def launch_settings(processes: int, overrides: dict) -> tuple[list[str], dict]:
+    """The command and environment that run notebook 03's steps on `processes` GPUs. A one-process
+    run sees only the first GPU and is told not to use all GPUs: a notebook on a machine with two
+    trains on both by itself (use_all_gpus), which once made the "one GPU" row a two-GPU run."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "-m", "qlora_helpers.runners.train_all_gpus", "--profile", "smollm2-t4", "--notebook", NOTEBOOK,
-               "--run-dir", str(run_dir)]
+               "-m", "qlora_helpers.runners.train_all_gpus", "--profile", "smollm2-t4", "--notebook", NOTEBOOK]
+    env = dict(os.environ, QLORA_EMULATE_GPU="t4", PYTHONUNBUFFERED="1")
+    if processes == 1:
+        overrides = {**overrides, "use_all_gpus": False}
+        env["CUDA_VISIBLE_DEVICES"] = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
     for key, value in overrides.items():
         command += ["--set", f"{key}={value!r}"]
+    return command, env
+
+
+def launch(processes: int, run_dir: Path, overrides: dict, log: Path) -> dict:
+    """Run notebook 03's steps on `processes` GPUs; return its results.json plus the wall time.
+    A run whose results record another number of processes than asked gets that as its status."""
+    command, env = launch_settings(processes, overrides)
     start = time.perf_counter()
     with open(log, "w") as out:
-        code = subprocess.run(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                              env=dict(os.environ, QLORA_EMULATE_GPU="t4", PYTHONUNBUFFERED="1")).returncode
+        code = subprocess.run(command + ["--run-dir", str(run_dir)], cwd=REPO, stdout=out,
+                              stderr=subprocess.STDOUT, env=env).returncode
     wall = time.perf_counter() - start
     if code != 0:
         return {"status": f"exit {code}", "wall_seconds": wall, "log_tail": log.read_text()[-2000:]}
     record = json.loads((run_dir / NOTEBOOK / "results.json").read_text())
-    return {"status": "ok", "wall_seconds": wall, "processes": processes,
+    ran = record["training"].get("processes", 1)
+    return {"status": "ok" if ran == processes else f"ran on {ran} GPUs, not {processes}",
+            "wall_seconds": wall, "processes": ran,
             "examples_per_second": record["training"]["examples_per_second"],
             "train_seconds": record["training"]["train_seconds"], "steps": record["training"]["steps"],
             "examples": record["training"]["examples"], "per_gpu_batch": record["training"]["batch_size"],
@@ -50,6 +64,28 @@ def launch(processes: int, run_dir: Path, overrides: dict, log: Path) -> dict:
             "accuracy": record["metrics"]["accuracy"], "macro_f1": record["metrics"]["macro_f1"],
             "parameters": record["config"]["parameters"], "hardware": record["hardware"],
             "versions": record["versions"]}
+
+
+def markdown(report: dict) -> str:
+    """The table of a report: per part, each run's speed against the part's one-GPU run. A run that
+    did not run as asked (status other than ok) shows its status and no speed-up, nor serves as the
+    one-GPU baseline."""
+    lines = [f"# One vs two GPUs ({report['tag']}, commit {report['commit']})", "",
+             "| part | GPUs asked | GPUs used | per-GPU batch | examples/s | speed-up | train s | steps | "
+             "peak GiB/GPU | test acc | macro-F1 | status |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for part in ("speed", "accuracy"):
+        one = report[part].get("1", {})
+        one_eps = one.get("examples_per_second") if one.get("status") == "ok" else None
+        for n, r in sorted(report[part].items()):
+            if "examples_per_second" not in r:
+                lines.append(f"| {part} | {n} | | | | | | | | | | {r['status']} |")
+                continue
+            speedup = f"{r['examples_per_second'] / one_eps:.2f}x" if one_eps and r["status"] == "ok" else "-"
+            lines.append(f"| {part} | {n} | {r.get('processes', '?')} | {r['per_gpu_batch']} | "
+                         f"{r['examples_per_second']:.1f} | {speedup} | {r['train_seconds']:.0f} | {r['steps']} | "
+                         f"{r['peak_memory_gib']:.2f} | {r['accuracy']:.2%} | {r['macro_f1']:.3f} | {r['status']} |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> None:
@@ -111,22 +147,9 @@ def main(argv=None) -> None:
                 work / f"accuracy{n}.log")
             print(f"SmolLM2 QLoRA on {n} GPU(s): {report['accuracy'][str(n)]}", flush=True)
             out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str))
-    lines = [f"# One vs two GPUs ({args.tag}, commit {commit})", "",
-             "| part | GPUs | per-GPU batch | examples/s | speed-up | train s | steps | peak GiB/GPU | test acc | macro-F1 | status |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for part in ("speed", "accuracy"):
-        one = report[part].get("1", {}).get("examples_per_second")
-        for n, r in sorted(report[part].items()):
-            if r["status"] != "ok":
-                lines.append(f"| {part} | {n} | | | | | | | | | {r['status']} |")
-                continue
-            speedup = f"{r['examples_per_second'] / one:.2f}x" if one else "-"
-            lines.append(f"| {part} | {n} | {r['per_gpu_batch']} | {r['examples_per_second']:.1f} | "
-                         f"{speedup} | {r['train_seconds']:.0f} | {r['steps']} | {r['peak_memory_gib']:.2f} | "
-                         f"{r['accuracy']:.2%} | {r['macro_f1']:.3f} | ok |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
+    text = markdown(report)
+    out.with_suffix(".md").write_text(text)
+    print(text)
 
 if __name__ == "__main__":
     main()

@@ -223,7 +223,7 @@ def compile_decoder_layers(model: torch.nn.Module) -> int:
     for layer in layers:
         for module in layer.children() if layer.gradient_checkpointing else [layer]:
             if getattr(module, "_compiled_call_impl", None) is None:
-                module.compile()
+                module.compile(dynamic=True)  # symbolic batch and length: one graph for every batch
     return len(layers)
 
 
