@@ -59,7 +59,7 @@ for name in "$@"; do
           case $(basename "$f") in tokenizer*|special_tokens*) ;; *) ln -s "$f" /tmp/qlora_two_gpus/qwen2.5-7b-random/ ;; esac
         done
       fi
-      python3 bench/two_gpus.py --parts speed --speed-train-samples 4000 --tag h200x2_t4_long \
+      python3 bench/two_gpus.py --parts speed --speed-train-samples 3000 --tag h200x2_t4_long \
         --out-dir "$WORK/results" > "$WORK/two_gpus_speed.log" 2>&1; finished "$WORK/two_gpus_speed.log" ;;
     compiled-blocks)
       (CUDA_VISIBLE_DEVICES=0 $B --sections env,speed --cells 7B:qlora --steps 25 --warmup 3 \
