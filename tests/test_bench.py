@@ -111,6 +111,10 @@ def test_summary_rebuilds_from_committed_results(tmp_path):
     text = summarize.main(out_path=tmp_path / "SUMMARY.md")
     assert "## Training speed and memory (T4 profile on the H200)" in text
     assert "b128_dropout0:long" in text and "+0.015% vs the floor" in text
+    # runs that record their commit (today's code) get their own section, levers against the default
+    current, older = text.split("## Older code")
+    assert "| run5_h200_t4 | Qwen2.5-7B qlora | lever_compiled_fused_adamw | 132.8 | 1.27x |" in current
+    assert "| run5 |" not in older.split("## 7B QLoRA footprint")[0]
     assert (tmp_path / "SUMMARY.md").read_text() == text
 
 
