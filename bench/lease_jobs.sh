@@ -12,9 +12,8 @@
 #                     then their validation accuracy against today's QLoRA default (sweep_h200_t4_levers);
 #                     then GPU 0: Unsloth on the same 7B checkpoint and batch (unsloth_h200_t4.json)
 #   two-gpus-speed    the 7B QLoRA shape on one GPU against two (two_gpus_h200x2_t4_long)
-#   compiled-blocks   after compile_decoder_layers compiled a checkpointed layer's blocks instead of
-#                     the layer (a compiled layer around the checkpoint ran out of memory): 7B QLoRA
-#                     on GPU 0 (run5_h200_t4), SmolLM2 and the 1.5B's LoRA on GPU 1 (run5_h200_t4_smollm2)
+#   retry             after the first lease lapsed (its files lost): run 5, 7B QLoRA with the compiled
+#                     blocks on GPU 0, and the levers' accuracy sweep on GPU 1
 set -u
 WORK=${1:?a work folder}
 shift
@@ -61,14 +60,6 @@ for name in "$@"; do
       fi
       python3 bench/two_gpus.py --parts speed --speed-train-samples 3000 --tag h200x2_t4_long \
         --out-dir "$WORK/results" > "$WORK/two_gpus_speed.log" 2>&1; finished "$WORK/two_gpus_speed.log" ;;
-    compiled-blocks)
-      (CUDA_VISIBLE_DEVICES=0 $B --sections env,speed --cells 7B:qlora --steps 25 --warmup 3 \
-         --only-configs library_default,lever_fused_adamw,lever_compiled_layers,lever_compiled_fused_adamw \
-         --tag run5_h200_t4 > "$WORK/run5.log" 2>&1; finished "$WORK/run5.log") &
-      (CUDA_VISIBLE_DEVICES=1 $B --sections env,speed --cells smollm2:qlora,1.5B:lora --steps 40 --warmup 3 \
-         --only-configs kaggle_t4_profile,library_default,lever_compiled_layers,lever_compiled_fused_adamw,lever_all \
-         --tag run5_h200_t4_smollm2 > "$WORK/run5_smollm2.log" 2>&1; finished "$WORK/run5_smollm2.log") &
-      wait ;;
     retry)  # the lease lapsed before measure's and two-gpus-speed's files came back: their key parts again
       (CUDA_VISIBLE_DEVICES=0 $B --sections env,build,speed --build 7B --cells 7B:qlora --steps 25 --warmup 3 \
          --only-configs library_default,lever_compiled_layers,lever_compiled_fused_adamw \

@@ -98,13 +98,10 @@ def set_dropout(model, p: float) -> None:
 
 def set_checkpointing(model, on: bool, every: int = 1) -> None:
     """Activation checkpointing off, or on for every `every`-th decoder layer (1: all of them)."""
-    from transformers.modeling_layers import GradientCheckpointingLayer
-
     base = modeling.base_model(model)
     if on:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        layers = [m for m in base.modules() if isinstance(m, GradientCheckpointingLayer)]
-        for index, layer in enumerate(layers):
+        for index, layer in enumerate(modeling.decoder_layers(base)):
             layer.gradient_checkpointing = index % every == 0
     else:
         base.gradient_checkpointing_disable()
@@ -120,7 +117,7 @@ def uncompile_layers(model) -> None:
 class MemorySnapshot:
     """Record the CUDA allocator's history (every allocation and free, with Python stacks) from the
     start of training until the end of optimizer step `step`, then save it as a gzipped pickle that
-    https://pytorch.org/memory_viz (or bench/results/peak_growth/snapshot_peak.py) reads."""
+    https://pytorch.org/memory_viz reads."""
 
     def __init__(self, path: Path, step: int = 2, max_entries: int = 200_000):
         from transformers import TrainerCallback

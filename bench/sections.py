@@ -46,7 +46,8 @@ class Session:
             from transformers import AutoConfig
 
             config = AutoConfig.from_pretrained(self.checkpoint(key))
-            return replace(ModelShape.from_config(config, REAL_MODELS[key].split(":")[-1]), qkv_bias=getattr(config, "attention_bias", False))
+            shape = ModelShape.from_config(config, REAL_MODELS[key].split(":")[-1])
+            return replace(shape, qkv_bias=getattr(config, "attention_bias", False))
         return (TINY if self.options.cpu else memory.QWEN2_5)[key]
 
     @property

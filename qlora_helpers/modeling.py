@@ -499,6 +499,14 @@ def base_model(model: torch.nn.Module) -> torch.nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's decoder layers, in order: the modules transformers checkpoints one by one
+    (`GradientCheckpointingLayer`); empty for a model built otherwise."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [module for module in model.modules() if isinstance(module, GradientCheckpointingLayer)]
+
+
 def head_parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The trainable classification-head tensors (the PEFT copy under `modules_to_save`, if any)."""
     return {name: param for name, param in model.named_parameters()

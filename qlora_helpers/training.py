@@ -23,7 +23,7 @@ from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, Trai
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from . import atomic, defaults
+from . import atomic, defaults, modeling
 from .distributed import is_main_process, sum_across_processes, world_size
 from .modeling import LoadedModel
 
@@ -214,9 +214,7 @@ def compile_decoder_layers(model: torch.nn.Module) -> int:
     bench/results/SUMMARY.md). Modules already compiled are left alone. ValueError if the model
     has no decoder layers (then there is nothing this knob can speed up).
     """
-    from transformers.modeling_layers import GradientCheckpointingLayer
-
-    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    layers = modeling.decoder_layers(model)
     if not layers:
         raise ValueError(f"{type(model).__name__} has no decoder layers that transformers can checkpoint: "
                          "train it with compile_layers=False.")

@@ -161,10 +161,8 @@ def test_partial_checkpointing_recomputes_every_other_layer(tiny_qwen2):
     """The half-checkpointing lever checkpoints layers 0, 2, 4, ... and only those; off clears all."""
     _load("benchmark")
     from bench.runs import set_checkpointing
-    from transformers.modeling_layers import GradientCheckpointingLayer
-
     loaded = modeling.load_model(tiny_qwen2, "qlora")
-    layers = [m for m in loaded.model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    layers = modeling.decoder_layers(loaded.model)
     assert len(layers) >= 2
     set_checkpointing(loaded.model, True, every=2)
     assert [layer.gradient_checkpointing for layer in layers] == [i % 2 == 0 for i in range(len(layers))]
