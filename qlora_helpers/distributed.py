@@ -75,6 +75,13 @@ def sum_across_processes(values: list[int]) -> list[int]:
     return [int(sum(column)) for column in zip(*all_gather(list(values)))]
 
 
+def end_process_group() -> None:
+    """Shut down the process group the Trainer set up, if any, before the process exits (else
+    NCCL warns that resources leaked)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def gpus_to_train_on(use_all_gpus: bool = True) -> int:
     """How many data-parallel processes a notebook's training cell runs: every visible GPU when
     there are several (Kaggle's "GPU T4 x2") and `use_all_gpus`; else 1 (a CPU, one GPU, or a

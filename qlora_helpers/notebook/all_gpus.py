@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .. import atomic, training
-from ..distributed import is_main_process
+from ..distributed import end_process_group, is_main_process
 from ..modeling import LoadedModel, base_model, quantization_settings
 from . import experiment
 from .parameters import NotebookParameters
@@ -130,8 +130,7 @@ def train_from_spec(spec_path: Path) -> None:
         with atomic.folder(spec_path.parent / TRAINED_FOLDER) as staging:
             save_file(weights, staging / "weights.safetensors")
             (staging / "stats.json").write_text(json.dumps(dataclasses.asdict(stats)))
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()  # else NCCL warns of leaked resources at exit
+    end_process_group()
 
 
 if __name__ == "__main__":

@@ -20,9 +20,7 @@ import argparse
 import os
 from pathlib import Path
 
-import torch
-
-from ..distributed import is_main_process, world_size
+from ..distributed import end_process_group, is_main_process, world_size
 from ..notebook import experiment
 from ..notebook.parameters import NotebookParameters
 from . import profiles, runner
@@ -64,8 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     if is_main_process():
         print(f"{args.notebook} on {world_size()} process(es): accuracy {record['metrics']['accuracy']:.2%}, "
               f"{record['training']['examples_per_second']:.1f} examples/s")
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()  # else NCCL warns of leaked resources at exit
+    end_process_group()
 
 
 if __name__ == "__main__":
