@@ -14,6 +14,12 @@
 #   two-gpus-speed    the 7B QLoRA shape on one GPU against two (two_gpus_h200x2_t4_long)
 #   retry             after the first lease lapsed (its files lost): run 5, 7B QLoRA with the compiled
 #                     blocks on GPU 0, and the levers' accuracy sweep on GPU 1
+#   two-gpus-full     the 7B QLoRA shape on one GPU against two over all 10,003 training rows, with a
+#                     true one-GPU baseline (two_gpus_h200x2_t4_full)
+#   closeout          GPU 0: 7B QLoRA with the compiled blocks (symbolic shapes) and fused AdamW
+#                     (run6_h200_t4), the three estimator cells run 4 lost to the cap bug
+#                     (run6_h200_estimator), then Unsloth's row again for its JSON; GPU 1: the levers
+#                     on real SmolLM2-135M again for their JSON (run6_h200_t4_smollm2)
 set -u
 WORK=${1:?a work folder}
 shift
@@ -67,6 +73,23 @@ for name in "$@"; do
       (python3 bench/sweep.py run --gpus 1 --tag h200_t4_levers --max-seconds 200 --max-train 4500 \
          --out-dir "$WORK/results" --work-dir /tmp/sweep_work --candidates qlora_b64_lr2e-3,qlora_b64_lr2e-3_levers \
          > "$WORK/sweep_levers.log" 2>&1; finished "$WORK/sweep_levers.log") &
+      wait ;;
+    two-gpus-full)
+      python3 bench/two_gpus.py --parts speed --speed-train-samples 10003 --tag h200x2_t4_full \
+        --out-dir "$WORK/results" > "$WORK/two_gpus_full.log" 2>&1; finished "$WORK/two_gpus_full.log" ;;
+    closeout)
+      (CUDA_VISIBLE_DEVICES=0 $B --sections env,build,speed --build 7B --cells 7B:qlora --steps 25 --warmup 3 \
+         --only-configs library_default,lever_compiled_layers,lever_compiled_fused_adamw \
+         --tag run6_h200_t4 > "$WORK/run6.log" 2>&1; finished "$WORK/run6.log"
+       CUDA_VISIBLE_DEVICES=0 $B --sections env,estimator --cells 1.5B:full,7B:full,7B:lora \
+         --tag run6_h200_estimator > "$WORK/run6_estimator.log" 2>&1; finished "$WORK/run6_estimator.log"
+       . bench/lease_setup.sh > "$WORK/setup_unsloth.log" 2>&1  # installs Unsloth if its wheels came since
+       CUDA_VISIBLE_DEVICES=0 PYTHONPATH=/tmp/site_unsloth:$PWD python3 bench/unsloth_row.py --max-length 64 \
+         --model /tmp/qlora_bench_models/Qwen2.5-7B --out "$WORK/results/unsloth_h200_t4.json" > "$WORK/unsloth.log" 2>&1
+       finished "$WORK/unsloth.log") &
+      (CUDA_VISIBLE_DEVICES=1 $B --sections env,speed --cells smollm2:qlora --steps 40 --warmup 3 \
+         --only-configs tutorial,library_default,$LEVERS --tag run6_h200_t4_smollm2 > "$WORK/run6_smollm2.log" 2>&1
+       finished "$WORK/run6_smollm2.log") &
       wait ;;
     *) echo "unknown phase $name" >&2; exit 2 ;;
   esac
