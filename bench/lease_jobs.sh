@@ -20,6 +20,8 @@
 #                     (run6_h200_t4), the three estimator cells run 4 lost to the cap bug
 #                     (run6_h200_estimator), then Unsloth's row again for its JSON; GPU 1: the levers
 #                     on real SmolLM2-135M again for their JSON (run6_h200_t4_smollm2)
+#   estimator-rest    the five estimator cells whose only record on today's code was run 4's transcript
+#                     (run7_h200_estimator), on one GPU
 set -u
 WORK=${1:?a work folder}
 shift
@@ -91,6 +93,9 @@ for name in "$@"; do
          --only-configs tutorial,library_default,$LEVERS --tag run6_h200_t4_smollm2 > "$WORK/run6_smollm2.log" 2>&1
        finished "$WORK/run6_smollm2.log") &
       wait ;;
+    estimator-rest)
+      CUDA_VISIBLE_DEVICES=0 $B --sections env,estimator --cells 0.5B:full,0.5B:lora,0.5B:qlora,1.5B:lora,1.5B:qlora \
+        --tag run7_h200_estimator > "$WORK/run7_estimator.log" 2>&1; finished "$WORK/run7_estimator.log" ;;
     *) echo "unknown phase $name" >&2; exit 2 ;;
   esac
 done
