@@ -46,7 +46,8 @@ def speed_rows(runs: dict[str, dict]) -> list[dict]:
                 load = result.get("loads", {}).get(f"{r['model']}:{r['method']}", {})
                 peak -= load.get("allocated_before_bytes", 0)
             eps = r.get("examples_per_second")
-            rows.append({**r, "run": tag, "peak_gib": peak / GIB, "tflops": tflops,
+            rows.append({**r, "run": tag, "commit": result.get("env", {}).get("commit"), "peak_gib": peak / GIB,
+                         "tflops": tflops,
                          "vs_tutorial": eps / tutorial[r["method"]] if eps and tutorial.get(r["method"]) else None})
     return rows
 
@@ -143,10 +144,35 @@ def step_cost_section(current: dict[str, dict], results_dir: Path) -> list[str]:
         ratio = f"{eps / base['examples_per_second']:.2f}x" if eps and base else "-"
         lines.append(f"| {r['run']} | {r['model']} {r['method']} | {r['config']} | {_f(eps)} | {ratio} | "
                      f"{r['peak_gib']:.2f} | {r['status']} |")
-    lines += [""] + speed_table(rows) + [""] + profile_table(rows)
+    lines += [""] + speed_table(rows) + [""] + profile_table(rows) + unsloth_table(results_dir, rows)
     for transcript in sorted(results_dir.glob("run*_transcript.md")):
         lines += _demoted(transcript)
     return lines
+
+
+def unsloth_table(results_dir: Path, rows: list[dict]) -> list[str]:
+    """Unsloth's rows (bench/unsloth_row.py: same random 7B checkpoint, micro-batch, max_length and
+    T4 profile), each against the 7B QLoRA `library_default` of the benchmark run at its commit."""
+    found = [(p, json.loads(p.read_text())) for p in sorted(results_dir.glob("unsloth_*.json"))]
+    if not found:
+        return []
+    lines = ["### Unsloth on the same shape (bench/unsloth_row.py)", "",
+             "Unsloth's own loader, LoRA, kernels and checkpointing in a plain torch loop (paged 8-bit AdamW, fp16, "
+             "allocator capped at 14.5 GiB), on the benchmark's random 7B checkpoint; against our default in a "
+             "benchmark run of the same commit on the same machine.", "",
+             "| file | commit | unsloth | transformers | micro-batch x max len | ex/s | peak GiB | our default ex/s "
+             "(run) | x our default | status |", "|" + " --- |" * 10]
+    for path, r in found:
+        base = next((b for b in rows if b.get("commit") == r.get("commit") and b["model"] == "Qwen2.5-7B"
+                     and b["method"] == "qlora" and b["config"] == "library_default"
+                     and b.get("examples_per_second")), None)
+        eps, versions = r.get("examples_per_s"), r.get("versions", {})
+        ours = f"{base['examples_per_second']:.1f} ({base['run']})" if base else "-"
+        ratio = f"{eps / base['examples_per_second']:.2f}x" if eps and base else "-"
+        lines.append(f"| {path.name} | {r.get('commit', '-')} | {versions.get('unsloth')} | "
+                     f"{versions.get('transformers')} | {r['args']['batch_size']} x {r['args']['max_length']} | "
+                     f"{_f(eps)} | {_f(r.get('peak_memory_gib'), '{:.2f}')} | {ours} | {ratio} | {r['status']} |")
+    return lines + [""]
 
 
 def main(results_dir: Path = RESULTS, out_path: Path | None = None) -> str:
@@ -224,12 +250,13 @@ def main(results_dir: Path = RESULTS, out_path: Path | None = None) -> str:
                   "carries a padding mask) with the method's default optimizer and checkpointing (7B full: 8-bit "
                   "AdamW, as fp32 AdamW needs more than the card) and compares the allocator peak above the cell's "
                   "baseline with the prediction of the estimator as committed (its activation terms were calibrated "
-                  "on the 0.5B probe of run 1, so the 1.5B and 7B cells are out of sample). Runs 2-3 used "
-                  "lora_dropout 0.05, the default then.", "",
-                  "| model | method | optimizer | ckpt | LoRA dropout | footprint meas GB | est GB | error | "
-                  "peak meas GiB | est GiB | error |", "|" + " --- |" * 11]
+                  "on the 0.5B probe of run 1, so the 1.5B and 7B cells are out of sample). A row's run says "
+                  "which code measured it: runs 2-3 (older code) used lora_dropout 0.05, the default then; runs 5 and "
+                  "later record their commit (listed under Step cost).", "",
+                  "| run | model | method | optimizer | ckpt | LoRA dropout | footprint meas GB | est GB | error | "
+                  "peak meas GiB | est GiB | error |", "|" + " --- |" * 12]
         for r in est:
-            lines.append(f"| {r['model']} | {r['method']} | {r['optimizer']} | {'on' if r['gradient_checkpointing'] else 'off'} | "
+            lines.append(f"| {r['run']} | {r['model']} | {r['method']} | {r['optimizer']} | {'on' if r['gradient_checkpointing'] else 'off'} | "
                          f"{r.get('lora_dropout', 0.05 if r['method'] != 'full' else '-')} | "
                          f"{r['measured_footprint_bytes'] / 1e9:.3f} | {r['estimated_footprint_bytes'] / 1e9:.3f} | "
                          f"{r['footprint_error']:+.2%} | {r['measured_peak_bytes'] / GIB:.2f} | "

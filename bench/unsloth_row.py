@@ -195,6 +195,9 @@ def main(argv=None) -> int:
         result["traceback"] = traceback.format_exc()[-6000:]
     finally:
         result["versions"] = versions()  # after the import, so a failed one shows what was there
+        from qlora_helpers.notebook.results import code_commit  # after Unsloth's import, as it asks
+
+        result["commit"] = code_commit()
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2, default=str))

@@ -61,8 +61,9 @@ class TrainConfig:
     # (kept in CPU memory meanwhile: for `full`, a copy of the whole model).
     retry_on_oom: bool = True
     # torch.compile each decoder layer (compile_decoder_layers): fewer, fused kernels where a step is
-    # bound by kernel launches, not arithmetic; the first steps pay for compiling. Off by default: see
-    # bench/results/SUMMARY.md ("Step cost") for what it bought and why it is not a default.
+    # bound by kernel launches, not arithmetic; the first steps pay for compiling. It paid without
+    # gradient checkpointing only (inside checkpointed layers: 0.99x on the 7B, 0.67x on SmolLM2).
+    # Off by default: bench/results/SUMMARY.md ("Step cost") has what it bought and why.
     compile_layers: bool = False
 
 
