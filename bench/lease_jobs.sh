@@ -22,6 +22,8 @@
 #                     on real SmolLM2-135M again for their JSON (run6_h200_t4_smollm2)
 #   estimator-rest    the five estimator cells whose only record on today's code was run 4's transcript
 #                     (run7_h200_estimator), on one GPU
+#   two-gpus-accuracy real SmolLM2-135M, QLoRA at the notebook's effective batch on one GPU and on two,
+#                     on today's code (two_gpus_h200x2_t4_accuracy)
 set -u
 WORK=${1:?a work folder}
 shift
@@ -96,6 +98,9 @@ for name in "$@"; do
     estimator-rest)
       CUDA_VISIBLE_DEVICES=0 $B --sections env,estimator --cells 0.5B:full,0.5B:lora,0.5B:qlora,1.5B:lora,1.5B:qlora \
         --tag run7_h200_estimator > "$WORK/run7_estimator.log" 2>&1; finished "$WORK/run7_estimator.log" ;;
+    two-gpus-accuracy)
+      python3 bench/two_gpus.py --parts accuracy --tag h200x2_t4_accuracy --out-dir "$WORK/results" \
+        > "$WORK/two_gpus_accuracy.log" 2>&1; finished "$WORK/two_gpus_accuracy.log" ;;
     *) echo "unknown phase $name" >&2; exit 2 ;;
   esac
 done
