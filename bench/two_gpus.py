@@ -71,15 +71,19 @@ def markdown(report: dict) -> str:
     did not run as asked (status other than ok) shows its status and no speed-up, nor serves as the
     one-GPU baseline."""
     knobs, versions = report.get("notebook_knobs", {}), report.get("versions", {})
-    speed_rows = [r for r in report["speed"].values() if "examples" in r]
-    lines = [f"# One vs two GPUs ({report['tag']}, commit {report['commit']})", "",
-             "Each GPU emulating a T4 (fp16, allocator capped at 14.5 GiB). Speed: notebook 03's QLoRA knobs "
-             f"(effective batch {knobs.get('batch_size', '?')} x {knobs.get('gradient_accumulation', '?')}, lr "
-             f"{knobs.get('learning_rate', '?')}) on random weights of Qwen2.5-7B's shape, "
-             f"{speed_rows[0]['examples'] if speed_rows else '?'} training examples x 1 epoch (their accuracy means "
-             "nothing); on two GPUs each takes half of every batch, and in `2, batch x2` each takes the one-GPU "
-             "micro-batch (the effective batch doubled). Accuracy: real SmolLM2-135M weights at the notebook's "
-             "effective batch. Libraries: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".", "",
+    ran = {part: [r for r in report[part].values() if "examples" in r] for part in ("speed", "accuracy")}
+    about = [f"Each GPU emulating a T4 (fp16, allocator capped at 14.5 GiB); notebook 03's QLoRA knobs (effective "
+             f"batch {knobs.get('batch_size', '?')} x {knobs.get('gradient_accumulation', '?')}, lr "
+             f"{knobs.get('learning_rate', '?')}); on two GPUs each takes half of every batch."]
+    if ran["speed"]:
+        about.append(f"Speed: random weights of Qwen2.5-7B's shape, {ran['speed'][0]['examples']:,} examples trained "
+                     "on, 1 epoch (their accuracy means nothing); in `2, batch x2` each GPU takes the one-GPU "
+                     "micro-batch (the effective batch doubled).")
+    if ran["accuracy"]:
+        about.append(f"Accuracy: real SmolLM2-135M weights, {ran['accuracy'][0]['examples']:,} examples trained "
+                     f"on over {knobs.get('epochs', '?')} epochs, the whole test set.")
+    about.append("Libraries: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".")
+    lines = [f"# One vs two GPUs ({report['tag']}, commit {report['commit']})", "", " ".join(about), "",
              "| part | GPUs asked | GPUs used | per-GPU batch | examples/s | speed-up | train s | steps | "
              "peak GiB/GPU | test acc | macro-F1 | status |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
