@@ -67,7 +67,8 @@ def launch(processes: int, run_dir: Path, overrides: dict, log: Path) -> dict:
 
 
 def markdown(report: dict) -> str:
-    """The table of a report: per part, each run's speed against the part's one-GPU run. A run that
+    """A report as markdown: what ran (knobs, data, libraries), then per part each run's speed against
+    the part's one-GPU run. A run that
     did not run as asked (status other than ok) shows its status and no speed-up, nor serves as the
     one-GPU baseline."""
     knobs, versions = report.get("notebook_knobs", {}), report.get("versions", {})
