@@ -182,8 +182,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     offline_env(args.compile_dir)
+    from qlora_helpers.notebook.results import code_commit  # imports neither transformers nor peft: Unsloth first
+
     result = {"status": "error", "stage": "start", "api": "FastLanguageModel(num_labels=77)",
-              "profile": "t4 (by hand)", "args": vars(args)}
+              "profile": "t4 (by hand)", "args": vars(args), "commit": code_commit()}
     try:
         import torch
 
@@ -195,9 +197,6 @@ def main(argv=None) -> int:
         result["traceback"] = traceback.format_exc()[-6000:]
     finally:
         result["versions"] = versions()  # after the import, so a failed one shows what was there
-        from qlora_helpers.notebook.results import code_commit  # after Unsloth's import, as it asks
-
-        result["commit"] = code_commit()
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2, default=str))

@@ -233,3 +233,19 @@ def test_a_lifted_cap_stays_lifted_through_a_model_load(monkeypatch):
     with cap.loading():
         assert load_model_stand_in() is None  # no T4 cap applied during the load
     assert fractions[-1] == 1.0 and emulation.emulated_gpu() == "t4"
+
+
+def test_unsloth_row_records_a_failure_with_its_commit(tmp_path, monkeypatch):
+    """bench/unsloth_row.py writes its JSON also when it cannot run (here: no CUDA device), with the
+    error, the libraries found and the commit, so a row that failed on a lent GPU still says why and
+    on what code."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("QLORA_COMMIT", "abc1234")
+    row = _load("unsloth_row")
+    out = tmp_path / "row.json"
+    assert row.main(["--model", str(tmp_path / "missing"), "--out", str(out)]) == 1
+    record = json.loads(out.read_text())
+    assert record["status"] == "error" and "no CUDA device" in record["error"]
+    assert record["commit"] == "abc1234" and record["versions"]["torch"].startswith(torch.__version__.split("+")[0])
