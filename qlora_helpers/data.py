@@ -86,15 +86,33 @@ def default_data_dir() -> Path | None:
 
 
 def find_data_dir() -> Path:
-    """`default_data_dir()`, or a `Banking77Error` that says where the folder is looked for."""
+    """`default_data_dir()`, checked (`check_data_dir`), or a `Banking77Error` that says where the
+    folder is looked for and how else to give the data."""
     found = default_data_dir()
     if found is None:
         raise Banking77Error(
             "no Banking77 folder found: set BANKING77_DIR to the folder holding train.csv, test.csv and "
-            f"categories.json, or keep it at {SHARED_FOLDER} beside or above the checkout "
-            "(or pass data_dir=..., or use source='hub' when online)."
+            f"categories.json, or keep it at {SHARED_FOLDER} beside or above the checkout; or give the "
+            "folder as data_dir (the runner: --set data_dir=FOLDER), or read the hub's copy when online "
+            "(data_source='hub'; the runner: --set data_source=hub)."
         )
-    return found
+    return check_data_dir(found)
+
+
+def check_data_dir(folder: Path) -> Path:
+    """`folder` if it holds Banking77's three files, else a `Banking77Error` naming what is missing."""
+    if not folder.is_dir():
+        raise Banking77Error(
+            f"Banking77 folder {folder} does not exist: point data_dir (or BANKING77_DIR) at the folder "
+            "holding train.csv, test.csv and categories.json."
+        )
+    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    if missing:
+        raise Banking77Error(
+            f"Banking77 folder {folder} lacks {', '.join(missing)}: point data_dir (or BANKING77_DIR) at a "
+            "folder holding all of train.csv, test.csv and categories.json (PolyAI's banking77 layout)."
+        )
+    return folder
 
 
 def load_banking77(data_dir: str | Path | None = None, source: str = "auto") -> Banking77:
@@ -109,17 +127,7 @@ def load_banking77(data_dir: str | Path | None = None, source: str = "auto") -> 
 
 
 def _load_from_folder(folder: Path) -> Banking77:
-    if not folder.is_dir():
-        raise Banking77Error(
-            f"Banking77 folder {folder} does not exist: point data_dir (or BANKING77_DIR) at the folder "
-            "holding train.csv, test.csv and categories.json."
-        )
-    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
-    if missing:
-        raise Banking77Error(
-            f"Banking77 folder {folder} lacks {', '.join(missing)}: it needs train.csv, test.csv and "
-            "categories.json (the layout of PolyAI's banking77 release)."
-        )
+    check_data_dir(folder)
     try:
         label_names = json.loads((folder / "categories.json").read_text())
     except json.JSONDecodeError as error:

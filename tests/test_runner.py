@@ -149,6 +149,10 @@ def test_failing_notebook_exits_non_zero_naming_notebook_and_cell(tmp_path, caps
     assert (folder / "01_full_precision_baseline.failed.ipynb").is_file()
     assert not (folder / "01_full_precision_baseline.ipynb").exists()  # never passes as complete
     assert not list(folder.glob(".*partial*"))
+    # fixed and rerun: the failed notebook's traceback no longer lies beside the good one
+    assert run.main(["--profile", "smoke", "--run-dir", str(folder), "--notebooks", "01"]) == 0
+    assert (folder / "01_full_precision_baseline.ipynb").is_file()
+    assert not (folder / "01_full_precision_baseline.failed.ipynb").exists()
 
 
 @pytest.mark.parametrize("stem", profiles.TRAINING_NOTEBOOKS)
@@ -190,3 +194,69 @@ def test_two_runners_at_once_get_their_own_kernel_sockets(tmp_path, monkeypatch)
     assert first.transport == second.transport == "ipc"
     assert first.ip != second.ip
     assert all(Path(m.ip).is_absolute() and tmp_path not in Path(m.ip).parents for m in (first, second))
+
+
+def test_another_profiles_results_are_kept_unless_forced(complete_run, fake):
+    """A run folder of one profile once took another profile's run silently: its results were
+    replaced and the comparison mixed two profiles. Now the runner refuses before any work, names
+    what it would replace and the fix; --force replaces."""
+    before = (complete_run / "01_full_precision_baseline" / "results.json").read_text()
+    with pytest.raises(runner.RunnerError, match="holds results of another profile") as error:
+        runner.run("demo", run_dir=complete_run, notebooks=["01"], echo=lambda line: None)
+    assert "01_full_precision_baseline: smoke" in str(error.value) and "runs/demo" in str(error.value)
+    assert fake.calls == [] and (complete_run / "01_full_precision_baseline" / "results.json").read_text() == before
+    runner.run("demo", run_dir=complete_run, notebooks=["01"], force=True, echo=lambda line: None)
+    assert fake.calls == ["01_full_precision_baseline"]
+
+
+def test_a_run_folder_that_is_a_file_is_refused(tmp_path, fake):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    with pytest.raises(runner.RunnerError, match="is a file: give --run-dir a folder"):
+        runner.run("smoke", run_dir=afile, echo=lambda line: None)
+
+
+def test_the_data_folder_is_checked_before_any_notebook_starts(tmp_path, fake, monkeypatch):
+    """An empty BANKING77_DIR used to pass until the notebook's data cell, after a kernel had
+    started; now the runner names the missing files first."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("BANKING77_DIR", str(empty))
+    with pytest.raises(runner.RunnerError, match="lacks train.csv, test.csv, categories.json"):
+        runner.run("smoke", run_dir=tmp_path / "run", echo=lambda line: None)
+    assert fake.calls == []
+
+
+def test_data_source_hub_needs_no_local_folder(tmp_path, fake, monkeypatch):
+    """The missing-folder error suggests --set data_source=hub; the runner used to ask for the local
+    folder anyway."""
+    monkeypatch.setattr(data, "default_data_dir", lambda: None)
+    with pytest.raises(runner.RunnerError, match="--set data_source=hub"):
+        runner.run("smoke", run_dir=tmp_path / "local", notebooks=["01"], echo=lambda line: None)
+    runner.run("smoke", run_dir=tmp_path / "hub", notebooks=["01"], overrides={"data_source": "hub"},
+               echo=lambda line: None)
+    assert fake.calls == ["01_full_precision_baseline"]
+
+
+def test_ctrl_c_ends_with_a_line_that_says_how_to_resume(monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run", interrupted)
+    assert run.main(["--profile", "smoke"]) == 130
+    assert "interrupted: notebooks already finished are kept; the same command resumes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--profile", "nope", "--notebook", "01"], "unknown profile 'nope'"),
+    (["--profile", "smoke", "--notebook", "04"], "a training notebook is one of"),
+    (["--profile", "smoke", "--notebook", "01", "--set", "epochs=two"], "epochs"),  # "01": a number is accepted
+])
+def test_train_all_gpus_answers_bad_input_with_one_line(argv, message, capsys):
+    """Its bad input used to end in a Python traceback; now argparse's usage and one error line, exit 2."""
+    from qlora_helpers.runners import train_all_gpus
+
+    with pytest.raises(SystemExit) as stopped:
+        train_all_gpus.main(argv)
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and message in err and "Traceback" not in err

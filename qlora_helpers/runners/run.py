@@ -32,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     except runner.RunnerError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: finished notebooks are kept, the one running left no file
+        print("\ninterrupted: notebooks already finished are kept; the same command resumes (training from "
+              "its last checkpoint).", file=sys.stderr, flush=True)
+        return 130
     run_dir = args.run_dir or runner.default_run_dir(args.profile)
     print(f"\nall notebooks complete in {time.perf_counter() - start:.0f} s; executed notebooks and HTML in {run_dir}")
     print(runner.comparison_text(run_dir))

@@ -119,6 +119,23 @@ def outputs(run_dir: Path, notebook: str) -> dict[str, Path]:
             "results": run_dir / notebook / "results.json"}
 
 
+def results_of_other_profiles(run_dir: Path, profile_name: str, notebooks: list[str]) -> dict[str, str]:
+    """{notebook: profile} for each of `notebooks` whose results.json in run_dir another profile wrote
+    (an unreadable one counts as nobody's: it is rerun anyway)."""
+    found = {}
+    for notebook in notebooks:
+        path = outputs(run_dir, notebook)["results"]
+        if notebook == profiles.COMPARISON_NOTEBOOK or not path.is_file():
+            continue
+        try:
+            wrote = results.read_result(path).get("config", {}).get("parameters", {}).get("profile")
+        except results.ResultsError:
+            continue
+        if wrote and wrote != profile_name:
+            found[notebook] = wrote
+    return found
+
+
 def incomplete_reason(run_dir: Path, notebook: str, injected: dict) -> str | None:
     """None if `notebook`'s outputs in run_dir are complete and current, else why not."""
     files = outputs(run_dir, notebook)
@@ -263,6 +280,7 @@ def execute_notebook(notebook: str, run_dir: Path, injected: dict, kernel_name: 
     _drop_machine_paths(partial, notebook)
     os.replace(partial, files["ipynb"])
     write_html(files["ipynb"], files["html"])
+    (run_dir / f"{notebook}.failed.ipynb").unlink(missing_ok=True)  # an earlier failure, now superseded
 
 
 def _drop_machine_paths(path: Path, notebook: str) -> None:
@@ -314,7 +332,17 @@ def run(profile_name: str, run_dir: str | Path | None = None, force: bool = Fals
         raise RunnerError(f"notebook(s) {', '.join(missing)} not found in {NOTEBOOKS_DIR}: run from a "
                           "clone of the repository (the notebooks are not part of the installed package).")
     run_dir = Path(run_dir or default_run_dir(profile.name)).resolve()
-    data_dir = require_data_dir() if profile.data_source == "local" and "data_dir" not in overrides else None
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunnerError(f"the run folder {run_dir} is a file: give --run-dir a folder (made if missing).")
+    others = results_of_other_profiles(run_dir, profile.name, selected)
+    if others and not force:
+        raise RunnerError(
+            f"the run folder {run_dir} holds results of another profile ("
+            + "; ".join(f"{notebook}: {name}" for notebook, name in others.items())
+            + f"): profile {profile.name} would replace them and mix two profiles in one comparison. Use "
+            f"another --run-dir (the default is runs/{profile.name}), or --force to replace them.")
+    data_source = overrides.get("data_source", profile.data_source)
+    data_dir = require_data_dir() if data_source == "local" and "data_dir" not in overrides else None
     injected = {n: notebook_parameters(profile, n, run_dir, data_dir, overrides) for n in selected}
 
     # The kernel finds the data folder through $BANKING77_DIR (data_dir None: "look for one"), so

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..distributed import end_process_group, is_main_process, world_size
 from ..notebook import experiment
-from ..notebook.parameters import NotebookParameters
+from ..notebook.parameters import NotebookParameters, check_overrides
 from . import profiles, runner
 
 
@@ -39,7 +39,8 @@ def run_notebook_steps(params: NotebookParameters) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="kaggle-t4", help=f"one of {', '.join(profiles.PROFILES)}")
-    parser.add_argument("--notebook", required=True, help=f"one of {', '.join(profiles.TRAINING_NOTEBOOKS)}")
+    parser.add_argument("--notebook", required=True,
+                        help=f"one of {', '.join(profiles.TRAINING_NOTEBOOKS)} (or its number, e.g. 03)")
     parser.add_argument("--run-dir", type=Path, help="default: runs/<profile>")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a notebook parameter, e.g. --set max_train_samples=2000")
@@ -48,19 +49,23 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         overrides = parse_overrides(args.set)
-    except ValueError as error:
+        profile = profiles.get_profile(args.profile)
+        notebook = profiles.resolve_notebooks([args.notebook])[0]
+        if notebook not in profiles.TRAINING_NOTEBOOKS:
+            raise profiles.UnknownNameError(f"--notebook {args.notebook}: a training notebook is one of "
+                                            f"{', '.join(profiles.TRAINING_NOTEBOOKS)}")
+        check_overrides(overrides)
+        for name, value in profile.env.items():  # what the runner gives the kernel (offline, T4 emulation)
+            os.environ.setdefault(name, value)
+        run_dir = (args.run_dir or runner.default_run_dir(profile.name)).resolve()
+        data_source = overrides.get("data_source", profile.data_source)
+        data_dir = runner.require_data_dir() if data_source == "local" and "data_dir" not in overrides else None
+        values = runner.notebook_parameters(profile, notebook, run_dir, data_dir, overrides)
+    except (ValueError, runner.RunnerError) as error:  # bad input (ParameterError and UnknownNameError too)
         parser.error(str(error))
-    profile = profiles.get_profile(args.profile)
-    for name, value in profile.env.items():  # what the runner gives the notebooks' kernel (offline, T4 emulation)
-        os.environ.setdefault(name, value)
-    if args.notebook not in profiles.TRAINING_NOTEBOOKS:
-        parser.error(f"--notebook must be one of {', '.join(profiles.TRAINING_NOTEBOOKS)}")
-    run_dir = (args.run_dir or runner.default_run_dir(profile.name)).resolve()
-    data_dir = runner.require_data_dir() if profile.data_source == "local" else None
-    values = runner.notebook_parameters(profile, args.notebook, run_dir, data_dir, overrides)
-    record = run_notebook_steps(NotebookParameters(notebook=args.notebook, **values))
+    record = run_notebook_steps(NotebookParameters(notebook=notebook, **values))
     if is_main_process():
-        print(f"{args.notebook} on {world_size()} process(es): accuracy {record['metrics']['accuracy']:.2%}, "
+        print(f"{notebook} on {world_size()} process(es): accuracy {record['metrics']['accuracy']:.2%}, "
               f"{record['training']['examples_per_second']:.1f} examples/s")
     end_process_group()
 
