@@ -4,7 +4,6 @@ into a temporary folder (offline) instead of this environment."""
 from __future__ import annotations
 
 import subprocess
-import tomllib
 import zipfile
 from importlib import metadata
 from pathlib import Path
@@ -68,6 +67,7 @@ def test_each_notebook_install_cell_is_install_py(path):
 
 
 def test_the_cell_expects_this_package_version():
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is Python 3.11+; the package supports 3.10")
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert install.VERSION == qlora_helpers.__version__ == pyproject["project"]["version"]
     assert kaggle.wheel_name() == f"qlora_helpers-{install.VERSION}-py3-none-any.whl"
