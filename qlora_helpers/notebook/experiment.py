@@ -231,7 +231,8 @@ def weights_table(loaded: modeling.LoadedModel) -> pd.DataFrame:
     checkpointing = getattr(base, "is_activation_checkpointing", None)
     if checkpointing is None:  # transformers < 5.24
         checkpointing = getattr(base, "is_gradient_checkpointing", False)
-    print(f"gradient checkpointing: {'on' if checkpointing else 'off'}")
+    print("gradient checkpointing: on" if checkpointing else "gradient checkpointing: off (the parameters' "
+          "gradient_checkpointing turned it off; QLoRA's default is on, to fit a 7B's activations on a T4)")
     return table
 
 
