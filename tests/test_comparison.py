@@ -83,6 +83,11 @@ def test_findings_say_what_makes_a_comparison_uneven():
     assert "slowest: `02` (lora) and `03` (qlora), 10.0 examples/s" in comparison.findings(tied)
     assert "Most accurate: none that the test set can tell apart; 80.0% to 80.0% accuracy" in text
     assert comparison.findings(records[:1]) == "One run: nothing to compare yet."
+    assert "Resumed" not in text
+    # a run resumed from a checkpoint timed only its last steps: 04 says so rather than compare them
+    records[1]["training"]["resumed_from_step"] = 40
+    assert ("Resumed from a checkpoint: `02` (from step 40). Their train_time_s counts only the steps after "
+            "resuming") in comparison.findings(records)
 
 
 def test_the_most_accurate_run_is_named_only_when_the_test_set_can_tell():

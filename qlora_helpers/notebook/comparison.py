@@ -158,6 +158,11 @@ def findings(records: list[dict]) -> str:
                          "Fastest to train", "slowest"))
     if len({hardware_label(r) for r in records}) > 1:
         lines.append("The runs ran on different hardware, so speed compares machines as well as methods.")
+    resumed = [f"`{r['run_name']}` (from step {r['training']['resumed_from_step']})" for r in records
+               if r["training"].get("resumed_from_step")]
+    if resumed:
+        lines.append(f"Resumed from a checkpoint: {', '.join(resumed)}. Their train_time_s counts only the steps "
+                     "after resuming; their examples/s is that part's.")
     peak_kinds = {r["training"]["peak_memory_kind"] for r in records}
     lines.append(_spread(records, lambda r: r["training"]["peak_memory_bytes"] / 2**30, "{:.2f} GiB",
                          "Lowest peak memory in training", "highest", low_is_best=True))

@@ -286,7 +286,9 @@ def train_model(params: NotebookParameters, loaded: modeling.LoadedModel, train_
         stats = train_in_processes(params, loaded, processes)
     else:
         stats = train_in_this_process(params, loaded, train_rows)
-    print(f"trained {stats.steps} steps in {stats.train_seconds:.0f} s on {stats.processes} "
+    steps = (f"steps {stats.resumed_from_step + 1}-{stats.steps} (resumed from checkpoint-{stats.resumed_from_step})"
+             if stats.resumed_from_step else f"{stats.steps} steps")
+    print(f"trained {steps} in {stats.train_seconds:.0f} s on {stats.processes} "
           f"{'process' if stats.processes == 1 else 'GPUs'}: {stats.examples_per_second:.1f} "
           f"examples/s, {stats.tokens_per_second:.0f} real tokens/s, {stats.padding_share:.0%} padding, "
           f"peak memory {stats.peak_memory_bytes / 2**30:.2f} GiB ({stats.peak_memory_kind}); "
