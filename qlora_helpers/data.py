@@ -165,7 +165,14 @@ def _read_split(path: Path, label_names: list[str]) -> Dataset:
 def _load_from_hub() -> Banking77:
     from datasets import load_dataset
 
-    raw = load_dataset(HUB_DATASET, revision=HUB_REVISION)
+    try:
+        raw = load_dataset(HUB_DATASET, revision=HUB_REVISION)
+    except OSError as error:  # offline or unreachable: datasets' ConnectionError and requests' errors are OSErrors
+        raise Banking77Error(
+            f"could not read {HUB_DATASET} from the hub ({type(error).__name__}: {str(error)[:200]}): offline, "
+            "use a local copy: BANKING77_DIR=FOLDER or data_dir=FOLDER with train.csv, test.csv and "
+            "categories.json (the runner: --set data_source=local --set data_dir=FOLDER)."
+        ) from error
     hub_names = raw["train"].features["label"].names
     to_ours = {i: BANKING77_INTENTS.index(name) for i, name in enumerate(hub_names)}
 

@@ -126,6 +126,19 @@ def test_unknown_source_is_refused():
         data.load_banking77(source="s3")
 
 
+def test_an_unreachable_hub_says_how_to_use_a_local_copy(monkeypatch):
+    """Offline, the hub's copy failed with datasets' bare ConnectionError (the kaggle-t4 profile here)."""
+    import datasets
+
+    def offline(name, revision):
+        raise ConnectionError("Couldn't reach 'PolyAI/banking77' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(data.Banking77Error, match="could not read PolyAI/banking77 from the hub") as error:
+        data.load_banking77(source="hub")
+    assert "BANKING77_DIR=FOLDER" in str(error.value) and "--set data_source=local" in str(error.value)
+
+
 def test_hub_rows_are_renumbered_in_categories_order(monkeypatch):
     """The hub copy numbers intents alphabetically; rows must come back in categories.json order."""
     hub_names = sorted(data.BANKING77_INTENTS)

@@ -29,7 +29,7 @@ def load_records(run_dir: str | Path) -> list[dict]:
     if not records:
         raise results.ResultsError(
             f"no results.json under {run_dir}: run the training notebooks 01-03 with the same run_dir "
-            "first (or `python -m qlora_helpers.runners.run --profile demo`)."
+            "first (or the runner with the same --profile and --run-dir, all four notebooks)."
         )
     records.sort(key=lambda r: r["run_name"])
     print(f"{len(records)} run(s): {', '.join(r['run_name'] for r in records)}")
