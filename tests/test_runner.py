@@ -260,3 +260,19 @@ def test_train_all_gpus_answers_bad_input_with_one_line(argv, message, capsys):
         train_all_gpus.main(argv)
     err = capsys.readouterr().err
     assert stopped.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_a_printed_line_split_into_two_stream_messages_is_one_output():
+    """Under load a kernel sent "trained ..." and "\\n" as two stream messages; the saved notebook
+    kept them as two outputs and its render showed a stray blank line (a fresh-clone test run caught
+    it). Consecutive outputs of one stream are merged; a figure between two prints keeps them apart."""
+    import nbformat
+
+    stream = lambda name, text: nbformat.v4.new_output("stream", name=name, text=text)  # noqa: E731
+    figure = nbformat.v4.new_output("display_data", data={"text/plain": "<Figure>"})
+    outputs = [stream("stdout", "trained 62 steps"), stream("stdout", "\n"), figure, stream("stdout", "after\n"),
+               stream("stderr", "a warning\n"), stream("stdout", "last\n")]
+    merged = runner.merge_consecutive_streams(outputs)
+    assert [(o.output_type, o.get("text")) for o in merged] == [
+        ("stream", "trained 62 steps\n"), ("display_data", None), ("stream", "after\n"), ("stream", "a warning\n"),
+        ("stream", "last\n")]

@@ -277,21 +277,40 @@ def execute_notebook(notebook: str, run_dir: Path, injected: dict, kernel_name: 
     except BaseException:  # Ctrl-C: leave no partial file behind
         partial.unlink(missing_ok=True)
         raise
-    _drop_machine_paths(partial, notebook)
+    _tidy_executed(partial, notebook)
     os.replace(partial, files["ipynb"])
     write_html(files["ipynb"], files["html"])
     (run_dir / f"{notebook}.failed.ipynb").unlink(missing_ok=True)  # an earlier failure, now superseded
 
 
-def _drop_machine_paths(path: Path, notebook: str) -> None:
-    """papermill records the absolute paths it read and wrote: keep the project-relative source and
-    the output's own name instead."""
+def _tidy_executed(path: Path, notebook: str) -> None:
+    """What the reader of an executed notebook should not see. papermill records the absolute paths
+    it read and wrote: keep the project-relative source and the output's own name instead. A kernel
+    under load can send one printed line as two stream messages ("text", then "\n"), which the
+    saved notebook keeps as two outputs with a blank line between: merge each run of consecutive
+    outputs of one stream, as Jupyter's own display does (never across a figure or a table)."""
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
     nb.metadata.setdefault("papermill", {}).update(
         input_path=f"{NOTEBOOKS_DIR.name}/{notebook}.ipynb", output_path=f"{notebook}.ipynb")
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = merge_consecutive_streams(cell.outputs)
     nbformat.write(nb, path)
+
+
+def merge_consecutive_streams(outputs: list) -> list:
+    """`outputs` with each run of consecutive stream outputs of the same name (stdout, stderr) as one."""
+    merged: list = []
+    for output in outputs:
+        previous = merged[-1] if merged else None
+        if (output.get("output_type") == "stream" and previous is not None
+                and previous.get("output_type") == "stream" and previous.get("name") == output.get("name")):
+            previous["text"] += output["text"]
+        else:
+            merged.append(output)
+    return merged
 
 
 def write_html(notebook_path: Path, html_path: Path) -> Path:
