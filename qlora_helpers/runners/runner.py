@@ -73,6 +73,13 @@ def require_data_dir() -> Path:
         raise RunnerError(str(error)) from error
 
 
+def local_data_dir(profile: profiles.Profile, overrides: dict) -> Path | None:
+    """The Banking77 folder the run reads (`require_data_dir`), or None where it needs none found
+    here: the hub is the data source, or an override names the folder."""
+    data_source = overrides.get("data_source", profile.data_source)
+    return require_data_dir() if data_source == "local" and "data_dir" not in overrides else None
+
+
 def cell_knobs(notebook: str) -> set[str]:
     """The variables assigned in the notebook's `parameters` cell."""
     import nbformat
@@ -360,8 +367,7 @@ def run(profile_name: str, run_dir: str | Path | None = None, force: bool = Fals
             + "; ".join(f"{notebook}: {name}" for notebook, name in others.items())
             + f"): profile {profile.name} would replace them and mix two profiles in one comparison. Use "
             f"another --run-dir (the default is runs/{profile.name}), or --force to replace them.")
-    data_source = overrides.get("data_source", profile.data_source)
-    data_dir = require_data_dir() if data_source == "local" and "data_dir" not in overrides else None
+    data_dir = local_data_dir(profile, overrides)
     injected = {n: notebook_parameters(profile, n, run_dir, data_dir, overrides) for n in selected}
 
     # The kernel finds the data folder through $BANKING77_DIR (data_dir None: "look for one"), so

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..distributed import end_process_group, is_main_process, world_size
 from ..notebook import experiment
-from ..notebook.parameters import NotebookParameters, check_overrides
+from ..notebook.parameters import NotebookParameters
 from . import profiles, runner
 
 
@@ -54,13 +54,11 @@ def main(argv: list[str] | None = None) -> None:
         if notebook not in profiles.TRAINING_NOTEBOOKS:
             raise profiles.UnknownNameError(f"--notebook {args.notebook}: a training notebook is one of "
                                             f"{', '.join(profiles.TRAINING_NOTEBOOKS)}")
-        check_overrides(overrides)
         for name, value in profile.env.items():  # what the runner gives the kernel (offline, T4 emulation)
             os.environ.setdefault(name, value)
         run_dir = (args.run_dir or runner.default_run_dir(profile.name)).resolve()
-        data_source = overrides.get("data_source", profile.data_source)
-        data_dir = runner.require_data_dir() if data_source == "local" and "data_dir" not in overrides else None
-        values = runner.notebook_parameters(profile, notebook, run_dir, data_dir, overrides)
+        values = runner.notebook_parameters(profile, notebook, run_dir, runner.local_data_dir(profile, overrides),
+                                            overrides)  # checks the overrides (unknown keys, types, ranges)
     except (ValueError, runner.RunnerError) as error:  # bad input (ParameterError and UnknownNameError too)
         parser.error(str(error))
     record = run_notebook_steps(NotebookParameters(notebook=notebook, **values))
