@@ -104,7 +104,8 @@ def speed_setups(method: str, only: list[str] | None = None) -> list[TrainingSet
 def lever_setups(method: str) -> list[TrainingSetup]:
     """Ways to make a step cheaper at the method's default batch (issue 12's levers), each to be
     timed in the same run as `library_default`: a fused fp32 AdamW instead of the 8-bit one, less or
-    no activation checkpointing, torch.compile of the decoder layers, and all of them together."""
+    no activation checkpointing, torch.compile of the decoder layers, all of them together, and the
+    decoder stack replayed as CUDA graphs."""
     chosen = defaults.for_method(method)
     base = training.default_train_config(method)
     fused = replace(base, optimizer="adamw_torch_fused")
@@ -120,6 +121,10 @@ def lever_setups(method: str) -> list[TrainingSetup]:
                    TrainingSetup("lever_all_half_checkpointing", replace(fused, compile_layers=True), True,
                                  chosen.lora_dropout, checkpoint_every=2)]
     levers.append(TrainingSetup("lever_all", replace(fused, compile_layers=True), False, chosen.lora_dropout))
+    # the decoder stack replayed as CUDA graphs (qlora_helpers/graphs.py), alone and with the fused AdamW
+    levers += [TrainingSetup("lever_cuda_graphs", replace(base, cuda_graphs=True), ckpt, chosen.lora_dropout),
+               TrainingSetup("lever_cuda_graphs_fused_adamw", replace(fused, cuda_graphs=True), ckpt,
+                             chosen.lora_dropout)]
     return levers
 
 

@@ -21,7 +21,7 @@ from bench.config import TrainingSetup
 from bench.device_memory import MemoryCap
 from bench.timing import StepTimer, summarise_steps
 from bench.workload import NUM_LABELS, Rows
-from qlora_helpers import defaults, modeling, training
+from qlora_helpers import defaults, graphs, modeling, training
 from qlora_helpers.memory import GIB, ModelShape
 
 
@@ -174,6 +174,7 @@ def run_setup(cell: Cell, data: Rows, setup: TrainingSetup, *, steps: int, warmu
               "optimizer": cfg.optimizer, "gradient_checkpointing": setup.checkpointing,
               "lora_dropout": setup.lora_dropout, "fixed_padding": data.fixed_padding,
               "checkpoint_every": setup.checkpoint_every, "compile_layers": cfg.compile_layers,
+              "cuda_graphs": cfg.cuda_graphs,
               "learning_rate": cfg.learning_rate, "dataset_rows": len(data)}
     trainer, measure = training.build_trainer(loaded, data, cfg)
     from transformers.trainer_utils import SaveStrategy
@@ -196,8 +197,8 @@ def run_setup(cell: Cell, data: Rows, setup: TrainingSetup, *, steps: int, warmu
     except training.NonFiniteLossError as error:
         record["status"] = "nonfinite"
         record["error"] = str(error)
-    except Exception as error:  # noqa: BLE001 - a lever that cannot run (compile, say) is a result too
-        if not cfg.compile_layers:
+    except Exception as error:  # noqa: BLE001 - a lever that cannot run (compile, graphs) is a result too
+        if not (cfg.compile_layers or cfg.cuda_graphs):
             raise
         record["status"] = "error"
         record["error"] = f"{type(error).__name__}: {str(error)[:500]}"
@@ -205,6 +206,7 @@ def run_setup(cell: Cell, data: Rows, setup: TrainingSetup, *, steps: int, warmu
         measure.hook.remove()
         timer.close()
         uncompile_layers(loaded.model)
+        graphs.disable(loaded.model)
         if snapshot:
             snapshot.save()  # a run that failed before step 2 still leaves its history
     peak = device_memory.peak()

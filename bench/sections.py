@@ -146,6 +146,9 @@ def speed(session: Session) -> None:
         padded, dynamic = None, {}  # the datasets, built once per cell: padded to 128, and per max_length
         best: tuple[dict, TrainingSetup] | None = None
         for setup in speed_setups(method, opts.only_configs):
+            if opts.cpu and setup.train.cuda_graphs:
+                log(f"  {method}:{setup.name}: skipped (CUDA graphs need a GPU)")
+                continue
             if setup.padded_to_128:
                 padded = padded or synthetic_dataset(opts.rows, shape.vocab_size, max_length=128, pad_to=128)
                 data = padded

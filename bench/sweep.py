@@ -52,10 +52,12 @@ CANDIDATES: dict[str, dict] = {
     # the step-cost levers together (bench/config.py lever_setups: "lever_all"): does accuracy hold?
     "qlora_b64_lr2e-3_levers": dict(method="qlora", batch_size=64, learning_rate=2e-3, compile_layers=True,
                                     optimizer="adamw_torch_fused", gradient_checkpointing=False),
+    # the default with its decoder stack replayed as CUDA graphs (lever_cuda_graphs): the same accuracy?
+    "qlora_b64_lr2e-3_graphs": dict(method="qlora", batch_size=64, learning_rate=2e-3, cuda_graphs=True),
 }
 # optimizer / gradient_checkpointing None: the method's default (qlora_helpers/defaults.py)
 SHARED = dict(epochs=2.0, gradient_accumulation=1, lora_r=16, lora_alpha=32, lora_dropout=0.0, max_length=64,
-              tutorial=False, compile_layers=False, optimizer=None, gradient_checkpointing=None)
+              tutorial=False, compile_layers=False, cuda_graphs=False, optimizer=None, gradient_checkpointing=None)
 
 
 def candidate(name: str) -> dict:
@@ -108,6 +110,7 @@ def _worker(args) -> None:
         batch_size=knobs["batch_size"], gradient_accumulation=knobs["gradient_accumulation"],
         learning_rate=knobs["learning_rate"], max_length=max_length, save_steps=10**9, logging_steps=10,
         group_by_length=not knobs["tutorial"], retry_on_oom=False, compile_layers=knobs["compile_layers"],
+        cuda_graphs=knobs["cuda_graphs"],
         **({"optimizer": knobs["optimizer"]} if knobs["optimizer"] else {}))
     trainer, measure = training.build_trainer(loaded, train_rows, config)
     if knobs["tutorial"]:  # padding="max_length": every row 128 tokens, as the tutorials tokenize

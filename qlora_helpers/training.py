@@ -23,7 +23,7 @@ from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, Trai
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from . import atomic, defaults, modeling
+from . import atomic, defaults, graphs, modeling
 from .distributed import is_main_process, sum_across_processes, world_size
 from .modeling import LoadedModel
 
@@ -65,6 +65,10 @@ class TrainConfig:
     # gradient checkpointing only (inside checkpointed layers: 0.99x on the 7B, 0.67x on SmolLM2).
     # Off by default: bench/results/SUMMARY.md ("Step cost") has what it bought and why.
     compile_layers: bool = False
+    # Replay the decoder stack's forward and backward as CUDA graphs (graphs.py): one launch instead of
+    # thousands where a step waits on kernel launches. CUDA only, one process, no dropout. Off by
+    # default: bench/results/SUMMARY.md ("Step cost") has what it bought.
+    cuda_graphs: bool = False
 
 
 def default_train_config(method: str, **overrides) -> TrainConfig:
@@ -231,6 +235,8 @@ def build_trainer(loaded: LoadedModel, train_dataset, config: TrainConfig) -> tu
     set_seed(config.seed)
     if config.compile_layers:
         compile_decoder_layers(loaded.model)
+    if config.cuda_graphs:
+        graphs.enable(loaded.model)  # ValueError before any work where graphs cannot run
     args = training_arguments(loaded, config)
     collator = LengthDroppingCollator(loaded.tokenizer, pad_to_multiple_of=config.pad_to_multiple_of)
     measure = MeasureCallback(loaded.model, args.fp16)
@@ -292,6 +298,7 @@ def _train_once(loaded: LoadedModel, train_dataset, config: TrainConfig) -> Trai
         trainer.train(resume_from_checkpoint=str(last) if last else None)
     finally:
         measure.hook.remove()  # a retry builds a new callback; never count a batch twice
+        graphs.disable(loaded.model)  # the graphs' memory back before evaluation (no-op without them)
     peak, kind = peak_memory()
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
     losses = [entry["loss"] for entry in logged]
