@@ -22,7 +22,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
-def micro_batches(loaded, rows: int = 512, batch: int = 32) -> list[list[dict]]:
+def micro_batches(loaded, rows: int = 4096, batch: int = 32) -> list[list[dict]]:
     """Two steps of [shape A, shape A, shape B]: rows of Banking77's token lengths grouped so that
     A pads to 16 tokens and B to 24 (multiples of 8, as training.LengthDroppingCollator pads)."""
     from bench.workload import synthetic_dataset
@@ -34,7 +34,7 @@ def micro_batches(loaded, rows: int = 512, batch: int = 32) -> list[list[dict]]:
     collate = training.LengthDroppingCollator(loaded.tokenizer, pad_to_multiple_of=8)
     need = 4 * batch
     if len(short) < need or len(middle) < 2 * batch:
-        raise SystemExit(f"too few rows of the lengths needed ({len(short)}, {len(middle)}): raise --rows")
+        raise SystemExit(f"too few rows of the lengths needed ({len(short)}, {len(middle)}): raise rows")
     a = [collate(short[i * batch:(i + 1) * batch]) for i in range(4)]
     b = [collate(middle[i * batch:(i + 1) * batch]) for i in range(2)]
     return [[a[0], a[1], b[0]], [a[2], a[3], b[1]]]

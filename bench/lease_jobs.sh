@@ -24,6 +24,9 @@
 #                     (run7_h200_estimator), on one GPU
 #   two-gpus-accuracy real SmolLM2-135M, QLoRA at the notebook's effective batch on one GPU and on two,
 #                     on today's code (two_gpus_h200x2_t4_accuracy)
+#   graphs            one GPU: CUDA graphs of the decoder stack (TrainConfig.cuda_graphs) checked against the
+#                     eager stack (graphs_check_*), timed against the default on real SmolLM2-135M and the 7B
+#                     QLoRA shape (run8_*), then their validation accuracy on real SmolLM2 (sweep_h200_t4_graphs)
 set -u
 WORK=${1:?a work folder}
 shift
@@ -101,6 +104,17 @@ for name in "$@"; do
     two-gpus-accuracy)
       python3 bench/two_gpus.py --parts accuracy --tag h200x2_t4_accuracy --out-dir "$WORK/results" \
         > "$WORK/two_gpus_accuracy.log" 2>&1; finished "$WORK/two_gpus_accuracy.log" ;;
+    graphs)
+      GRAPH_LEVERS=library_default,lever_fused_adamw,lever_cuda_graphs,lever_cuda_graphs_fused_adamw
+      QLORA_EMULATE_GPU=t4 python3 bench/graphs_check.py --model offline:smollm2-135m \
+        --out "$WORK/results/graphs_check_h200_t4_smollm2.json" > "$WORK/graphs_check.log" 2>&1; finished "$WORK/graphs_check.log"
+      $B --sections env,speed --cells smollm2:qlora --steps 40 --warmup 3 --only-configs $GRAPH_LEVERS \
+        --tag run8_h200_t4_smollm2 > "$WORK/run8_smollm2.log" 2>&1; finished "$WORK/run8_smollm2.log"
+      $B --sections env,build,speed --build 7B --cells 7B:qlora --steps 25 --warmup 3 --only-configs $GRAPH_LEVERS \
+        --tag run8_h200_t4 > "$WORK/run8.log" 2>&1; finished "$WORK/run8.log"
+      python3 bench/sweep.py run --gpus 0 --tag h200_t4_graphs --max-seconds 200 --max-train 4500 \
+        --out-dir "$WORK/results" --work-dir /tmp/sweep_work --candidates qlora_b64_lr2e-3,qlora_b64_lr2e-3_graphs \
+        > "$WORK/sweep_graphs.log" 2>&1; finished "$WORK/sweep_graphs.log" ;;
     *) echo "unknown phase $name" >&2; exit 2 ;;
   esac
 done

@@ -2,9 +2,9 @@
 
 A QLoRA step on a small model, or on a 7B on a fast GPU, waits on kernel launches, not arithmetic:
 Qwen2.5-7B's step launches ~11.6k GPU operations and keeps the GPU busy 27% of the time
-(bench/results/SUMMARY.md, "Where a step's time goes"). `torch.cuda.make_graphed_callables`
-records the decoder stack's forward, and its backward with the checkpointed layers' recomputation,
-as two CUDA graphs that each replay with one launch. The head, the loss, the gradient scaler and
+(bench/results/SUMMARY.md, "Where a step's time goes"). As torch.cuda.make_graphed_callables does
+(PyTorch's "partial-network capture"), the decoder stack's forward, and its backward with the
+checkpointed layers' recomputation, are recorded as two CUDA graphs that each replay with one launch. The head, the loss, the gradient scaler and
 the optimizer stay eager, so the Trainer, its hooks and its callbacks see an ordinary model.
 
 One pair of graphs per batch shape (micro-batch, padded length), recorded the first time that shape
@@ -16,6 +16,7 @@ nothing random may run inside (LoRA dropout 0, no attention dropout), and one pr
 from __future__ import annotations
 
 import functools
+import gc
 from dataclasses import dataclass, field
 
 import torch
@@ -28,13 +29,13 @@ from .modeling import base_model, decoder_layers
 class GraphedStack:
     """What `enable` changed on a model, so that `disable` can undo it."""
     stack: torch.nn.Module  # the decoder stack (e.g. Qwen2Model): embeddings, decoder layers, final norm
-    graphs: dict[tuple[int, ...], object] = field(default_factory=dict)  # input_ids shape -> graphed callable
+    graphs: dict[tuple[int, ...], ShapeGraphs] = field(default_factory=dict)  # input_ids shape -> its graphs
     pool: object = None  # the memory pool every capture shares (torch.cuda.graph_pool_handle)
     checkpoint_functions: dict[torch.nn.Module, object] = field(default_factory=dict)  # layer -> its own
 
 
 class _StackCall(torch.nn.Module):
-    """The stack as make_graphed_callables takes it: tensors in, one tensor out (last hidden state)."""
+    """The stack as a capture calls it: tensors in, one tensor out (the last hidden state)."""
 
     def __init__(self, stack: torch.nn.Module):
         super().__init__()
@@ -79,19 +80,19 @@ def enable(model: torch.nn.Module) -> GraphedStack:
     earlier are dropped). Evaluation, inference and unusual calls (embeddings passed in, a cache)
     run the stack eagerly.
 
-    Raises ValueError, naming the fix, on CPU, under several processes, with dropout anywhere in
-    the model, or for a model `decoder_stack` does not support.
+    Raises ValueError, naming the fix, for a model `decoder_stack` does not support, with dropout
+    anywhere in the model, on CPU, or under several processes.
     """
+    stack = decoder_stack(model)
+    random = _random_modules(model)
+    if random:
+        raise ValueError(f"cuda_graphs needs a model without dropout (a replayed graph would drop the same "
+                         f"units every time); found {', '.join(random[:3])}: set lora_dropout=0.")
     if not torch.cuda.is_available():
         raise ValueError("cuda_graphs needs a CUDA GPU: train with cuda_graphs=False on CPU.")
     if world_size() > 1:
         raise ValueError(f"cuda_graphs runs in one process, not {world_size()}: train with cuda_graphs=False, "
                          "or on one GPU.")
-    random = _random_modules(model)
-    if random:
-        raise ValueError(f"cuda_graphs needs a model without dropout (a replayed graph would drop the same "
-                         f"units every time); found {', '.join(random[:3])}: set lora_dropout=0.")
-    stack = decoder_stack(model)
     disable(model)
     state = GraphedStack(stack, pool=torch.cuda.graph_pool_handle())
     # torch.utils.checkpoint saves and restores the CUDA RNG state around a recomputed layer, which a
@@ -119,7 +120,10 @@ def disable(model: torch.nn.Module) -> None:
     del stack.forward  # the instance attribute: the class's forward is back
     for layer, own in state.checkpoint_functions.items():
         layer._gradient_checkpointing_func = own
+    for recorded in state.graphs.values():
+        recorded.release()
     state.graphs.clear()
+    gc.collect()
     torch.cuda.empty_cache()
 
 
@@ -143,23 +147,85 @@ def _dispatch(state: GraphedStack, *args, **kwargs):
     graphed = state.graphs.get(key)
     if graphed is None:
         graphed = state.graphs[key] = _record(state, input_ids, mask)
-    _unalias_gradients(stack)
-    return BaseModelOutputWithPast(last_hidden_state=graphed(input_ids, mask))
+    _unalias_gradients(graphed.params)
+    return BaseModelOutputWithPast(last_hidden_state=_Replay.apply(graphed, input_ids, mask, *graphed.params))
 
 
 def _on_gpu(tensor: torch.Tensor) -> bool:
     return tensor.is_cuda
 
 
-def _record(state: GraphedStack, input_ids: torch.Tensor, mask: torch.Tensor):
-    """Record the stack's forward and backward for this batch shape (one warm-up pass on a side
-    stream, then the captures; neither changes a gradient). RuntimeError naming the fix if it fails."""
+class ShapeGraphs:
+    """The stack's forward and backward graphs for one batch shape, and the static tensors they read
+    and write: the inputs, the last hidden state, its incoming gradient, the trainable weights' gradients.
+
+    What torch.cuda.make_graphed_callables builds for one callable, kept here so that `release` can
+    free it when training ends: make_graphed_callables leaves its graphs to the cyclic garbage
+    collector (pytorch#195397), which kept their memory after training and may destroy a graph in
+    the middle of another capture.
+    """
+
+    def __init__(self, stack: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, pool):
+        call = _StackCall(stack)
+        self.params = [p for p in stack.parameters() if p.requires_grad]  # the adapters' weights
+        self.inputs = (input_ids.clone(), mask.clone())
+        self.forward_graph, self.backward_graph = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        # One pass on a side stream first, so that lazy initialisation stays out of the captures.
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            hidden = call(*self.inputs)
+            torch.autograd.grad(hidden, self.params, torch.ones_like(hidden), allow_unused=True)
+        torch.cuda.current_stream().wait_stream(side)
+        del hidden
+        gc.collect()  # garbage that holds a CUDA graph must not be collected during a capture
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            with torch.cuda.graph(self.forward_graph, pool=pool):
+                hidden = call(*self.inputs)
+            self.hidden_grad = torch.empty_like(hidden)
+            with torch.cuda.graph(self.backward_graph, pool=pool):
+                self.grads = torch.autograd.grad(hidden, self.params, self.hidden_grad, allow_unused=True)
+        finally:
+            if collecting:
+                gc.enable()
+        self.hidden = hidden.detach()  # (batch, padded length, hidden size); its autograd graph is spent
+
+    def release(self) -> None:
+        self.forward_graph.reset()
+        self.backward_graph.reset()
+        self.inputs = self.hidden = self.hidden_grad = self.grads = ()
+
+
+class _Replay(torch.autograd.Function):
+    """One autograd node for the whole stack: forward replays the forward graph, backward the backward one."""
+
+    @staticmethod
+    def forward(ctx, graphs: ShapeGraphs, input_ids: torch.Tensor, mask: torch.Tensor, *params: torch.Tensor):
+        graphs.inputs[0].copy_(input_ids)
+        graphs.inputs[1].copy_(mask)
+        graphs.forward_graph.replay()
+        ctx.graphs = graphs
+        return graphs.hidden.detach()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, hidden_grad: torch.Tensor):
+        graphs = ctx.graphs
+        graphs.hidden_grad.copy_(hidden_grad)
+        graphs.backward_graph.replay()
+        return (None, None, None, *(g.detach() if g is not None else None for g in graphs.grads))
+
+
+def _record(state: GraphedStack, input_ids: torch.Tensor, mask: torch.Tensor) -> ShapeGraphs:
+    """Record the stack's graphs for this batch shape (no gradient changes). RuntimeError naming the fix
+    if capturing fails; an out-of-memory error stays one."""
     autocast = torch.is_autocast_enabled("cuda")
     try:
-        # make_graphed_callables refuses autocast's weight cache; a cast inside the graph is replayed anyway
+        # autocast's cache of cast weights would live outside the graphs' memory: off while capturing
         with torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), enabled=autocast, cache_enabled=False):
-            return torch.cuda.make_graphed_callables(_StackCall(state.stack), (input_ids.clone(), mask.clone()),
-                                                     num_warmup_iters=1, pool=state.pool)
+            return ShapeGraphs(state.stack, input_ids, mask, state.pool)
     except torch.OutOfMemoryError:
         raise
     except Exception as error:
@@ -168,7 +234,7 @@ def _record(state: GraphedStack, input_ids: torch.Tensor, mask: torch.Tensor):
                            "cuda_graphs=False.") from error
 
 
-def _unalias_gradients(stack: torch.nn.Module) -> None:
+def _unalias_gradients(params: list[torch.nn.Parameter]) -> None:
     """Keep accumulated gradients out of the graphs' output buffers.
 
     autograd takes the backward graph's output tensor itself as a parameter's `.grad` when the
@@ -177,6 +243,6 @@ def _unalias_gradients(stack: torch.nn.Module) -> None:
     Copying the gradients that already exist before each replay keeps them (a no-op in the usual
     step, which starts with no gradients).
     """
-    for param in stack.parameters():
+    for param in params:
         if param.grad is not None:
             param.grad = param.grad.clone()
