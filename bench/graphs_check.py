@@ -65,6 +65,9 @@ def train(loaded, steps: list[list[dict]], start: dict, *, with_graphs: bool) ->
                     loss = model(**micro).loss
                 (loss * 1024).backward()
                 losses.append(float(loss))
+                # as the Trainer does: no autograd graph outlives its backward (a live one would tie the
+                # weights' gradient accumulators to the eager stream, which a capture cannot wait on)
+                del loss
             grads.append({n: p.grad.detach().float().clone() for n, p in model.named_parameters()
                           if p.grad is not None})
             model.zero_grad(set_to_none=True)

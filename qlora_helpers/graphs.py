@@ -31,6 +31,7 @@ class GraphedStack:
     stack: torch.nn.Module  # the decoder stack (e.g. Qwen2Model): embeddings, decoder layers, final norm
     graphs: dict[tuple[int, ...], ShapeGraphs] = field(default_factory=dict)  # input_ids shape -> its graphs
     pool: object = None  # the memory pool every capture shares (torch.cuda.graph_pool_handle)
+    stream: object = None  # the side stream every warm-up and capture runs on
     checkpoint_functions: dict[torch.nn.Module, object] = field(default_factory=dict)  # layer -> its own
 
 
@@ -94,7 +95,7 @@ def enable(model: torch.nn.Module) -> GraphedStack:
         raise ValueError(f"cuda_graphs runs in one process, not {world_size()}: train with cuda_graphs=False, "
                          "or on one GPU.")
     disable(model)
-    state = GraphedStack(stack, pool=torch.cuda.graph_pool_handle())
+    state = GraphedStack(stack, pool=torch.cuda.graph_pool_handle(), stream=torch.cuda.Stream())
     # torch.utils.checkpoint saves and restores the CUDA RNG state around a recomputed layer, which a
     # capture cannot do (pytorch#162504); with nothing random inside, there is nothing to restore.
     for layer in decoder_layers(stack):
@@ -123,6 +124,9 @@ def disable(model: torch.nn.Module) -> None:
     for recorded in state.graphs.values():
         recorded.release()
     state.graphs.clear()
+    # cuBLAS's workspace for the capture stream outlives the graphs that used it; with every graph of
+    # ours reset it can go (it is made again on the next matmul that needs one).
+    torch._C._cuda_clearCublasWorkspaces()
     gc.collect()
     torch.cuda.empty_cache()
 
@@ -165,27 +169,29 @@ class ShapeGraphs:
     the middle of another capture.
     """
 
-    def __init__(self, stack: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, pool):
+    def __init__(self, stack: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, pool,
+                 stream: torch.cuda.Stream):
         call = _StackCall(stack)
         self.params = [p for p in stack.parameters() if p.requires_grad]  # the adapters' weights
         self.inputs = (input_ids.clone(), mask.clone())
         self.forward_graph, self.backward_graph = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
-        # One pass on a side stream first, so that lazy initialisation stays out of the captures.
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
+        # One pass first, on the stream the captures use, so that lazy initialisation (cuBLAS's
+        # workspace for that stream among it) stays out of the graphs. One stream for every shape:
+        # cuBLAS keeps a workspace per stream (~80 MB on an H200) for as long as the process runs.
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
             hidden = call(*self.inputs)
             torch.autograd.grad(hidden, self.params, torch.ones_like(hidden), allow_unused=True)
-        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.current_stream().wait_stream(stream)
         del hidden
         gc.collect()  # garbage that holds a CUDA graph must not be collected during a capture
         collecting = gc.isenabled()
         gc.disable()
         try:
-            with torch.cuda.graph(self.forward_graph, pool=pool):
+            with torch.cuda.graph(self.forward_graph, pool=pool, stream=stream):
                 hidden = call(*self.inputs)
             self.hidden_grad = torch.empty_like(hidden)
-            with torch.cuda.graph(self.backward_graph, pool=pool):
+            with torch.cuda.graph(self.backward_graph, pool=pool, stream=stream):
                 self.grads = torch.autograd.grad(hidden, self.params, self.hidden_grad, allow_unused=True)
         finally:
             if collecting:
@@ -225,7 +231,7 @@ def _record(state: GraphedStack, input_ids: torch.Tensor, mask: torch.Tensor) ->
     try:
         # autocast's cache of cast weights would live outside the graphs' memory: off while capturing
         with torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), enabled=autocast, cache_enabled=False):
-            return ShapeGraphs(state.stack, input_ids, mask, state.pool)
+            return ShapeGraphs(state.stack, input_ids, mask, state.pool, state.stream)
     except torch.OutOfMemoryError:
         raise
     except Exception as error:
