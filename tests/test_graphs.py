@@ -1,0 +1,146 @@
+"""qlora_helpers/graphs.py on CPU: what it refuses (before any work), what enable changes on a model
+and what disable puts back, and that everything but a training forward on a GPU stays eager. The
+recording and replaying themselves need a GPU: bench/graphs_check.py compares their gradients with
+the eager stack's there (bench/results/graphs_check_*.json)."""
+import functools
+
+import pytest
+import torch
+
+from qlora_helpers import graphs, modeling, training
+
+
+@pytest.fixture
+def qwen2_lora(tiny_qwen2):
+    """The tiny Qwen2 with LoRA (dropout 0) and non-reentrant checkpointing, as QLoRA trains it."""
+    loaded = modeling.load_model(tiny_qwen2, "lora", 77, lora_dropout=0.0, gradient_checkpointing=True)
+    loaded.model.train()
+    return loaded
+
+
+@pytest.fixture
+def pretend_gpu(monkeypatch):
+    """Let enable() run on CPU: the device checks pass and the CUDA objects it makes are stand-ins."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: ("pool",))
+    monkeypatch.setattr(torch.cuda, "Stream", lambda: "stream")
+    monkeypatch.setattr(torch._C, "_cuda_clearCublasWorkspaces", lambda: None, raising=False)
+
+
+def _batch():
+    ids = torch.randint(3, 200, (4, 8))
+    mask = torch.ones_like(ids)
+    ids[0, 5:], mask[0, 5:] = 0, 0  # one padded row
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 2, 3])}
+
+
+def test_enable_refuses_what_graphs_cannot_replay_before_any_work(qwen2_lora, tiny_qwen2, minilm_path):
+    with pytest.raises(ValueError, match="cuda_graphs needs a CUDA GPU: train with cuda_graphs=False"):
+        graphs.enable(qwen2_lora.model)
+    with_dropout = modeling.load_model(tiny_qwen2, "lora", 77, lora_dropout=0.1)
+    with pytest.raises(ValueError, match=r"without dropout .*lora_dropout.*set lora_dropout=0"):
+        graphs.enable(with_dropout.model)
+    encoder = modeling.load_model(minilm_path, "lora", 77, lora_dropout=0.0)
+    with pytest.raises(ValueError, match=r"decoder classifiers .* not BertForSequenceClassification"):
+        graphs.enable(encoder.model)
+    for model in (qwen2_lora.model, with_dropout.model):  # nothing changed by a refused call
+        stack = graphs.decoder_stack(model)
+        assert "forward" not in stack.__dict__ and not hasattr(stack, "_qlora_graphs")
+
+
+def test_cuda_graphs_knob_on_cpu_fails_in_build_trainer_with_the_fix(qwen2_lora, tmp_path):
+    config = training.default_train_config("qlora", output_dir=str(tmp_path), cuda_graphs=True)
+    with pytest.raises(ValueError, match="train with cuda_graphs=False"):
+        training.build_trainer(qwen2_lora, [], config)
+
+
+def test_enable_and_disable_round_trip(qwen2_lora, pretend_gpu):
+    model = qwen2_lora.model
+    stack = graphs.decoder_stack(model)
+    layers = modeling.decoder_layers(stack)
+    own = [layer._gradient_checkpointing_func for layer in layers]
+    assert all(isinstance(f, functools.partial) and "preserve_rng_state" not in f.keywords for f in own)
+
+    state = graphs.enable(model)
+    assert stack.forward.func is graphs._dispatch and state.stack is stack
+    # the recomputation of a checkpointed layer must not save or restore the CUDA RNG in a capture
+    assert all(layer._gradient_checkpointing_func.keywords == {"use_reentrant": False, "preserve_rng_state": False}
+               for layer in layers)
+    graphs.enable(model)  # idempotent: the second call replaces the first, it does not wrap it
+    assert stack.forward.func is graphs._dispatch
+
+    graphs.disable(model)
+    assert "forward" not in stack.__dict__ and not hasattr(stack, "_qlora_graphs")
+    assert [layer._gradient_checkpointing_func for layer in layers] == own
+    graphs.disable(model)  # nothing left to undo: a no-op
+
+
+def test_dispatch_runs_the_stack_eagerly_unless_a_training_forward_on_a_gpu(qwen2_lora, pretend_gpu, monkeypatch):
+    model = qwen2_lora.model
+    batch = _batch()
+    expected = model(**batch)
+    expected.loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+
+    recorded = []
+    monkeypatch.setattr(graphs, "_record", lambda state, ids, mask: recorded.append(ids.shape))
+    graphs.enable(model)
+    try:
+        out = model(**batch)  # CPU tensors: eager
+        out.loss.backward()
+        model.eval()
+        with torch.no_grad():
+            evaluated = model(**batch)  # evaluation: eager
+    finally:
+        graphs.disable(model)
+    assert recorded == []
+    assert torch.equal(out.loss, expected.loss) and torch.allclose(evaluated.logits, expected.logits)
+    assert {n: p.grad for n, p in model.named_parameters() if p.grad is not None}.keys() == grads.keys()
+    assert all(torch.equal(p.grad, grads[n]) for n, p in model.named_parameters() if n in grads)
+
+
+def test_dispatch_records_one_graph_pair_per_batch_shape(qwen2_lora, pretend_gpu, monkeypatch):
+    """A training forward on a GPU records its shape once and replays the recording after; the
+    stand-in recording runs the stack eagerly, so the loss must equal the eager model's."""
+    model = qwen2_lora.model
+    batch = _batch()
+    with torch.no_grad():
+        expected = float(model(**batch).loss)
+
+    class Recorded:  # what _dispatch and disable use of a ShapeGraphs
+        def __init__(self, state):
+            self.params, self.released = [], False
+
+        def release(self):
+            self.released = True
+
+    recorded, made = [], []
+
+    def record(state, ids, mask):
+        recorded.append(tuple(ids.shape))
+        made.append(Recorded(state))
+        return made[-1]
+
+    def replay(graphs_of_shape, ids, mask, *params):
+        stack = graphs.decoder_stack(model)
+        return type(stack).forward(stack, ids, attention_mask=mask, use_cache=False).last_hidden_state
+
+    monkeypatch.setattr(graphs, "_on_gpu", lambda tensor: True)
+    monkeypatch.setattr(graphs, "_record", record)
+    monkeypatch.setattr(graphs._Replay, "apply", replay)
+    graphs.enable(model)
+    try:
+        losses = [float(model(**b).loss.detach()) for b in (batch, batch, {k: v[:2] for k, v in batch.items()})]
+    finally:
+        graphs.disable(model)
+    assert recorded == [(4, 8), (2, 8)] and all(r.released for r in made)  # disable released both
+    assert losses[0] == losses[1] == pytest.approx(expected, abs=1e-6)
+
+
+def test_unalias_gradients_copies_only_existing_gradients():
+    with_grad, without = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
+    buffer = torch.full((3,), 2.0)
+    with_grad.grad = buffer  # as autograd leaves it: the backward graph's own output tensor
+    graphs._unalias_gradients([with_grad, without])
+    assert with_grad.grad is not buffer and torch.equal(with_grad.grad, buffer) and without.grad is None
