@@ -6,7 +6,8 @@ the same micro-batches from the same starting weights twice, eagerly and with gr
 optimizer steps of three micro-batches each (two of one shape accumulated into one gradient, the
 case graphs._unalias_gradients exists for, then a third shape; the second step replays graphs the
 first recorded). Writes each micro-batch's loss and the largest gradient difference after each step,
-relative to the largest eager gradient, as JSON to --out.
+relative to the largest eager gradient, as JSON to --out, and the GPU memory still allocated once
+graphs.disable has run, against the eager run's (what the next setup in a process starts with).
 
     QLORA_EMULATE_GPU=t4 python3 bench/graphs_check.py --model offline:smollm2-135m --out bench/results/x.json
 """
@@ -82,6 +83,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
 
+    import torch
+
     from qlora_helpers import modeling
     from qlora_helpers.notebook import results
 
@@ -89,12 +92,17 @@ def main(argv=None) -> dict:
     start = {n: p.detach().clone() for n, p in loaded.model.named_parameters() if p.requires_grad}
     steps = micro_batches(loaded)
     eager_losses, eager_grads = train(loaded, steps, start, with_graphs=False)
+    allocated_after_eager = torch.cuda.memory_allocated()  # bytes; gradients zeroed, cuBLAS's workspace made
     graph_losses, graph_grads = train(loaded, steps, start, with_graphs=True)
+    allocated_after_graphs = torch.cuda.memory_allocated()  # bytes, after graphs.disable
     report = {"model": args.model, "compute_dtype": str(loaded.compute_dtype), "hardware": results.hardware(),
               "versions": results.library_versions(), "commit": results.code_commit(),
               "shapes": [[list(m["input_ids"].shape) for m in step] for step in steps],
               "eager_losses": eager_losses, "graph_losses": graph_losses,
-              "max_loss_difference": max(abs(a - b) for a, b in zip(eager_losses, graph_losses)), "steps": []}
+              "max_loss_difference": max(abs(a - b) for a, b in zip(eager_losses, graph_losses)),
+              "allocated_bytes_after_eager": allocated_after_eager,
+              "allocated_bytes_after_graphs_disabled": allocated_after_graphs,
+              "allocated_bytes_left_by_graphs": allocated_after_graphs - allocated_after_eager, "steps": []}
     for eager, graphed in zip(eager_grads, graph_grads):
         assert eager.keys() == graphed.keys(), "the graphs left different parameters with gradients"
         scale = max(float(g.abs().max()) for g in eager.values())
@@ -104,7 +112,8 @@ def main(argv=None) -> dict:
     report["max_relative_gradient_difference"] = max(s["relative"] for s in report["steps"])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
-    print(json.dumps({k: report[k] for k in ("max_loss_difference", "max_relative_gradient_difference")}))
+    print(json.dumps({k: report[k] for k in ("max_loss_difference", "max_relative_gradient_difference",
+                                             "allocated_bytes_left_by_graphs")}))
     return report
 
 
