@@ -125,7 +125,25 @@ def test_summary_rebuilds_from_committed_results(tmp_path):
     # each estimator row names the run that measured it: the latest one per model and method
     estimator = text.split("## Estimator")[1]
     assert "| run6_h200_estimator | Qwen2.5-7B | full |" in estimator and "| run2_" not in estimator
+    # run 8's cells came after CUDA-graph setups that left memory allocated (54f5065): set aside, named
+    assert "| run6_h200_t4 | Qwen2.5-7B | qlora |" in estimator and "| run8_" not in estimator
+    assert "- Set aside: run8_h200_t4 (Qwen2.5-7B qlora 5.67 GiB)" in estimator
     assert (tmp_path / "SUMMARY.md").read_text() == text
+
+
+def test_leftover_bytes_compares_each_setup_with_the_first_of_its_model():
+    summarize = _load("summarize")
+    mib = 2**20
+
+    def run(*starts):
+        return {"estimator": [{}], "speed": [{"model": model, "start_allocated_bytes": start * mib}
+                                            for model, start in starts]}
+
+    steady = run(("7B", 4000), ("7B", 4034), ("0.5B", 500), ("0.5B", 534))  # cuBLAS's first workspace only
+    leaky = run(("7B", 4000), ("7B", 4034), ("7B", 4450))
+    other_model = run(("7B", 4000), ("0.5B", 500))  # a smaller model starts lower: not a leftover
+    assert summarize.leftover_bytes(steady) == 34 * mib and summarize.leftover_bytes(other_model) == 0
+    assert summarize.set_aside_estimator_runs({"a": steady, "b": leaky, "c": other_model}) == {"b": 450 * mib}
 
 
 def test_sweep_cpu_mode_records_curves_and_chooses_by_time_to_accuracy(tmp_path):
