@@ -3,6 +3,7 @@ writes its JSON and markdown; bench/summarize.py rebuilds the summary from the c
 import importlib.util
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -129,6 +130,16 @@ def test_summary_rebuilds_from_committed_results(tmp_path):
     assert "| run6_h200_t4 | Qwen2.5-7B | qlora |" in estimator and "| run8_" not in estimator
     assert "- Set aside: run8_h200_t4 (Qwen2.5-7B qlora 5.67 GiB)" in estimator
     assert (tmp_path / "SUMMARY.md").read_text() == text
+
+
+def test_readme_cuda_graph_ratios_are_run_8s_in_the_summary():
+    """The README's CUDA-graph rows quote ratios; each must be one SUMMARY.md computed for run 8."""
+    readme = (REPO / "README.md").read_text().splitlines()
+    quoted = re.findall(r"(\d+\.\d+)x", " ".join(line for line in readme if line.startswith("| CUDA graphs")))
+    summary = [line for line in (REPO / "bench" / "results" / "SUMMARY.md").read_text().splitlines()
+               if line.startswith("| run8_")]
+    assert len(quoted) == 8
+    assert [r for r in quoted if not any(f"| {r}x |" in line for line in summary)] == []
 
 
 def test_leftover_bytes_compares_each_setup_with_the_first_of_its_model():
