@@ -4,12 +4,13 @@ A QLoRA step on a small model, or on a 7B on a fast GPU, waits on kernel launche
 Qwen2.5-7B's step launches ~11.6k GPU operations and keeps the GPU busy 27% of the time
 (bench/results/SUMMARY.md, "Where a step's time goes"). As torch.cuda.make_graphed_callables does
 (PyTorch's "partial-network capture"), the decoder stack's forward, and its backward with the
-checkpointed layers' recomputation, are recorded as two CUDA graphs that each replay with one launch. The head, the loss, the gradient scaler and
-the optimizer stay eager, so the Trainer, its hooks and its callbacks see an ordinary model.
+checkpointed layers' recomputation, are recorded as two CUDA graphs that each replay with one
+launch. The head, the loss, the gradient scaler and the optimizer stay eager, so the Trainer, its hooks and its callbacks see an ordinary model.
 
 One pair of graphs per batch shape (micro-batch, padded length), recorded the first time that shape
-trains; length-grouped batches padded to a multiple of 8 make a handful of shapes. All pairs share one
-memory pool, which is safe because each micro-batch's backward replays before the next forward does.
+trains; length-grouped batches padded to a multiple of 8 make a handful of shapes. All pairs share one memory pool, which is safe because each micro-batch's
+backward replays before the next forward does, and one side stream, warmed up once, before the first
+capture: a later shape is captured without an eager pass of its own.
 The graphs compute what the eager stack computes (same kernels, same order), with two limits:
 nothing random may run inside (LoRA dropout 0, no attention dropout), and one process only.
 """
@@ -31,7 +32,8 @@ class GraphedStack:
     stack: torch.nn.Module  # the decoder stack (e.g. Qwen2Model): embeddings, decoder layers, final norm
     graphs: dict[tuple[int, ...], ShapeGraphs] = field(default_factory=dict)  # input_ids shape -> its graphs
     pool: object = None  # the memory pool every capture shares (torch.cuda.graph_pool_handle)
-    stream: object = None  # the side stream every warm-up and capture runs on
+    stream: object = None  # the side stream the warm-up and every capture run on
+    warmed_up: bool = False  # the stream has run one eager pass (its lazy initialisation is done)
     checkpoint_functions: dict[torch.nn.Module, object] = field(default_factory=dict)  # layer -> its own
 
 
@@ -170,20 +172,21 @@ class ShapeGraphs:
     """
 
     def __init__(self, stack: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, pool,
-                 stream: torch.cuda.Stream):
+                 stream: torch.cuda.Stream, *, warm_up: bool):
         call = _StackCall(stack)
         self.params = [p for p in stack.parameters() if p.requires_grad]  # the adapters' weights
         self.inputs = (input_ids.clone(), mask.clone())
         self.forward_graph, self.backward_graph = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
-        # One pass first, on the stream the captures use, so that lazy initialisation (cuBLAS's
-        # workspace for that stream among it) stays out of the graphs. One stream for every shape:
-        # cuBLAS keeps a workspace per stream (~80 MB on an H200) for as long as the process runs.
         stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            hidden = call(*self.inputs)
-            torch.autograd.grad(hidden, self.params, torch.ones_like(hidden), allow_unused=True)
-        torch.cuda.current_stream().wait_stream(stream)
-        del hidden
+        if warm_up:
+            # One pass first, on the stream the captures use, so that lazy initialisation (cuBLAS's
+            # workspace for that stream among it) stays out of the graphs. One stream for every shape:
+            # cuBLAS keeps a workspace per stream (~80 MB on an H200) for as long as the process runs.
+            with torch.cuda.stream(stream):
+                hidden = call(*self.inputs)
+                torch.autograd.grad(hidden, self.params, torch.ones_like(hidden), allow_unused=True)
+            torch.cuda.current_stream().wait_stream(stream)
+            del hidden
         gc.collect()  # garbage that holds a CUDA graph must not be collected during a capture
         collecting = gc.isenabled()
         gc.disable()
@@ -231,7 +234,10 @@ def _record(state: GraphedStack, input_ids: torch.Tensor, mask: torch.Tensor) ->
     try:
         # autocast's cache of cast weights would live outside the graphs' memory: off while capturing
         with torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), enabled=autocast, cache_enabled=False):
-            return ShapeGraphs(state.stack, input_ids, mask, state.pool, state.stream)
+            recorded = ShapeGraphs(state.stack, input_ids, mask, state.pool, state.stream,
+                                   warm_up=not state.warmed_up)
+            state.warmed_up = True
+            return recorded
     except torch.OutOfMemoryError:
         raise
     except Exception as error:

@@ -2,6 +2,7 @@
 and what disable puts back, and that everything but a training forward on a GPU stays eager. The
 recording and replaying themselves need a GPU: bench/graphs_check.py compares their gradients with
 the eager stack's there (bench/results/graphs_check_*.json)."""
+import contextlib
 import functools
 
 import pytest
@@ -144,3 +145,30 @@ def test_unalias_gradients_copies_only_existing_gradients():
     with_grad.grad = buffer  # as autograd leaves it: the backward graph's own output tensor
     graphs._unalias_gradients([with_grad, without])
     assert with_grad.grad is not buffer and torch.equal(with_grad.grad, buffer) and without.grad is None
+
+
+def test_only_the_first_recording_on_a_stream_runs_an_eager_warm_up(qwen2_lora, pretend_gpu, monkeypatch):
+    """A warm-up pass is for the capture stream's lazy initialisation (cuBLAS's workspace): once per
+    stream, so each later batch shape costs its captures only; a failed recording warms up nothing."""
+    asked = []
+
+    def shape_graphs(stack, ids, mask, pool, stream, *, warm_up):
+        asked.append((tuple(ids.shape), warm_up))
+        if ids.shape[0] == 3:
+            raise RuntimeError("capture failed")
+        return object()
+
+    monkeypatch.setattr(graphs, "ShapeGraphs", shape_graphs)
+    monkeypatch.setattr(torch, "is_autocast_enabled", lambda *args: False)
+    monkeypatch.setattr(torch, "get_autocast_dtype", lambda *args: torch.float16)
+    monkeypatch.setattr(torch, "autocast", lambda *args, **kwargs: contextlib.nullcontext())
+    state = graphs.enable(qwen2_lora.model)
+    try:
+        ids = torch.ones(3, 8, dtype=torch.long)
+        with pytest.raises(RuntimeError, match="train with cuda_graphs=False"):
+            graphs._record(state, ids, ids)
+        for batch in (4, 2, 4):
+            graphs._record(state, torch.ones(batch, 8, dtype=torch.long), torch.ones(batch, 8, dtype=torch.long))
+    finally:
+        graphs.disable(qwen2_lora.model)
+    assert asked == [((3, 8), True), ((4, 8), True), ((2, 8), False), ((4, 8), False)]
