@@ -27,6 +27,9 @@
 #   graphs            one GPU: CUDA graphs of the decoder stack (TrainConfig.cuda_graphs) checked against the
 #                     eager stack (graphs_check_*), timed against the default on real SmolLM2-135M and the 7B
 #                     QLoRA shape (run8_*), then their validation accuracy on real SmolLM2 (sweep_h200_t4_graphs)
+#   graphs-epoch      one GPU: the graphs checked again, then timed over one whole epoch against the default on
+#                     real SmolLM2-135M and the 7B QLoRA shape (run9_*), then their validation accuracy under
+#                     three seeds on real SmolLM2 (sweep_h200_t4_graphs_seeds)
 set -u
 WORK=${1:?a work folder}
 shift
@@ -115,6 +118,26 @@ for name in "$@"; do
       python3 bench/sweep.py run --gpus 0 --tag h200_t4_graphs --max-seconds 200 --max-train 4500 \
         --out-dir "$WORK/results" --work-dir /tmp/sweep_work --candidates qlora_b64_lr2e-3,qlora_b64_lr2e-3_graphs \
         > "$WORK/sweep_graphs.log" 2>&1; finished "$WORK/sweep_graphs.log" ;;
+    graphs-epoch)
+      # graphs.py warmed up once per stream (not per shape) and cleared cuBLAS's workspaces: its gradients against
+      # the eager stack again (graphs_check_*_<commit>), then one whole epoch (157 steps of 64 from 10,003 rows, no
+      # step left out as warm-up: every recording counted) against the default on real SmolLM2-135M and the 7B
+      # QLoRA shape (run9_*), then validation accuracy under three seeds on real SmolLM2 (sweep_h200_t4_graphs_seeds)
+      GRAPH_LEVERS=library_default,lever_cuda_graphs,lever_cuda_graphs_fused_adamw
+      COMMIT=${QLORA_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+      for model in tiny-qwen2 smollm2-135m; do
+        QLORA_EMULATE_GPU=t4 python3 bench/graphs_check.py --model offline:$model \
+          --out "$WORK/results/graphs_check_h200_t4_${model%%-*}_$COMMIT.json" >> "$WORK/graphs_check.log" 2>&1
+        finished "$WORK/graphs_check.log"
+      done
+      $B --sections env,speed --cells smollm2:qlora --steps 157 --warmup 0 --only-configs $GRAPH_LEVERS \
+        --tag run9_h200_t4_smollm2 > "$WORK/run9_smollm2.log" 2>&1; finished "$WORK/run9_smollm2.log"
+      $B --sections env,build,speed --build 7B --cells 7B:qlora --steps 157 --warmup 0 --only-configs $GRAPH_LEVERS \
+        --tag run9_h200_t4 > "$WORK/run9.log" 2>&1; finished "$WORK/run9.log"
+      python3 bench/sweep.py run --gpus 0 --tag h200_t4_graphs_seeds --seeds 42,1,2 --max-seconds 200 --max-train 4500 \
+        --out-dir "$WORK/results" --work-dir /tmp/sweep_work \
+        --candidates qlora_b64_lr2e-3,qlora_b64_lr2e-3_graphs,qlora_b64_lr2e-3_graphs_fused \
+        > "$WORK/sweep_graphs_seeds.log" 2>&1; finished "$WORK/sweep_graphs_seeds.log" ;;
     *) echo "unknown phase $name" >&2; exit 2 ;;
   esac
 done

@@ -54,16 +54,25 @@ CANDIDATES: dict[str, dict] = {
                                     optimizer="adamw_torch_fused", gradient_checkpointing=False),
     # the default with its decoder stack replayed as CUDA graphs (lever_cuda_graphs): the same accuracy?
     "qlora_b64_lr2e-3_graphs": dict(method="qlora", batch_size=64, learning_rate=2e-3, cuda_graphs=True),
+    # ... and with torch's fused fp32 AdamW instead of the 8-bit one (lever_cuda_graphs_fused_adamw)
+    "qlora_b64_lr2e-3_graphs_fused": dict(method="qlora", batch_size=64, learning_rate=2e-3, cuda_graphs=True,
+                                          optimizer="adamw_torch_fused"),
 }
 # optimizer / gradient_checkpointing None: the method's default (qlora_helpers/defaults.py)
 SHARED = dict(epochs=2.0, gradient_accumulation=1, lora_r=16, lora_alpha=32, lora_dropout=0.0, max_length=64,
               tutorial=False, compile_layers=False, cuda_graphs=False, optimizer=None, gradient_checkpointing=None)
 
 
-def candidate(name: str) -> dict:
+DEFAULT_SEED = 42  # training.TrainConfig's: a worker of another seed is named <candidate>_seed<seed>
+
+
+def candidate(name: str, seed: int = DEFAULT_SEED) -> dict:
+    """The knobs of candidate `name` trained with `seed` (LoRA and head initialisation, batch order;
+    the validation split stays the same). SystemExit naming the candidates for an unknown name."""
     if name not in CANDIDATES:
         raise SystemExit(f"unknown candidate {name!r}: choose from {', '.join(CANDIDATES)}")
-    return {**SHARED, **CANDIDATES[name], "name": name}
+    label = name if seed == DEFAULT_SEED else f"{name}_seed{seed}"
+    return {**SHARED, **CANDIDATES[name], "name": label, "base": name, "seed": seed}
 
 
 # Worker ---------------------------------------------------------------------------------------
@@ -77,7 +86,7 @@ def worker(args) -> None:
     try:
         _worker(args)
     finally:  # a worker that fails before its solo window must not keep the others waiting
-        mark_solo_done(args, args.candidate)
+        mark_solo_done(args, candidate(args.candidate, args.seed)["name"])
 
 
 def _worker(args) -> None:
@@ -88,7 +97,7 @@ def _worker(args) -> None:
     from qlora_helpers import data, emulation, evaluation, modeling, training
     from qlora_helpers.notebook import results
 
-    knobs = candidate(args.candidate)
+    knobs = candidate(args.candidate, args.seed)
     on_gpu = args.device == "cuda"
     if on_gpu and args.profile == "t4":  # fp16 compute and the T4 cap, applied by load_model (emulation.py)
         os.environ[emulation.ENV_VAR] = "t4"
@@ -109,6 +118,7 @@ def _worker(args) -> None:
         knobs["method"], output_dir=str(Path(args.work_dir) / knobs["name"]), epochs=knobs["epochs"],
         batch_size=knobs["batch_size"], gradient_accumulation=knobs["gradient_accumulation"],
         learning_rate=knobs["learning_rate"], max_length=max_length, save_steps=10**9, logging_steps=10,
+        seed=knobs["seed"],
         group_by_length=not knobs["tutorial"], retry_on_oom=False, compile_layers=knobs["compile_layers"],
         cuda_graphs=knobs["cuda_graphs"],
         **({"optimizer": knobs["optimizer"]} if knobs["optimizer"] else {}))
@@ -210,6 +220,7 @@ def _worker(args) -> None:
 # Parent ---------------------------------------------------------------------------------------
 def run(args) -> None:
     names = args.candidates.split(",") if args.candidates else list(CANDIDATES)
+    seeds = [int(seed) for seed in args.seeds.split(",")]
     for name in names:
         candidate(name)
     gpus = args.gpus.split(",") if args.device == "cuda" else ["cpu"]
@@ -220,16 +231,19 @@ def run(args) -> None:
     commit = results.code_commit()
     # the slow ones first on each GPU, then round-robin, so that the GPUs end together
     order = sorted(names, key=lambda n: (not CANDIDATES[n].get("tutorial"), CANDIDATES[n]["method"] != "qlora"))
-    assignment = {name: gpus[i % len(gpus)] for i, name in enumerate(order)}
+    workers = [(name, seed) for seed in seeds for name in order]
+    assignment = {worker: gpus[i % len(gpus)] for i, worker in enumerate(workers)}
     procs = []
-    for name in order:
-        gpu = assignment[name]
+    for name, seed in workers:
+        gpu = assignment[name, seed]
+        label = candidate(name, seed)["name"]
         lock_dir = Path(args.work_dir) / f"locks_{args.tag}_{gpu}"
         lock_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         if args.device == "cuda":
             env["CUDA_VISIBLE_DEVICES"] = gpu
-        cmd = [sys.executable, __file__, "worker", "--candidate", name, "--out", str(out_dir / f"{name}.json"),
+        cmd = [sys.executable, __file__, "worker", "--candidate", name, "--seed", str(seed),
+               "--out", str(out_dir / f"{label}.json"),
                "--device", args.device, "--profile", args.profile, "--model", args.model,
                "--eval-every", str(args.eval_every), "--max-seconds", str(args.max_seconds),
                "--solo-steps", str(args.solo_steps), "--solo-warmup", str(args.solo_warmup),
@@ -238,9 +252,9 @@ def run(args) -> None:
         for flag in ("max_train", "max_validation", "data_dir"):
             if getattr(args, flag) is not None:
                 cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-        log = open(out_dir / f"{name}.log", "w")
-        procs.append((name, subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)))
-        print(f"started {name} on {gpu}", flush=True)
+        log = open(out_dir / f"{label}.log", "w")
+        procs.append((label, subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)))
+        print(f"started {label} on {gpu}", flush=True)
     failed = []
     for name, proc in procs:
         if proc.wait() != 0:
@@ -282,6 +296,28 @@ def choose(folder: Path) -> dict[str, dict]:
         seconds, best = min(timed, key=lambda pair: pair[0])
         chosen[method] = {**best["candidate"], "target": target, "solo_seconds": seconds}
     return chosen
+
+
+def seed_summary(group: list[dict], target: float) -> list[str]:
+    """Per candidate trained with several seeds: its final validation accuracy under each seed, their
+    mean, and the mean solo seconds to `target` (the spread of one candidate across seeds is the noise
+    a difference between candidates must exceed)."""
+    by_base: dict[str, list[dict]] = {}
+    for record in group:
+        by_base.setdefault(record["candidate"].get("base", record["candidate"]["name"]), []).append(record)
+    lines = []
+    for base, records in by_base.items():
+        if len(records) < 2:
+            continue
+        records = sorted(records, key=lambda r: r["candidate"].get("seed", DEFAULT_SEED))
+        finals = [r["curve"][-1]["validation_accuracy"] for r in records]
+        times = [time_to(r, target) for r in records]
+        reached = [t for t in times if t is not None]
+        each = ", ".join(f"{a:.2%} (seed {r['candidate'].get('seed', DEFAULT_SEED)})" for a, r in zip(finals, records))
+        when = (f"mean solo s to target {sum(reached) / len(reached):.0f} ({len(reached)} of {len(records)} "
+                "reached it)" if reached else "none reached the target")
+        lines.append(f"- {base}: final validation accuracy {each}; mean {sum(finals) / len(finals):.2%}; {when}.")
+    return lines + [""] if lines else []
 
 
 def report(args) -> str:
@@ -331,6 +367,7 @@ def report(args) -> str:
             xs = [solo_seconds(r, p) or 0 for p in r["curve"]]
             ax.plot(xs, [p["validation_accuracy"] for p in r["curve"]], marker=".",
                     linestyle="--" if c["tutorial"] else "-", label=c["name"])
+        lines += seed_summary(group, target)
         ax.axhline(target, color="grey", linewidth=0.8)
         ax.set_title(f"{method}: SmolLM2-135M")
         ax.set_xlabel("solo training seconds")
@@ -360,12 +397,15 @@ def main(argv=None) -> None:
                            default=value)
     sub.choices["run"].add_argument("--candidates", default="", help="comma-separated names; default all")
     sub.choices["run"].add_argument("--gpus", default="0")
+    sub.choices["run"].add_argument("--seeds", default=str(DEFAULT_SEED),
+                                    help="comma-separated training seeds: each candidate trains once per seed")
     sub.choices["run"].add_argument("--tag", default="h200_t4")
     sub.choices["run"].add_argument("--out-dir", default=str(REPO / "bench" / "results"))
     w = sub.choices["worker"]
     for flag in ("--candidate", "--out", "--commit", "--lock-dir"):
         w.add_argument(flag, default=None)
     w.add_argument("--workers-on-gpu", type=int, default=1)
+    w.add_argument("--seed", type=int, default=DEFAULT_SEED)
     r = sub.add_parser("report")
     r.add_argument("folder")
     c = sub.add_parser("choose", help="print the chosen knobs per method as JSON")

@@ -158,16 +158,20 @@ def test_leftover_bytes_compares_each_setup_with_the_first_of_its_model():
 
 
 def test_sweep_cpu_mode_records_curves_and_chooses_by_time_to_accuracy(tmp_path):
-    """bench/sweep.py end to end on the tiny Qwen2: two candidates of one method, their validation
-    curves and solo throughput, the report (table + plot) and the choice."""
+    """bench/sweep.py end to end on the tiny Qwen2: two candidates of one method, one of them under
+    a second seed too, their validation curves and solo throughput, the report (table, per-seed
+    summary, plot) and the choice."""
     sweep = _load("sweep")
     sweep.main(["run", "--device", "cpu", "--model", "offline:tiny-qwen2", "--candidates",
-                "lora_b32_lr1e-3,lora_b64_lr2e-3", "--max-train", "200", "--max-validation", "100",
+                "lora_b32_lr1e-3,lora_b64_lr2e-3", "--seeds", "42,7", "--max-train", "200", "--max-validation", "100",
                 "--eval-every", "64", "--solo-steps", "2", "--solo-warmup", "1", "--tag", "cpu",
                 "--out-dir", str(tmp_path), "--work-dir", str(tmp_path / "work")])
     folder = tmp_path / "sweep_cpu"
     records = sweep.load_sweep(folder)
-    assert sorted(r["candidate"]["name"] for r in records) == ["lora_b32_lr1e-3", "lora_b64_lr2e-3"]
+    assert sorted(r["candidate"]["name"] for r in records) == ["lora_b32_lr1e-3", "lora_b32_lr1e-3_seed7",
+                                                               "lora_b64_lr2e-3", "lora_b64_lr2e-3_seed7"]
+    assert {(r["candidate"]["base"], r["candidate"]["seed"]) for r in records} == {
+        (name, seed) for name in ("lora_b32_lr1e-3", "lora_b64_lr2e-3") for seed in (42, 7)}
     for record in records:
         assert record["status"] == "done" and record["solo"]["examples_per_second"] > 0
         examples = [p["examples"] for p in record["curve"]]
@@ -177,7 +181,12 @@ def test_sweep_cpu_mode_records_curves_and_chooses_by_time_to_accuracy(tmp_path)
     assert chosen["target"] == best - 0.005
     assert chosen["solo_seconds"] == min(t for t in (sweep.time_to(r, chosen["target"]) for r in records) if t)
     sweep.main(["report", str(folder)])
-    assert (tmp_path / "sweep_cpu.png").stat().st_size > 0 and "lora_b64_lr2e-3" in (tmp_path / "sweep_cpu.md").read_text()
+    text = (tmp_path / "sweep_cpu.md").read_text()
+    assert (tmp_path / "sweep_cpu.png").stat().st_size > 0 and "| lora_b64_lr2e-3_seed7 |" in text
+    by_seed = {r["candidate"]["seed"]: r["curve"][-1]["validation_accuracy"] for r in records
+               if r["candidate"]["base"] == "lora_b64_lr2e-3"}
+    assert (f"- lora_b64_lr2e-3: final validation accuracy {by_seed[7]:.2%} (seed 7), {by_seed[42]:.2%} (seed 42); "
+            f"mean {(by_seed[42] + by_seed[7]) / 2:.2%};") in text
 
 
 def test_t4_estimate_batches_every_row_once_and_pads_as_each_recipe_does():
