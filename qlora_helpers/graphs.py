@@ -10,7 +10,8 @@ launch. The head, the loss, the gradient scaler and the optimizer stay eager, so
 One pair of graphs per batch shape (micro-batch, padded length), recorded the first time that shape
 trains; length-grouped batches padded to a multiple of 8 make a handful of shapes. All pairs share one memory pool, which is safe because each micro-batch's
 backward replays before the next forward does, and one side stream, warmed up once, before the first
-capture: a later shape is captured without an eager pass of its own.
+capture: a later shape is captured without an eager pass of its own (a new shape's step on the 7B:
+~0.9-1.2 s in run 9, ~1.4-1.5 s in run 8, which warmed up for every shape; bench/results/SUMMARY.md).
 The graphs compute what the eager stack computes (same kernels, same order), with two limits:
 nothing random may run inside (LoRA dropout 0, no attention dropout), and one process only.
 """
