@@ -114,7 +114,7 @@ def test_summary_rebuilds_from_committed_results(tmp_path):
     assert "b128_dropout0:long" in text and "+0.015% vs the floor" in text
     # runs that record their commit (today's code) get their own section, levers against the default
     current, older = text.split("## Older code")
-    assert "| run5_h200_t4 | Qwen2.5-7B qlora | lever_compiled_fused_adamw | 132.8 | 1.27x |" in current
+    assert "| run5_h200_t4 | Qwen2.5-7B qlora | lever_compiled_fused_adamw | 22 | 5 | 132.8 | 1.27x |" in current
     assert "| run5 |" not in older.split("## 7B QLoRA footprint")[0]
     # Unsloth's row stands against our default measured at its commit, not against another run's
     unsloth = json.loads((summarize.RESULTS / "unsloth_h200_t4.json").read_text())
@@ -126,20 +126,27 @@ def test_summary_rebuilds_from_committed_results(tmp_path):
     # each estimator row names the run that measured it: the latest one per model and method
     estimator = text.split("## Estimator")[1]
     assert "| run6_h200_estimator | Qwen2.5-7B | full |" in estimator and "| run2_" not in estimator
-    # run 8's cells came after CUDA-graph setups that left memory allocated (54f5065): set aside, named
-    assert "| run6_h200_t4 | Qwen2.5-7B | qlora |" in estimator and "| run8_" not in estimator
+    # run 8's cells came after CUDA-graph setups that left memory allocated (54f5065): set aside, named;
+    # run 9's came after graphs that release what they held (fd55589): the latest 7B QLoRA cell
+    assert "| run9_h200_t4 | Qwen2.5-7B | qlora |" in estimator and "| run8_" not in estimator
     assert "- Set aside: run8_h200_t4 (Qwen2.5-7B qlora 5.67 GiB)" in estimator
     assert (tmp_path / "SUMMARY.md").read_text() == text
 
 
-def test_readme_cuda_graph_ratios_are_run_8s_in_the_summary():
-    """The README's CUDA-graph rows quote ratios; each must be one SUMMARY.md computed for run 8."""
+def test_readme_cuda_graph_ratios_are_the_summarys():
+    """The README's CUDA-graph rows quote ratios, each followed by the run it came from; each must be
+    one SUMMARY.md computed for that run."""
     readme = (REPO / "README.md").read_text().splitlines()
-    quoted = re.findall(r"(\d+\.\d+)x", " ".join(line for line in readme if line.startswith("| CUDA graphs")))
-    summary = [line for line in (REPO / "bench" / "results" / "SUMMARY.md").read_text().splitlines()
-               if line.startswith("| run8_")]
-    assert len(quoted) == 8
-    assert [r for r in quoted if not any(f"| {r}x |" in line for line in summary)] == []
+    rows = [line for line in readme if line.startswith("| CUDA graphs")]
+    summary = (REPO / "bench" / "results" / "SUMMARY.md").read_text().splitlines()
+    quoted = []
+    for row in rows:
+        for cell in row.split("|")[2:-1]:
+            for ratios, run in re.findall(r"((?:[^()]*?\d+\.\d+x)+)[^()]*\(run (\d+)\)", cell):
+                quoted += [(ratio, run) for ratio in re.findall(r"(\d+\.\d+)x", ratios)]
+    assert len(quoted) == 9
+    lines_of = {run: [line for line in summary if line.startswith(f"| run{run}_")] for _, run in quoted}
+    assert [(r, run) for r, run in quoted if not any(f"| {r}x |" in line for line in lines_of[run])] == []
 
 
 def test_leftover_bytes_compares_each_setup_with_the_first_of_its_model():
