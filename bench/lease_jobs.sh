@@ -27,6 +27,8 @@
 #   graphs            one GPU: CUDA graphs of the decoder stack (TrainConfig.cuda_graphs) checked against the
 #                     eager stack (graphs_check_*), timed against the default on real SmolLM2-135M and the 7B
 #                     QLoRA shape (run8_*), then their validation accuracy on real SmolLM2 (sweep_h200_t4_graphs)
+#   notebook-graphs   one GPU: notebook 03's steps on real SmolLM2-135M with cuda_graphs=True, then False
+#                     (notebooks_h200_t4_graphs)
 #   graphs-epoch      one GPU: the graphs checked again, then timed over one whole epoch against the default on
 #                     real SmolLM2-135M and the 7B QLoRA shape (run9_*), then their validation accuracy under
 #                     three seeds on real SmolLM2 (sweep_h200_t4_graphs_seeds)
@@ -138,6 +140,16 @@ for name in "$@"; do
         --out-dir "$WORK/results" --work-dir /tmp/sweep_work \
         --candidates qlora_b64_lr2e-3,qlora_b64_lr2e-3_graphs,qlora_b64_lr2e-3_graphs_fused \
         > "$WORK/sweep_graphs_seeds.log" 2>&1; finished "$WORK/sweep_graphs_seeds.log" ;;
+    notebook-graphs)
+      # notebook 03's steps (runners/train_all_gpus.py in one process: what the notebook's cells call) on real
+      # SmolLM2-135M under the T4 profile, with the cuda_graphs parameter on, then off; results.json of each
+      mkdir -p "$WORK/results/notebooks_h200_t4_graphs"
+      for mode in graphs eager; do
+        knob=$([ $mode = graphs ] && echo True || echo False)
+        python3 -m qlora_helpers.runners.train_all_gpus --profile smollm2-t4 --notebook 03 --run-dir "$WORK/nb_$mode" \
+          --set cuda_graphs=$knob > "$WORK/notebook_$mode.log" 2>&1; finished "$WORK/notebook_$mode.log"
+        cp "$WORK/nb_$mode/03_qlora_qwen2.5_7b/results.json" "$WORK/results/notebooks_h200_t4_graphs/${mode}_03.json"
+      done ;;
     *) echo "unknown phase $name" >&2; exit 2 ;;
   esac
 done

@@ -5,7 +5,9 @@ results.json files, written to bench/results/notebooks_<tag>.md:
    GPU emulating a T4) and 03 again with both GPUs visible, whose training cell then trains on both
    (notebook/all_gpus.py) at the same effective batch;
 2. notebook 01 on Gemma 3 270M under the T4 profile (fp16 autocast over fp32 weights): a finite loss
-   and a sane accuracy, or not.
+   and a sane accuracy, or not;
+3. with --tag h200_t4_graphs: notebook 03's steps with its cuda_graphs parameter on against off, on
+   one GPU in one lease (graphs_03.json, eager_03.json).
 
     python bench/notebook_runs.py          # after copying the lease's results.json files (see README)
 """
@@ -30,12 +32,41 @@ def row(name: str, r: dict) -> str:
             f"{r['metrics']['macro_f1']:.3f} | {r['commit']} |")
 
 
+HEADER = ("| run | model | method | compute | GPUs x batch x accum | examples/s | train s | peak GiB/GPU | "
+          "loss first -> last (all finite) | test accuracy | macro-F1 | commit |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+
+
+def graphs_lines(folder: Path) -> list[str]:
+    """Notebook 03 with cuda_graphs=True against False, each trained and tested end to end."""
+    read = lambda path: json.loads(path.read_text())  # noqa: E731
+    graphs, eager = read(folder / "graphs_03.json"), read(folder / "eager_03.json")
+    hw, versions = graphs["hardware"], graphs["versions"]
+    speed = graphs["training"]["examples_per_second"] / eager["training"]["examples_per_second"]
+    return [f"# Notebook 03 with CUDA graphs on {hw['count']}x {hw['name']}, emulating a {hw['emulating'].upper()}", "",
+            "Libraries: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v) + ". Notebook 03's steps "
+            "(`python -m qlora_helpers.runners.train_all_gpus --profile smollm2-t4 --notebook 03 --set "
+            "cuda_graphs=...`, one process: what the notebook's cells call) on real SmolLM2-135M weights, full "
+            "Banking77 (10,003 training rows x 2 epochs, 3,080 test rows), one after the other on one GPU. "
+            "examples/s and train s count the whole training, each batch shape's recording included.", "",
+            *HEADER, row("03, cuda_graphs=True", graphs), row("03, cuda_graphs=False (the default)", eager), "",
+            f"CUDA graphs against the default through the notebook: {speed:.2f}x the examples/s, "
+            f"{100 * (graphs['metrics']['accuracy'] - eager['metrics']['accuracy']):+.2f} points of test accuracy "
+            f"(one seed each), peak memory {graphs['training']['peak_memory_bytes'] / 2**30:.2f} against "
+            f"{eager['training']['peak_memory_bytes'] / 2**30:.2f} GiB.", ""]
+
+
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tag", default="h200x2_t4")
     parser.add_argument("--reference", type=Path, default=REPO / "reference" / "smollm2-t4")
     args = parser.parse_args(argv)
     folder = REPO / "bench" / "results" / f"notebooks_{args.tag}"
+    if (folder / "graphs_03.json").exists():
+        text = "\n".join(graphs_lines(folder))
+        (folder.parent / f"notebooks_{args.tag}.md").write_text(text)
+        print(text)
+        return text
     read = lambda path: json.loads(path.read_text())  # noqa: E731
     one = read(args.reference / "03_qlora_qwen2.5_7b" / "results.json")
     two = read(folder / "two_gpus_03.json")
@@ -46,9 +77,7 @@ def main(argv=None) -> str:
              "(10,003 training rows x 2 epochs, 3,080 test rows), each notebook through "
              "`python -m qlora_helpers.runners.run` (bench/lease_jobs.sh). GPUs x micro-batch x accumulation: "
              "the effective batch is the product.", "",
-             "| run | model | method | compute | GPUs x batch x accum | examples/s | train s | peak GiB/GPU | "
-             "loss first -> last (all finite) | test accuracy | macro-F1 | commit |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+             *HEADER,
              row("03, one GPU (reference run)", one), row("03, both GPUs (training cell on all GPUs)", two),
              row("01 on Gemma 3 270M", gemma), "",
              f"Two GPUs against one through the notebook: {two['training']['examples_per_second'] / one['training']['examples_per_second']:.2f}x "

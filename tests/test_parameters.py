@@ -121,11 +121,12 @@ def test_one_source_of_defaults_notebook_cells_profile_and_library_agree():
     import nbformat
 
     profile = profiles.get_profile("kaggle-t4")
+    shown_by_stem = {}
     for stem in profiles.TRAINING_NOTEBOOKS:
         nb = nbformat.read(runner.NOTEBOOKS_DIR / f"{stem}.ipynb", as_version=4)
         cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-        shown = {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse(cell.source).body
-                 if isinstance(node, ast.Assign)}
+        shown = shown_by_stem[stem] = {node.targets[0].id: ast.literal_eval(node.value)
+                                       for node in ast.parse(cell.source).body if isinstance(node, ast.Assign)}
         resolved = NotebookParameters(notebook=stem, **profile.parameters(stem))
         # what the runner injects resolves to the same, for this notebook's method (not the dataclass's)
         injected = runner.notebook_parameters(profile, stem, runner.default_run_dir(profile.name), None)
@@ -138,5 +139,60 @@ def test_one_source_of_defaults_notebook_cells_profile_and_library_agree():
             if knob not in ("batch_size", "gradient_accumulation"):
                 assert getattr(resolved, knob) == getattr(method, knob), (stem, knob)
         assert resolved.batch_size * resolved.gradient_accumulation == method.effective_batch, stem
+        # a knob outside the methods' defaults is shown at the notebooks' own default
+        if "cuda_graphs" in shown:
+            assert shown["cuda_graphs"] == NotebookParameters(notebook=stem).cuda_graphs, stem
+    assert "cuda_graphs" in shown_by_stem["03_qlora_qwen2.5_7b"]
+    # the notebooks' default for CUDA graphs is the Trainer's
+    assert NotebookParameters(notebook="x").cuda_graphs is training.TrainConfig.__dataclass_fields__[
+        "cuda_graphs"].default
     assert memory.DEFAULT_BATCH_SIZE == {m: d.batch_size for m, d in defaults.DEFAULTS.items()}
     assert training.default_train_config("qlora").optimizer == defaults.for_method("qlora").optimizer
+
+
+@pytest.fixture
+def gpus(monkeypatch):
+    """Pretend this machine has `count` CUDA GPUs (the checks read torch.cuda, not a device)."""
+    import torch
+
+    def pretend(count: int):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    return pretend
+
+
+def qlora(**values):
+    return NotebookParameters(notebook="03_qlora_qwen2.5_7b", method="qlora", **values)
+
+
+def test_cuda_graphs_is_refused_where_graphs_enable_would_refuse_it_before_anything_loads(gpus, monkeypatch):
+    """What graphs.enable refuses once the model is loaded (a CPU, dropout, several processes), the
+    parameters refuse first, each problem with its fix."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    gpus(0)
+    with pytest.raises(ParameterError, match=r"needs a CUDA GPU and this machine has none: set cuda_graphs=False"):
+        qlora(cuda_graphs=True)
+    gpus(1)
+    assert qlora(cuda_graphs=True).cuda_graphs  # one GPU, the default dropout of 0: accepted
+    with pytest.raises(ParameterError) as caught:
+        NotebookParameters(notebook="01_full_precision_baseline", method="full", cuda_graphs=True)
+    assert "for the adapter methods" in str(caught.value) and "lora_dropout" not in str(caught.value)
+    with pytest.raises(ParameterError, match=r"lora_dropout=0 .* not 0\.05: set lora_dropout=0\.0 or cuda_graph"):
+        qlora(cuda_graphs=True, lora_dropout=0.05)
+    gpus(2)  # Kaggle's T4 x2: use_all_gpus would start one process per GPU
+    with pytest.raises(ParameterError, match=r"all 2 GPUs: set use_all_gpus=False .* or cuda_graphs=False"):
+        qlora(cuda_graphs=True)
+    assert qlora(cuda_graphs=True, use_all_gpus=False).cuda_graphs
+    monkeypatch.setenv("WORLD_SIZE", "2")  # one of a launcher's processes
+    with pytest.raises(ParameterError, match=r"a launcher started 2: set cuda_graphs=False"):
+        qlora(cuda_graphs=True, use_all_gpus=False)
+    assert not qlora().cuda_graphs  # off, nothing is checked
+
+
+def test_cuda_graphs_reaches_the_trainer(gpus, monkeypatch):
+    from qlora_helpers.notebook import experiment
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    gpus(1)
+    assert experiment.train_config(qlora(cuda_graphs=True), 1000).cuda_graphs
+    assert not experiment.train_config(qlora(), 1000).cuda_graphs

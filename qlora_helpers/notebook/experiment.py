@@ -259,6 +259,7 @@ def train_config(params: NotebookParameters, train_examples: int) -> training.Tr
         batch_size=batch_size, gradient_accumulation=accumulation,
         learning_rate=params.learning_rate, max_length=params.max_length, seed=params.seed,
         save_steps=params.save_steps, logging_steps=max(1, min(50, int(steps) // 40)),
+        cuda_graphs=params.cuda_graphs,
     )
 
 

@@ -94,6 +94,9 @@ class NotebookParameters:
     save_steps: int = 200  # a checkpoint every this many optimizer steps (resumable runs)
     keep_checkpoints: bool = False  # keep <run_dir>/<notebook>/checkpoints after a finished run
     use_all_gpus: bool = True  # several GPUs (Kaggle's T4 x2): train data-parallel on all, same effective batch
+    # lora / qlora on one GPU with lora_dropout 0: replay the decoder stack as CUDA graphs (graphs.py);
+    # training.TrainConfig.cuda_graphs, whose default this must be (a test checks)
+    cuda_graphs: bool = False
     run_dir: str = "runs/kaggle-t4"  # results go to <run_dir>/<notebook>/
     profile: str = "kaggle-t4"  # a label recorded in the results
     seed: int = 42
@@ -146,11 +149,37 @@ class NotebookParameters:
         if self.learning_rate > 1:
             problems.append(f"learning_rate={self.learning_rate!r} is far too large: typical values are "
                             "1e-5 to 2e-3.")
+        if self.cuda_graphs:
+            problems += self._cuda_graphs_problems()
         if not self.model_id.strip():
             problems.append("model_id is empty: set a hub id (e.g. 'Qwen/Qwen2.5-0.5B'), a local folder, "
                             "or 'offline:all-MiniLM-L6-v2'.")
         if not self.notebook.strip() or "/" in self.notebook:
             problems.append(f"notebook={self.notebook!r} must be the notebook's file name without .ipynb.")
+        return problems
+
+    def _cuda_graphs_problems(self) -> list[str]:
+        """What would make graphs.enable refuse once the model is loaded, found before anything loads."""
+        import torch
+
+        from ..distributed import gpus_to_train_on, launched_processes
+
+        problems = []
+        if self.method == "full":
+            problems.append("cuda_graphs=True is for the adapter methods ('lora', 'qlora'), not 'full': set "
+                            "cuda_graphs=False.")
+        if self.method != "full" and self.lora_dropout > 0:
+            problems.append(f"cuda_graphs=True needs lora_dropout=0 (a replayed graph would drop the same units at "
+                            f"every step), not {self.lora_dropout!r}: set lora_dropout=0.0 or cuda_graphs=False.")
+        if not torch.cuda.is_available():
+            problems.append("cuda_graphs=True needs a CUDA GPU and this machine has none: set cuda_graphs=False.")
+        elif launched_processes() > 1:
+            problems.append(f"cuda_graphs=True trains in one process, and a launcher started "
+                            f"{launched_processes()}: set cuda_graphs=False, or launch one process.")
+        elif gpus_to_train_on(self.use_all_gpus) > 1:
+            problems.append(f"cuda_graphs=True trains in one process, but use_all_gpus=True would train on all "
+                            f"{gpus_to_train_on(self.use_all_gpus)} GPUs: set use_all_gpus=False (one GPU, with "
+                            "graphs) or cuda_graphs=False (all GPUs).")
         return problems
 
     # What the notebooks use -------------------------------------------------------------------
@@ -219,7 +248,7 @@ _FIELD_TYPES = {
     "learning_rate": (float, False), "max_length": (int, False), "lora_r": (int, False),
     "lora_alpha": (int, False), "lora_dropout": (float, False), "gradient_checkpointing": (bool, True),
     "upcast_all_to_fp32": (bool, False), "save_steps": (int, False), "keep_checkpoints": (bool, False),
-    "use_all_gpus": (bool, False),
+    "use_all_gpus": (bool, False), "cuda_graphs": (bool, False),
     "run_dir": (str, False), "profile": (str, False), "seed": (int, False),
 }
 
