@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -120,6 +121,21 @@ def test_changed_parameters_and_force_rerun(complete_run, fake):
     runner.run("smoke", run_dir=complete_run, notebooks=["01"], overrides={"epochs": 2}, force=True,
                echo=lambda line: None)
     assert fake.calls == ["01_full_precision_baseline"]
+
+
+def test_cuda_graphs_reruns_what_it_changes_and_older_results_count_as_without_it(complete_run, fake, monkeypatch):
+    path = complete_run / "03_qlora_qwen2.5_7b" / "results.json"
+    record, written = json.loads(path.read_text()), path.stat().st_mtime
+    del record["config"]["parameters"]["cuda_graphs"]  # written before the knob existed: it ran without graphs
+    path.write_text(json.dumps(record))
+    os.utime(path, (written, written))  # as old as it was: the comparison stays current
+    runner.run("smoke", run_dir=complete_run, echo=lambda line: None)
+    assert fake.calls == []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the parameters accept graphs on one GPU
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(results, "hardware", lambda: {"device": "cuda", "name": "a pretended GPU", "count": 1})
+    runner.run("smoke", run_dir=complete_run, notebooks=["03"], overrides={"cuda_graphs": True}, echo=lambda line: None)
+    assert fake.calls == ["03_qlora_qwen2.5_7b"]
 
 
 def test_run_dir_and_profile_cannot_be_overridden(tmp_path):

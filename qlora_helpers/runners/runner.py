@@ -38,7 +38,7 @@ KERNEL_NAME = "qlora-notebooks-runner"
 # Knobs that change the numbers: a results.json written with other values is stale.
 RESULT_KNOBS = ("model_id", "method", "max_train_samples", "max_eval_samples", "epochs", "batch_size",
                 "gradient_accumulation", "learning_rate", "max_length", "lora_r", "lora_alpha",
-                "lora_dropout", "upcast_all_to_fp32", "seed")
+                "lora_dropout", "upcast_all_to_fp32", "seed", "cuda_graphs")
 
 
 class RunnerError(RuntimeError):
@@ -159,7 +159,9 @@ def incomplete_reason(run_dir: Path, notebook: str, injected: dict) -> str | Non
         return f"results.json unusable ({str(error).split(': ', 1)[-1][:80]})"
     ran_with = record.get("config", {}).get("parameters", {})
     wanted = params_module.NotebookParameters(notebook=notebook, **injected).as_dict()  # None: method default
-    changed = [k for k in RESULT_KNOBS if k in injected and ran_with.get(k) != wanted[k]]
+    # a knob added since the results were written: they ran with its default (None, "the method's", is unknown)
+    before = {item.name: item.default for item in dataclasses.fields(params_module.NotebookParameters)}
+    changed = [k for k in RESULT_KNOBS if k in injected and ran_with.get(k, before.get(k)) != wanted[k]]
     if changed:
         return f"parameters changed: {', '.join(changed)}"
     return None
