@@ -7,7 +7,7 @@ results.json files, written to bench/results/notebooks_<tag>.md:
 2. notebook 01 on Gemma 3 270M under the T4 profile (fp16 autocast over fp32 weights): a finite loss
    and a sane accuracy, or not;
 3. with --tag h200_t4_graphs: notebook 03's steps with its cuda_graphs parameter on against off, on
-   one GPU in one lease (graphs_03.json, eager_03.json).
+   one GPU in one lease (graphs_03.json, eager_03.json; bench/lease_jobs.sh notebook-graphs).
 
     python bench/notebook_runs.py          # after copying the lease's results.json files (see README)
 """
@@ -45,10 +45,11 @@ def graphs_lines(folder: Path) -> list[str]:
     speed = graphs["training"]["examples_per_second"] / eager["training"]["examples_per_second"]
     return [f"# Notebook 03 with CUDA graphs on {hw['count']}x {hw['name']}, emulating a {hw['emulating'].upper()}", "",
             "Libraries: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v) + ". Notebook 03's steps "
-            "(`python -m qlora_helpers.runners.train_all_gpus --profile smollm2-t4 --notebook 03 --set "
-            "cuda_graphs=...`, one process: what the notebook's cells call) on real SmolLM2-135M weights, full "
-            "Banking77 (10,003 training rows x 2 epochs, 3,080 test rows), one after the other on one GPU. "
-            "examples/s and train s count the whole training, each batch shape's recording included.", "",
+            "as its cells call them (`experiment.load_data` to `save_results`, in one process: bench/lease_jobs.sh "
+            "notebook-graphs) with the smollm2-t4 profile's parameters and `cuda_graphs` on, then off: real "
+            "SmolLM2-135M weights, full Banking77 (10,003 training rows x 2 epochs, 3,080 test rows), one after "
+            "the other on one GPU. examples/s and train s count the whole training, each batch shape's "
+            "recording included.", "",
             *HEADER, row("03, cuda_graphs=True", graphs), row("03, cuda_graphs=False (the default)", eager), "",
             f"CUDA graphs against the default through the notebook: {speed:.2f}x the examples/s, "
             f"{100 * (graphs['metrics']['accuracy'] - eager['metrics']['accuracy']):+.2f} points of test accuracy "

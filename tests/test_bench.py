@@ -294,3 +294,18 @@ def test_unsloth_row_records_a_failure_with_its_commit(tmp_path, monkeypatch):
     record = json.loads(out.read_text())
     assert record["status"] == "error" and "no CUDA device" in record["error"]
     assert record["commit"] == "abc1234" and record["versions"]["torch"].startswith(torch.__version__.split("+")[0])
+
+
+def test_notebook_runs_tables_rebuild_from_the_committed_results():
+    """notebooks_*.md are generated from the results.json files beside them: rebuilt, they are what is
+    committed, and the graphs table's ratio is the two runs' own."""
+    notebook_runs = _load("notebook_runs")
+    results_dir = REPO / "bench" / "results"
+    for tag in ("h200x2_t4", "h200_t4_graphs"):
+        committed = (results_dir / f"notebooks_{tag}.md").read_text()
+        assert notebook_runs.main(["--tag", tag]) == committed  # (and rewrites the same file)
+    folder = results_dir / "notebooks_h200_t4_graphs"
+    graphs, eager = (json.loads((folder / f"{m}_03.json").read_text())["training"] for m in ("graphs", "eager"))
+    assert graphs["examples_per_second"] > 0 and eager["examples_per_second"] > 0
+    ratio = graphs["examples_per_second"] / eager["examples_per_second"]
+    assert f"through the notebook: {ratio:.2f}x the examples/s" in (results_dir / "notebooks_h200_t4_graphs.md").read_text()
