@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from qlora_helpers import defaults, training
+from qlora_helpers import defaults, memory, training
 from qlora_helpers.runners import profiles
 
 @dataclass
@@ -104,8 +104,8 @@ def speed_setups(method: str, only: list[str] | None = None) -> list[TrainingSet
 def lever_setups(method: str) -> list[TrainingSetup]:
     """Ways to make a step cheaper at the method's default batch (issue 12's levers), each to be
     timed in the same run as `library_default`: a fused fp32 AdamW instead of the 8-bit one, less or
-    no activation checkpointing, torch.compile of the decoder layers, all of them together, and the
-    decoder stack replayed as CUDA graphs."""
+    no activation checkpointing, torch.compile of the decoder layers, all of them together, the
+    decoder stack replayed as CUDA graphs, and with them checkpointing only the longest batches."""
     chosen = defaults.for_method(method)
     base = training.default_train_config(method)
     fused = replace(base, optimizer="adamw_torch_fused")
@@ -125,6 +125,14 @@ def lever_setups(method: str) -> list[TrainingSetup]:
     levers += [TrainingSetup("lever_cuda_graphs", replace(base, cuda_graphs=True), ckpt, chosen.lora_dropout),
                TrainingSetup("lever_cuda_graphs_fused_adamw", replace(fused, cuda_graphs=True), ckpt,
                              chosen.lora_dropout)]
+    if ckpt:
+        # ... and checkpointing only the batches too long to train without it under a T4's memory, by the
+        # estimator, for the 7B (the largest shape this lever is timed on): 64 x 16 tokens
+        long_only = memory.tokens_without_checkpointing("7B", method, "T4", batch_size=chosen.batch_size,
+                                                        max_length=chosen.max_length)
+        levers.append(TrainingSetup("lever_cuda_graphs_fused_adamw_ckpt_long",
+                                    replace(fused, cuda_graphs=True, checkpoint_above_tokens=long_only), ckpt,
+                                    chosen.lora_dropout))
     return levers
 
 

@@ -29,6 +29,8 @@
 #                     QLoRA shape (run8_*), then their validation accuracy on real SmolLM2 (sweep_h200_t4_graphs)
 #   notebook-graphs   one GPU: notebook 03's steps on real SmolLM2-135M with cuda_graphs=True, then False
 #                     (notebooks_h200_t4_graphs)
+#   ckpt-long         one GPU: the 7B QLoRA shape over one epoch with graphs, fused AdamW and checkpointing only
+#                     for batches over the estimator's no-checkpointing limit under a T4 (run10_h200_t4)
 #   graphs-epoch      one GPU: the graphs checked again, then timed over one whole epoch against the default on
 #                     real SmolLM2-135M and the 7B QLoRA shape (run9_*), then their validation accuracy under
 #                     three seeds on real SmolLM2 (sweep_h200_t4_graphs_seeds)
@@ -168,6 +170,12 @@ PY
         finished "$WORK/notebook_$mode.log"
         cp "$WORK/nb_$mode/03_qlora_qwen2.5_7b/results.json" "$WORK/results/notebooks_h200_t4_graphs/${mode}_03.json"
       done ;;
+    ckpt-long)
+      # checkpointing only for the batches too long to train without it under a T4's memory (the estimator:
+      # over 64 x 16 tokens), with graphs and fused AdamW, over one epoch of the 7B QLoRA shape (run10_h200_t4)
+      $B --sections env,build,speed --build 7B --cells 7B:qlora --steps 157 --warmup 0 \
+        --only-configs library_default,lever_cuda_graphs_fused_adamw,lever_cuda_graphs_fused_adamw_ckpt_long \
+        --tag run10_h200_t4 > "$WORK/run10.log" 2>&1; finished "$WORK/run10.log" ;;
     *) echo "unknown phase $name" >&2; exit 2 ;;
   esac
 done

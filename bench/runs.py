@@ -174,7 +174,7 @@ def run_setup(cell: Cell, data: Rows, setup: TrainingSetup, *, steps: int, warmu
               "optimizer": cfg.optimizer, "gradient_checkpointing": setup.checkpointing,
               "lora_dropout": setup.lora_dropout, "fixed_padding": data.fixed_padding,
               "checkpoint_every": setup.checkpoint_every, "compile_layers": cfg.compile_layers,
-              "cuda_graphs": cfg.cuda_graphs,
+              "cuda_graphs": cfg.cuda_graphs, "checkpoint_above_tokens": cfg.checkpoint_above_tokens,
               "learning_rate": cfg.learning_rate, "dataset_rows": len(data)}
     trainer, measure = training.build_trainer(loaded, data, cfg)
     from transformers.trainer_utils import SaveStrategy

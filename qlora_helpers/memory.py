@@ -355,6 +355,23 @@ def estimate(shape: ModelShape | str, method: str, *, batch_size: int = 32, seq_
         peak_bytes=int(peak), per_token_layer_bytes=per_layer, notes=notes)
 
 
+def tokens_without_checkpointing(shape: ModelShape | str, method: str, gpu: GPU | str, *, batch_size: int,
+                                 max_length: int = 64, pad_to_multiple_of: int = 8, spare_bytes: int = GIB,
+                                 **kwargs) -> int:
+    """The most padded tokens (batch_size x a padded length up to max_length) that a micro-batch of
+    `method` on `shape` can train with gradient checkpointing off on `gpu` and `spare_bytes` left over
+    (`estimate`'s device_bytes): what TrainConfig.checkpoint_above_tokens takes. 0 if no length fits.
+    kwargs go to `estimate` (optimizer, lora_r, ...)."""
+    gpu = GPUS[gpu] if isinstance(gpu, str) else gpu
+    fitting = 0
+    for length in range(pad_to_multiple_of, max_length + 1, pad_to_multiple_of):
+        est = estimate(shape, method, batch_size=batch_size, seq_len=length, gradient_checkpointing=False, **kwargs)
+        if est.device_bytes(gpu) + spare_bytes > gpu.memory_mib * 2**20:
+            break
+        fitting = batch_size * length
+    return fitting
+
+
 def fit_table(models=("0.5B", "1.5B", "7B"), methods=("full", "lora", "qlora"), gpus=("T4", "L4", "A100-40GB", "A100-80GB"),
               *, batch_size: int | None = None, seq_len: int = 64, **kwargs):
     """One row per model x method: footprint, predicted peak, and whether it fits each GPU.

@@ -71,6 +71,11 @@ class TrainConfig:
     # CUDA only, one process, no dropout. Off by default, untried on a real T4:
     # bench/results/SUMMARY.md ("Step cost") has what it bought.
     cuda_graphs: bool = False
+    # With gradient checkpointing: recompute activations only for micro-batches of more than this many
+    # padded tokens (batch x length); smaller ones keep theirs and skip the recomputed forward, a third
+    # of a frozen base's matmuls (limit_checkpointing). None: every micro-batch recomputes. Size it with
+    # memory.tokens_without_checkpointing; off by default: measured on an H200 only (SUMMARY.md).
+    checkpoint_above_tokens: int | None = None
 
 
 def default_train_config(method: str, **overrides) -> TrainConfig:
@@ -232,9 +237,50 @@ def compile_decoder_layers(model: torch.nn.Module) -> int:
     return len(layers)
 
 
+@dataclass
+class _CheckpointLimit:
+    """What limit_checkpointing changed: the layers that checkpointed, and the hook that decides."""
+    layers: list[torch.nn.Module]
+    hook: torch.utils.hooks.RemovableHandle
+
+
+def limit_checkpointing(model: torch.nn.Module, above_tokens: int | None) -> None:
+    """Let the decoder layers that checkpoint do so only for micro-batches of more than `above_tokens`
+    padded tokens (input_ids' batch x length); None undoes it (every one of them checkpoints again).
+
+    The choice is made per forward, before the layers run (a forward pre-hook on the module that
+    holds them), so it also holds while graphs.py records a batch shape: each shape's graphs keep
+    or recompute activations as their size allows. ValueError, naming the fix, if no decoder layer
+    checkpoints (then there is nothing to limit).
+    """
+    holder = modeling.base_model(model)
+    state = holder.__dict__.pop("_qlora_checkpoint_limit", None)
+    if state is not None:
+        state.hook.remove()
+        for layer in state.layers:
+            layer.gradient_checkpointing = True
+    if above_tokens is None:
+        return
+    layers = [layer for layer in modeling.decoder_layers(holder) if layer.gradient_checkpointing]
+    if not layers:
+        raise ValueError("checkpoint_above_tokens needs gradient checkpointing on (no decoder layer "
+                         "checkpoints): turn gradient_checkpointing on, or set checkpoint_above_tokens=None.")
+
+    def choose(module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if isinstance(ids, torch.Tensor) and ids.dim() == 2:
+            recompute = ids.numel() > above_tokens
+            for layer in layers:
+                layer.gradient_checkpointing = recompute
+
+    holder._qlora_checkpoint_limit = _CheckpointLimit(layers, holder.register_forward_pre_hook(choose, with_kwargs=True))
+
+
 def build_trainer(loaded: LoadedModel, train_dataset, config: TrainConfig) -> tuple[Trainer, MeasureCallback]:
     """A Trainer with `training_arguments`, our collator and the measuring callback."""
     set_seed(config.seed)
+    if config.checkpoint_above_tokens is not None:
+        limit_checkpointing(loaded.model, config.checkpoint_above_tokens)  # ValueError without checkpointing
     if config.compile_layers:
         compile_decoder_layers(loaded.model)
     if config.cuda_graphs:
@@ -301,6 +347,7 @@ def _train_once(loaded: LoadedModel, train_dataset, config: TrainConfig) -> Trai
     finally:
         measure.hook.remove()  # a retry builds a new callback; never count a batch twice
         graphs.disable(loaded.model)  # the graphs' memory back before evaluation (no-op without them)
+        limit_checkpointing(loaded.model, None)
     peak, kind = peak_memory()
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
     losses = [entry["loss"] for entry in logged]

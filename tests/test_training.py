@@ -141,3 +141,60 @@ def test_compiled_decoder_layers_train_as_the_eager_ones(tiny_qwen2, small_split
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
     with pytest.raises(ValueError, match="compile_layers=False"):
         training.compile_decoder_layers(torch.nn.Linear(4, 4))
+
+
+def test_limit_checkpointing_recomputes_only_the_long_batches_and_changes_no_gradient(tiny_qwen2, tmp_path):
+    """Batches over the limit go through each layer's checkpoint function, shorter ones do not; the
+    gradients are the same either way (recomputing gives back what was kept); None undoes it."""
+    loaded = modeling.load_model(tiny_qwen2, "lora", 77, lora_dropout=0.0, gradient_checkpointing=True)
+    model = loaded.model
+    model.train()
+    layers = modeling.decoder_layers(model)
+    calls = []
+    for layer in layers:
+        own = layer._gradient_checkpointing_func
+        layer._gradient_checkpointing_func = lambda *a, _own=own, **k: calls.append(1) or _own(*a, **k)
+
+    def gradients(batch: int) -> dict:
+        ids = torch.randint(3, 200, (batch, 8), generator=torch.Generator().manual_seed(batch))
+        model.zero_grad(set_to_none=True)
+        model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.arange(batch)).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    checkpointed = {batch: gradients(batch) for batch in (2, 4)}
+    assert len(calls) == 2 * len(layers)
+    calls.clear()
+    training.limit_checkpointing(model, 16)  # 2 x 8 tokens keep their activations, 4 x 8 recompute
+    limited = {batch: gradients(batch) for batch in (2, 4)}
+    assert len(calls) == len(layers)
+    for batch in (2, 4):
+        assert all(torch.equal(limited[batch][n], g) for n, g in checkpointed[batch].items())
+    training.limit_checkpointing(model, None)
+    calls.clear()
+    gradients(2)
+    assert len(calls) == len(layers) and all(layer.gradient_checkpointing for layer in layers)
+    # the knob: build_trainer sets the limit (training ends by undoing it, with graphs.disable)
+    training.build_trainer(loaded, [], training.default_train_config("lora", output_dir=str(tmp_path),
+                                                                      checkpoint_above_tokens=16))
+    calls.clear()
+    gradients(2)
+    assert calls == []
+    training.limit_checkpointing(model, None)
+    plain = modeling.load_model(tiny_qwen2, "lora", 77, lora_dropout=0.0, gradient_checkpointing=False)
+    with pytest.raises(ValueError, match="needs gradient checkpointing on .* checkpoint_above_tokens=None"):
+        training.limit_checkpointing(plain.model, 16)
+
+
+def test_tokens_without_checkpointing_is_the_longest_batch_the_estimator_fits_with_room_to_spare():
+    from qlora_helpers import memory
+
+    tokens = memory.tokens_without_checkpointing("7B", "qlora", "T4", batch_size=64)
+    assert tokens % 64 == 0 and 0 < tokens < 64 * 64
+    t4 = memory.GPUS["T4"].memory_mib * 2**20
+
+    def left(length):  # bytes a T4 keeps free at this padded length, checkpointing off
+        est = memory.estimate("7B", "qlora", batch_size=64, seq_len=length, gradient_checkpointing=False)
+        return t4 - est.device_bytes("T4")
+
+    assert left(tokens // 64) >= memory.GIB > left(tokens // 64 + 8)
+    assert memory.tokens_without_checkpointing("0.5B", "qlora", "A100-80GB", batch_size=64) == 64 * 64
