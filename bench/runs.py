@@ -21,7 +21,7 @@ from bench.config import TrainingSetup
 from bench.device_memory import MemoryCap
 from bench.timing import StepTimer, summarise_steps
 from bench.workload import NUM_LABELS, Rows
-from qlora_helpers import defaults, graphs, modeling, training
+from qlora_helpers import defaults, modeling, training
 from qlora_helpers.memory import GIB, ModelShape
 
 
@@ -206,7 +206,7 @@ def run_setup(cell: Cell, data: Rows, setup: TrainingSetup, *, steps: int, warmu
         measure.hook.remove()
         timer.close()
         uncompile_layers(loaded.model)
-        graphs.disable(loaded.model)
+        training.release_training_state(loaded.model)  # graphs, checkpointing limit: the next setup starts clean
         if snapshot:
             snapshot.save()  # a run that failed before step 2 still leaves its history
     peak = device_memory.peak()

@@ -74,7 +74,9 @@ class TrainConfig:
     # With gradient checkpointing: recompute activations only for micro-batches of more than this many
     # padded tokens (batch x length); smaller ones keep theirs and skip the recomputed forward, a third
     # of a frozen base's matmuls (limit_checkpointing). None: every micro-batch recomputes. Size it with
-    # memory.tokens_without_checkpointing; off by default: measured on an H200 only (SUMMARY.md).
+    # memory.tokens_without_checkpointing (7B QLoRA, T4: 1024). With graphs and fused AdamW it took the
+    # 7B to 3.10x the default's examples/s over an epoch at 11.7 GiB (H200, T4 profile, run 10); off by
+    # default, measured there only: bench/results/SUMMARY.md ("Step cost").
     checkpoint_above_tokens: int | None = None
 
 
@@ -276,6 +278,13 @@ def limit_checkpointing(model: torch.nn.Module, above_tokens: int | None) -> Non
     holder._qlora_checkpoint_limit = _CheckpointLimit(layers, holder.register_forward_pre_hook(choose, with_kwargs=True))
 
 
+def release_training_state(model: torch.nn.Module) -> None:
+    """Undo what build_trainer changed on `model` for training (its CUDA graphs, with their memory, and a
+    checkpointing limit), so that evaluation, or the next training setup, finds the model as loaded."""
+    graphs.disable(model)
+    limit_checkpointing(model, None)
+
+
 def build_trainer(loaded: LoadedModel, train_dataset, config: TrainConfig) -> tuple[Trainer, MeasureCallback]:
     """A Trainer with `training_arguments`, our collator and the measuring callback."""
     set_seed(config.seed)
@@ -346,8 +355,7 @@ def _train_once(loaded: LoadedModel, train_dataset, config: TrainConfig) -> Trai
         trainer.train(resume_from_checkpoint=str(last) if last else None)
     finally:
         measure.hook.remove()  # a retry builds a new callback; never count a batch twice
-        graphs.disable(loaded.model)  # the graphs' memory back before evaluation (no-op without them)
-        limit_checkpointing(loaded.model, None)
+        release_training_state(loaded.model)  # e.g. the graphs' memory back before evaluation
     peak, kind = peak_memory()
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
     losses = [entry["loss"] for entry in logged]

@@ -129,7 +129,12 @@ def test_summary_rebuilds_from_committed_results(tmp_path):
     # run 8's cells came after CUDA-graph setups that left memory allocated (54f5065): set aside, named;
     # run 9's came after graphs that release what they held (fd55589): the latest 7B QLoRA cell
     assert "| run9_h200_t4 | Qwen2.5-7B | qlora |" in estimator and "| run8_" not in estimator
-    assert "- Set aside: run8_h200_t4 (Qwen2.5-7B qlora 5.67 GiB)" in estimator
+    assert "- Set aside: run8_h200_t4 (Qwen2.5-7B qlora 5.67 GiB), measured after a setup that left 430 MiB" in estimator
+    # run 10's came after a setup whose checkpointing limit the benchmark did not undo (then): named, with why
+    assert "- Set aside: run10_h200_t4 (Qwen2.5-7B qlora 10.62 GiB), measured while the checkpointing limit" in estimator
+    assert "| run10_" not in estimator
+    runs = list(summarize.load_runs())
+    assert runs.index("run10_h200_t4") > runs.index("run9_h200_t4") > runs.index("run2_h200_t4")  # made in this order
     assert (tmp_path / "SUMMARY.md").read_text() == text
 
 
@@ -144,7 +149,7 @@ def test_readme_cuda_graph_ratios_are_the_summarys():
         for cell in row.split("|")[2:-1]:
             for ratios, run in re.findall(r"((?:[^()]*?\d+\.\d+x)+)[^()]*\(run (\d+)\)", cell):
                 quoted += [(ratio, run) for ratio in re.findall(r"(\d+\.\d+)x", ratios)]
-    assert len(quoted) == 9
+    assert len(quoted) == 11
     lines_of = {run: [line for line in summary if line.startswith(f"| run{run}_")] for _, run in quoted}
     assert [(r, run) for r, run in quoted if not any(f"| {r}x |" in line for line in lines_of[run])] == []
 
@@ -309,3 +314,29 @@ def test_notebook_runs_tables_rebuild_from_the_committed_results():
     assert graphs["examples_per_second"] > 0 and eager["examples_per_second"] > 0
     ratio = graphs["examples_per_second"] / eager["examples_per_second"]
     assert f"through the notebook: {ratio:.2f}x the examples/s" in (results_dir / "notebooks_h200_t4_graphs.md").read_text()
+
+
+def test_a_setup_leaves_the_model_as_it_found_it(tiny_qwen2, tmp_path):
+    """run_setup undoes what its setup changed for training (release_training_state): run 10's estimator
+    cell, measured after a setup that limited checkpointing, trained its 16 x 64 batches without any
+    because the limit stayed on."""
+    import torch
+
+    _load("benchmark")
+    from dataclasses import replace
+
+    from bench import runs
+    from bench.config import TrainingSetup
+    from bench.device_memory import MemoryCap
+    from bench.workload import synthetic_dataset
+    from qlora_helpers import memory, modeling, training
+
+    cell = runs.load_cell(Path(tiny_qwen2), memory.QWEN2_5["0.5B"], "lora", torch.float32)  # the shape: FLOPs only
+    train = replace(training.default_train_config("lora"), batch_size=4, checkpoint_above_tokens=32)
+    data = synthetic_dataset(16, cell.loaded.tokenizer.vocab_size, max_length=16)
+    record = runs.run_setup(cell, data, TrainingSetup("limited", train, True, 0.0), steps=2, warmup=0,
+                            cap=MemoryCap(), out_dir=tmp_path)
+    assert record["status"] == "ok" and record["checkpoint_above_tokens"] == 32
+    base = modeling.base_model(cell.loaded.model)
+    assert "_qlora_checkpoint_limit" not in base.__dict__ and not base._forward_pre_hooks
+    assert all(layer.gradient_checkpointing for layer in modeling.decoder_layers(base))
