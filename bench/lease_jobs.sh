@@ -143,10 +143,10 @@ for name in "$@"; do
         --candidates qlora_b64_lr2e-3,qlora_b64_lr2e-3_graphs,qlora_b64_lr2e-3_graphs_fused \
         > "$WORK/sweep_graphs_seeds.log" 2>&1; finished "$WORK/sweep_graphs_seeds.log" ;;
     notebook-graphs)
-      # notebook 03's steps (what its cells call: experiment.load_data ... save_results) in one process on real
+      # notebook 03's steps (train_all_gpus.run_notebook_steps: what its cells call) in one process on real
       # SmolLM2-135M under the smollm2-t4 profile, with the cuda_graphs parameter on, then off. Not through
-      # runners/train_all_gpus.py: its runner.notebook_parameters reads the parameters cell with nbformat, which
-      # the lent machine lacks (the first try failed there)
+      # train_all_gpus's command line: its runner.notebook_parameters reads the parameters cell with nbformat,
+      # which the lent machine lacks (the first try failed there)
       mkdir -p "$WORK/results/notebooks_h200_t4_graphs"
       for mode in graphs eager; do
         python3 - $mode "$WORK/nb_$mode" > "$WORK/notebook_$mode.log" 2>&1 <<'PY'
@@ -155,17 +155,11 @@ from qlora_helpers.runners import profiles
 profile = profiles.get_profile("smollm2-t4")
 for key, value in profile.env.items():
     os.environ.setdefault(key, value)
-from qlora_helpers.notebook import experiment
 from qlora_helpers.notebook.parameters import NotebookParameters
+from qlora_helpers.runners.train_all_gpus import run_notebook_steps
 values = {**profile.parameters("03_qlora_qwen2.5_7b"), "run_dir": sys.argv[2], "cuda_graphs": sys.argv[1] == "graphs",
           "data_dir": os.environ["BANKING77_DIR"], "data_source": "local"}
-params = NotebookParameters(notebook="03_qlora_qwen2.5_7b", **values)
-bank = experiment.load_data(params)
-loaded = experiment.build_model(params, bank)
-train_rows, test_rows = experiment.tokenize_splits(params, bank, loaded)
-stats = experiment.train_model(params, loaded, train_rows)
-result = experiment.evaluate_on_test(params, loaded, test_rows, bank)
-experiment.save_results(params, loaded, stats, result, bank)
+run_notebook_steps(NotebookParameters(notebook="03_qlora_qwen2.5_7b", **values))
 PY
         finished "$WORK/notebook_$mode.log"
         cp "$WORK/nb_$mode/03_qlora_qwen2.5_7b/results.json" "$WORK/results/notebooks_h200_t4_graphs/${mode}_03.json"

@@ -5,11 +5,13 @@ Qwen2.5-7B's step launches ~11.6k GPU operations and keeps the GPU busy 27% of t
 (bench/results/SUMMARY.md, "Where a step's time goes"). As torch.cuda.make_graphed_callables does
 (PyTorch's "partial-network capture"), the decoder stack's forward, and its backward with the
 checkpointed layers' recomputation, are recorded as two CUDA graphs that each replay with one
-launch. The head, the loss, the gradient scaler and the optimizer stay eager, so the Trainer, its hooks and its callbacks see an ordinary model.
+launch. The head, the loss, the gradient scaler and the optimizer stay eager, so the Trainer, its
+hooks and its callbacks see an ordinary model.
 
 One pair of graphs per batch shape (micro-batch, padded length), recorded the first time that shape
-trains; length-grouped batches padded to a multiple of 8 make a handful of shapes. All pairs share one memory pool, which is safe because each micro-batch's
-backward replays before the next forward does, and one side stream, warmed up once, before the first
+trains; length-grouped batches padded to a multiple of 8 make a handful of shapes. All pairs share
+one memory pool, which is safe because each micro-batch's backward replays before the next forward
+does, and one side stream, warmed up once, before the first
 capture: a later shape is captured without an eager pass of its own (a new shape's step on the 7B:
 ~0.9-1.2 s in run 9, ~1.4-1.5 s in run 8, which warmed up for every shape; bench/results/SUMMARY.md).
 The graphs compute what the eager stack computes (same kernels, same order), with two limits:

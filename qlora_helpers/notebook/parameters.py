@@ -176,10 +176,10 @@ class NotebookParameters:
         elif launched_processes() > 1:
             problems.append(f"cuda_graphs=True trains in one process, and a launcher started "
                             f"{launched_processes()}: set cuda_graphs=False, or launch one process.")
-        elif gpus_to_train_on(self.use_all_gpus) > 1:
+        elif (processes := gpus_to_train_on(self.use_all_gpus)) > 1:
             problems.append(f"cuda_graphs=True trains in one process, but use_all_gpus=True would train on all "
-                            f"{gpus_to_train_on(self.use_all_gpus)} GPUs: set use_all_gpus=False (one GPU, with "
-                            "graphs) or cuda_graphs=False (all GPUs).")
+                            f"{processes} GPUs: set use_all_gpus=False (one GPU, with graphs) or "
+                            "cuda_graphs=False (all GPUs).")
         return problems
 
     # What the notebooks use -------------------------------------------------------------------
