@@ -58,6 +58,10 @@ METHODS = tuple(DEFAULTS)
 # QLoRA's 4-bit base (the compute dtype is the device's: modeling.choose_compute_dtype): NF4 levels
 # for normally distributed weights, and the per-block scales quantized too (~0.37 bit a parameter less).
 QUANTIZATION = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True}
+# transformers >= 5.25 with the `kernels` package swaps layers for kernels it downloads from the hub
+# (use_kernels defaults to on): offline (Kaggle with the internet off) that fails, and online it trains
+# code we never tested. Every from_pretrained here passes use_kernels=HUB_KERNELS.
+HUB_KERNELS = False
 LORA_TARGET_MODULES = "all-linear"  # adapters on every linear layer of the base, not only attention
 # Knobs a notebook may leave None to mean "the method's default".
 NOTEBOOK_KNOBS = ("epochs", "batch_size", "gradient_accumulation", "learning_rate", "max_length", "lora_r",

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from . import atomic
+from . import atomic, defaults
 from .modeling import (LoadedModel, ModelSetupError, count_parameters, load_base, load_model, load_tokenizer,
                        model_source, saved_quantization, set_label_names)
 
@@ -80,7 +80,8 @@ def merge_to_16bit(folder: str | Path, out_folder: str | Path, dtype: torch.dtyp
             "weights. Pass base_model= the model it was quantized from (e.g. Qwen/Qwen2.5-7B for "
             "unsloth/Qwen2.5-7B-bnb-4bit).")
     base = AutoModelForSequenceClassification.from_pretrained(
-        model_source(base_model), num_labels=len(manifest["label_names"]), dtype=dtype)
+        model_source(base_model), num_labels=len(manifest["label_names"]), dtype=dtype,
+        use_kernels=defaults.HUB_KERNELS)
     set_label_names(base, manifest["label_names"])
     tokenizer = load_tokenizer(str(folder))
     base.config.pad_token_id = tokenizer.pad_token_id

@@ -280,7 +280,7 @@ def load_base(model_id_or_path: str, method: str = "lora", num_labels: int = 77,
         compute_dtype = choose_compute_dtype(device, model_type=config.model_type, method=method)
     # Full fine-tuning keeps fp32 master weights; the Trainer's AMP does the 16-bit compute.
     load_dtype = torch.float32 if method == "full" else compute_dtype
-    kwargs: dict = {"num_labels": num_labels, "dtype": load_dtype}
+    kwargs: dict = {"num_labels": num_labels, "dtype": load_dtype, "use_kernels": defaults.HUB_KERNELS}
     if method == "qlora":
         kwargs["quantization_config"] = quantization_config or default_quantization_config(compute_dtype)
         # The whole model on this process's device: under DDP every GPU holds a full 4-bit copy.

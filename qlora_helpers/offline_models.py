@@ -21,7 +21,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import atomic
+from . import atomic, defaults
 
 PREFIX = "offline:"
 
@@ -98,7 +98,8 @@ def convert_gguf(spec: GgufModel, folder: str | Path) -> Path:
         else:  # the file inside the package; the package itself is never imported (it needs `llm`)
             source = Path(importlib.util.find_spec(spec.package).submodule_search_locations[0])
         tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=spec.gguf_file)
-        model = AutoModelForCausalLM.from_pretrained(source, gguf_file=spec.gguf_file, dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_pretrained(source, gguf_file=spec.gguf_file, dtype=torch.bfloat16,
+                                                     use_kernels=defaults.HUB_KERNELS)
         if getattr(model, "hf_quantizer", None) is not None:  # save_pretrained refuses a GGUF-loaded model
             model.hf_quantizer.remove_quantization_config(model)
         shutil.rmtree(staging / "gguf", ignore_errors=True)

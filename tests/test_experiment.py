@@ -102,3 +102,30 @@ def test_checkpointing_deprecation_notices_are_hidden_and_nothing_else(tiny_qwen
             warnings.warn("another notice", FutureWarning)
     assert [str(w.message) for w in caught] == [
         "`gradient_checkpointing_enable` is deprecated (another category)", "another notice"]
+
+
+# bitsandbytes' CPU backend logs this when the hub kernel it tries cannot be had. The reason after the colon
+# depends on the install: both are what bitsandbytes 0.50.2 printed on a CPU with AVX-512 BF16, without the
+# `kernels` package (transformers 5.24) and with kernels 0.19.1 offline (transformers 5.25 requires it),
+# where kernels first logs that it skips its publisher check.
+_BNB_KERNEL_NOTICE = ("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure you already "
+                      "`pip install kernels` and the kernels >= 0.11.1")
+_REASONS = ("No module named 'kernels'",
+            "Version 1 of 'kernels-community/quantization-bitsandbytes' is not available in the local cache and "
+            "Hugging Face Hub is in offline mode. Download the kernel while online first, or pass an explicit "
+            "`revision=<commit>`.")
+_KERNELS_OFFLINE = ("Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes' because "
+                    "Hugging Face Hub is in offline mode.")
+
+
+@pytest.mark.parametrize("reason", _REASONS, ids=("without-kernels", "kernels-offline"))
+def test_the_bitsandbytes_cpu_kernel_notice_is_hidden_whatever_its_reason(reason, caplog):
+    bnb, kernels = logging.getLogger("bitsandbytes.backends.cpu.ops"), logging.getLogger("kernels._internals.hf_hub")
+    with caplog.at_level(logging.WARNING), experiment._quiet(**experiment.IMPORT_NOTICES):
+        kernels.warning(_KERNELS_OFFLINE)
+        bnb.warning(_BNB_KERNEL_NOTICE, reason)
+        bnb.warning("Failed to load another kernel: %s", reason)  # anything else still shows
+        kernels.warning("Skipping publisher trust check for 'someone/else' because Hugging Face Hub is in offline mode.")
+    assert [record.getMessage() for record in caplog.records] == [
+        f"Failed to load another kernel: {reason}",
+        "Skipping publisher trust check for 'someone/else' because Hugging Face Hub is in offline mode."]

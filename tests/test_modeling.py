@@ -220,3 +220,11 @@ def test_gemma_with_a_16_bit_base_computes_in_fp32_on_a_gpu_without_bf16(monkeyp
     assert modeling.choose_compute_dtype("cuda", model_type="gemma3_text", method="lora") == torch.float32
     monkeypatch.delenv("QLORA_EMULATE_GPU")
     assert modeling.choose_compute_dtype("cuda", model_type="gemma3_text", method="lora") == torch.bfloat16
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "qlora"])
+def test_no_layer_is_swapped_for_a_hub_kernel(tiny_qwen2, method):
+    """transformers >= 5.25 with `kernels` installed kernelizes a model by default, from kernels it fetches from
+    the hub: offline (Kaggle with the internet off) that fails, and online it would train untested code."""
+    loaded = modeling.load_model(tiny_qwen2, method, num_labels=77)
+    assert modeling.base_model(loaded.model).use_kernels is False

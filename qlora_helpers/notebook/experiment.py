@@ -51,13 +51,18 @@ def _quiet(logs: tuple[tuple[str, str], ...] = (), warns: tuple[tuple[type[Warni
             logger.removeFilter(f)
 
 
-with _quiet(
-    # bitsandbytes tries a faster CPU 4-bit matmul from the hub's `kernels` package, then uses its own.
-    logs=(("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward from kernels-community: "
-                                            "No module named 'kernels'"),),
+# What importing the libraries may say. Matched by the library's own fixed words, never by the reason
+# it appends: that reason changes with the install ("No module named 'kernels'" without the package;
+# with kernels >= 0.19, "... is not available in the local cache and Hugging Face Hub is in offline mode").
+IMPORT_NOTICES = dict(
+    # On a CPU with AVX-512 BF16, bitsandbytes tries a faster 4-bit matmul from the hub's `kernels`
+    # package, then uses its own.
+    logs=(("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward from kernels-community"),
+          ("kernels._internals.hf_hub", "Skipping publisher trust check for 'kernels-community/")),
     # Without ipywidgets, tqdm warns on import that it falls back to text progress bars: harmless.
     warns=((Warning, "IProgress not found"),),
-):
+)
+with _quiet(**IMPORT_NOTICES):
     from .. import data, evaluation, modeling, training
     from . import plots, results
 from ..distributed import gpus_to_train_on, is_main_process, launched_processes, split_batch
