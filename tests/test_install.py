@@ -141,3 +141,19 @@ def test_when_nothing_installs_it_stops_and_says_how_to_fix_it(pip, tmp_path):
     for fix in ("make kaggle-dataset", "as an input", "Internet on", "/content", "QLORA_HELPERS_SOURCE"):
         assert fix in text
     assert pip.versions() == []
+
+
+def test_the_cell_pins_the_libraries_at_the_tested_versions(pip, tmp_path):
+    """The cell's PINS are constraints.txt's versions, and pip gets them as constraints."""
+    locked = {line.split("==")[0].lower().replace("_", "-"): line.strip()
+              for line in (ROOT / "constraints.txt").read_text().splitlines() if "==" in line and not line.startswith("#")}
+    for pin in install.PINS:
+        name = pin.split("==")[0].lower().replace("_", "-")
+        assert locked.get(name, "").lower().replace("_", "-") == pin.lower().replace("_", "-"), \
+            f"install.py pins {pin}, constraints.txt has {locked.get(name)}: copy the lock's version"
+    assert {"transformers", "peft", "bitsandbytes", "datasets", "accelerate"} <= {
+        pin.split("==")[0] for pin in install.PINS}
+    dummy_wheel(tmp_path / "content")
+    install.install_qlora_helpers(NOT_INSTALLED, environ=COLAB, wheel_dirs=(f"{tmp_path}/content",))
+    command = pip.calls[0]
+    assert Path(command[command.index("-c") + 1]).read_text().split() == list(install.PINS)
