@@ -14,16 +14,20 @@ points) in the fewest seconds of training alone on the GPU:
 - lora: batch 64, lr 2e-3 reached 90.5% in 74 s (lr 2e-4 at batch 32: 87.8% after 173 s);
 - qlora: batch 64, lr 2e-3 reached 89.7% in 148 s (batch 128 at lr 2e-4, the former default, is far
   worse on real weights: too few optimizer steps at that rate).
-These are a 135M model's optima: on a much larger model a lower learning rate may be safer.
+These are a 135M model's optima. On the series' own Qwen2.5-1.5B, LoRA and QLoRA at 2e-3 fell to a loss
+of ~1.4, climbed back to chance and went NaN (fp16 and bf16 alike), so the adapter methods' rate falls
+with the model's size (`learning_rate`, applied where a notebook leaves learning_rate None).
 """
 from __future__ import annotations
+
+import math
 
 from dataclasses import asdict, dataclass
 
 
 @dataclass(frozen=True)
 class MethodDefaults:
-    learning_rate: float  # peak; linear warm-up over warmup_ratio of the steps, then linear decay
+    learning_rate: float  # peak at REFERENCE_PARAMETERS (see learning_rate()); linear warm-up, then linear decay
     batch_size: int  # micro-batch: examples per forward on each device
     gradient_accumulation: int  # micro-batches per optimizer update (effective batch: the product)
     epochs: float
@@ -63,9 +67,36 @@ QUANTIZATION = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_us
 # code we never tested. Every from_pretrained here passes use_kernels=HUB_KERNELS.
 HUB_KERNELS = False
 LORA_TARGET_MODULES = "all-linear"  # adapters on every linear layer of the base, not only attention
-# Knobs a notebook may leave None to mean "the method's default".
+# Knobs a notebook may leave None to mean "the method's default"; learning_rate's depends on the model's
+# size, so it is filled in once the model is loaded (learning_rate()).
 NOTEBOOK_KNOBS = ("epochs", "batch_size", "gradient_accumulation", "learning_rate", "max_length", "lora_r",
                   "lora_alpha", "lora_dropout")
+REFERENCE_PARAMETERS = 135_000_000  # SmolLM2-135M, where the rates above were chosen
+SIZED_METHODS = ("lora", "qlora")  # full keeps its rate: 2e-4 held on SmolLM2-135M and Gemma 3 270M alike
+
+
+def learning_rate(method: str, parameters: int) -> float:
+    """The peak learning rate for `method` on a base model of `parameters` parameters.
+
+    For LoRA and QLoRA the rate chosen on SmolLM2-135M, scaled by sqrt(135M / parameters) for larger
+    models and never raised for smaller ones: 2e-3 at 135M, 1.05e-3 at Qwen2.5-0.5B, 5.9e-4 at 1.5B, 2.7e-4
+    at 7B. The rule is the 1/sqrt(size) scaling often used for transformer learning rates, checked on
+    real Qwen2.5 weights (bench/results/qwen_h100_t4.md). Full fine-tuning keeps its rate.
+    ValueError for an unknown method or a non-positive size."""
+    chosen = for_method(method).learning_rate
+    if parameters <= 0:
+        raise ValueError(f"a model of {parameters} parameters has no learning rate: count its parameters.")
+    if method not in SIZED_METHODS:
+        return chosen
+    return chosen * min(1.0, math.sqrt(REFERENCE_PARAMETERS / parameters))
+
+
+def learning_rate_rule(method: str) -> str:
+    """learning_rate()'s rule for `method`, in words, for the notebooks' parameters table."""
+    chosen = for_method(method).learning_rate
+    if method not in SIZED_METHODS:
+        return f"{chosen:g} ({method}'s default, any size)"
+    return f"by model size: {chosen:g} x sqrt(135M / parameters), at most {chosen:g} (defaults.learning_rate)"
 
 
 def for_method(method: str) -> MethodDefaults:

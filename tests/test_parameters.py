@@ -72,10 +72,11 @@ def test_from_namespace_takes_the_knobs_and_ignores_the_rest():
     params = parameters.from_namespace(namespace, notebook="02_lora_qwen2.5_1.5b")
     assert (params.model_id, params.method, params.epochs) == ("offline:tiny-qwen2", "lora", 1)
     lora = defaults.for_method("lora")  # knobs the notebook left unset take the method's default
-    assert (params.batch_size, params.learning_rate, params.lora_dropout) == (lora.batch_size, lora.learning_rate,
-                                                                             lora.lora_dropout)
-    assert parameters.NotebookParameters(notebook="x", method="qlora").learning_rate == defaults.for_method(
-        "qlora").learning_rate
+    assert (params.batch_size, params.lora_dropout) == (lora.batch_size, lora.lora_dropout)
+    assert params.learning_rate is None  # set by the model's size once it is loaded
+    assert params.learning_rate_for(135_000_000) == lora.learning_rate
+    assert parameters.NotebookParameters(notebook="x", method="qlora", learning_rate=1e-4).learning_rate_for(
+        7_000_000_000) == 1e-4  # a rate that is set is kept, whatever the size
     comparison = parameters.from_namespace({"run_dir": "runs/demo"}, notebook="04_comparison")
     assert isinstance(comparison, parameters.ComparisonParameters)
     with pytest.raises(ParameterError, match="focus_intents"):
@@ -136,7 +137,9 @@ def test_one_source_of_defaults_notebook_cells_profile_and_library_agree():
         for knob in defaults.NOTEBOOK_KNOBS:
             if knob in shown:
                 assert shown[knob] == getattr(resolved, knob), (stem, knob)
-            if knob not in ("batch_size", "gradient_accumulation"):
+            if knob == "learning_rate":  # by the model's size (defaults.learning_rate)
+                assert resolved.learning_rate is None, stem
+            elif knob not in ("batch_size", "gradient_accumulation"):
                 assert getattr(resolved, knob) == getattr(method, knob), (stem, knob)
         assert resolved.batch_size * resolved.gradient_accumulation == method.effective_batch, stem
         # a knob outside the methods' defaults is shown at the notebooks' own default
@@ -194,5 +197,28 @@ def test_cuda_graphs_reaches_the_trainer(gpus, monkeypatch):
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     gpus(1)
-    assert experiment.train_config(qlora(cuda_graphs=True), 1000).cuda_graphs
-    assert not experiment.train_config(qlora(), 1000).cuda_graphs
+    assert experiment.train_config(qlora(cuda_graphs=True), 1000, 135_000_000).cuda_graphs
+    assert not experiment.train_config(qlora(), 1000, 135_000_000).cuda_graphs
+
+
+def test_the_adapter_methods_learning_rate_falls_with_the_model_size():
+    """2e-3 sent LoRA and QLoRA on Qwen2.5-1.5B back to chance, then to NaN: larger models get a lower rate."""
+    rule = {n: defaults.learning_rate("lora", n) for n in (20_000_000, 135_000_000, 494_000_000, 1_540_000_000,
+                                                           7_620_000_000)}
+    assert rule[20_000_000] == rule[135_000_000] == 2e-3  # never raised above the rate chosen on SmolLM2
+    assert rule[494_000_000] == pytest.approx(1.05e-3, rel=0.01)
+    assert rule[1_540_000_000] == pytest.approx(5.9e-4, rel=0.01)
+    assert rule[7_620_000_000] == pytest.approx(2.66e-4, rel=0.01)
+    assert defaults.learning_rate("qlora", 1_540_000_000) == rule[1_540_000_000]
+    assert defaults.learning_rate("full", 270_000_000) == defaults.for_method("full").learning_rate
+    assert experiment_rate(1_540_000_000) == rule[1_540_000_000]
+    table = NotebookParameters(notebook="02_lora_qwen2.5_1.5b", method="lora").table()
+    assert "by model size" in table.loc["learning_rate", "value"]
+
+
+def experiment_rate(parameters: int) -> float:
+    """The learning rate notebook 02's training step gives the Trainer for a model of that size."""
+    from qlora_helpers.notebook import experiment
+
+    params = NotebookParameters(notebook="02_lora_qwen2.5_1.5b", method="lora", use_all_gpus=False)
+    return experiment.train_config(params, 1000, parameters).learning_rate

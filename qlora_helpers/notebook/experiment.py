@@ -254,15 +254,16 @@ def tokenize_splits(params: NotebookParameters, bank: data.Banking77, loaded: mo
 
 
 # Training -------------------------------------------------------------------------------------
-def train_config(params: NotebookParameters, train_examples: int) -> training.TrainConfig:
-    """The method's defaults (training.default_train_config) with this notebook's knobs. Under a
-    launcher the effective batch is split over its processes (distributed.split_batch)."""
+def train_config(params: NotebookParameters, train_examples: int, model_parameters: int) -> training.TrainConfig:
+    """The method's defaults (training.default_train_config) with this notebook's knobs; a learning rate
+    left None is set by the model's size (defaults.learning_rate). Under a launcher the effective batch
+    is split over its processes (distributed.split_batch)."""
     batch_size, accumulation = split_batch(params.batch_size, params.gradient_accumulation, launched_processes())
     steps = math.ceil(math.ceil(train_examples / params.batch_size) / params.gradient_accumulation) * params.epochs
     return training.default_train_config(
         params.method, output_dir=str(params.checkpoint_dir), epochs=params.epochs,
         batch_size=batch_size, gradient_accumulation=accumulation,
-        learning_rate=params.learning_rate, max_length=params.max_length, seed=params.seed,
+        learning_rate=params.learning_rate_for(model_parameters), max_length=params.max_length, seed=params.seed,
         save_steps=params.save_steps, logging_steps=max(1, min(50, int(steps) // 40)),
         cuda_graphs=params.cuda_graphs,
     )
@@ -276,7 +277,7 @@ _SHOWN_ARGUMENTS = ("num_train_epochs", "per_device_train_batch_size", "gradient
 def show_training_arguments(params: NotebookParameters, loaded: modeling.LoadedModel, train_rows) -> pd.DataFrame:
     """The `TrainingArguments` that `train_model` will give the Trainer (training.training_arguments), the
     fields a recipe sets; the rest keep transformers' defaults."""
-    args = training.training_arguments(loaded, train_config(params, len(train_rows)))
+    args = training.training_arguments(loaded, train_config(params, len(train_rows), loaded.total_params))
     values = {name: getattr(args, name) for name in _SHOWN_ARGUMENTS}
     return pd.DataFrame({"value": {name: repr(getattr(value, "value", value)) for name, value in values.items()}})
 
@@ -307,7 +308,7 @@ def train_model(params: NotebookParameters, loaded: modeling.LoadedModel, train_
 
 def train_in_this_process(params: NotebookParameters, loaded: modeling.LoadedModel, train_rows) -> training.TrainStats:
     """training.train with the notebook's knobs: one process, or one of a launcher's."""
-    config = train_config(params, len(train_rows))
+    config = train_config(params, len(train_rows), loaded.total_params)
     _drop_finished_checkpoints(config.output_dir)
     # On CPU bitsandbytes runs a paged optimizer unpaged (paging only moves state out of GPU memory);
     # checkpoints saved less than a second apart make transformers doubt the file system's clock.

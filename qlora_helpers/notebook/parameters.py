@@ -105,7 +105,7 @@ class NotebookParameters:
         if self.method in METHODS:  # an unknown method is reported below, with the other problems
             chosen = defaults.for_method(self.method)
             for name in defaults.NOTEBOOK_KNOBS:
-                if getattr(self, name) is None:
+                if getattr(self, name) is None and name != "learning_rate":  # None: by the model's size
                     object.__setattr__(self, name, getattr(chosen, name))
         problems = []
         if isinstance(self.method, str) and self.method not in METHODS:
@@ -137,7 +137,7 @@ class NotebookParameters:
                     "max_length": self.max_length, "gradient_accumulation": self.gradient_accumulation,
                     "lora_r": self.lora_r, "lora_alpha": self.lora_alpha, "save_steps": self.save_steps}
         for name, value in positive.items():
-            if value <= 0:
+            if value is not None and value <= 0:
                 problems.append(f"{name}={value!r} must be greater than 0.")
         for name in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, name)
@@ -146,7 +146,7 @@ class NotebookParameters:
                                 "use at least 77, or None for all rows.")
         if not 0 <= self.lora_dropout < 1:
             problems.append(f"lora_dropout={self.lora_dropout!r} must be in [0, 1).")
-        if self.learning_rate > 1:
+        if self.learning_rate is not None and self.learning_rate > 1:
             problems.append(f"learning_rate={self.learning_rate!r} is far too large: typical values are "
                             "1e-5 to 2e-3.")
         if self.cuda_graphs:
@@ -206,10 +206,19 @@ class NotebookParameters:
         return {item.name: getattr(self, item.name) for item in dataclasses.fields(self)}
 
     def table(self):
-        """The knobs as a two-column table, for the notebook to show what it runs with."""
+        """The knobs as a two-column table, for the notebook to show what it runs with; a learning rate
+        left None shows the rule that sets it once the model's size is known."""
         import pandas as pd
 
-        return pd.DataFrame({"value": {k: repr(v) for k, v in self.as_dict().items()}})
+        values = {k: repr(v) for k, v in self.as_dict().items()}
+        if self.learning_rate is None and self.method in METHODS:
+            values["learning_rate"] = defaults.learning_rate_rule(self.method)
+        return pd.DataFrame({"value": values})
+
+    def learning_rate_for(self, parameters: int) -> float:
+        """The peak learning rate this run trains with: the knob, or by the model's size
+        (defaults.learning_rate) where it is None."""
+        return self.learning_rate if self.learning_rate is not None else defaults.learning_rate(self.method, parameters)
 
 
 @dataclass(frozen=True)
@@ -245,7 +254,7 @@ _FIELD_TYPES = {
     "notebook": (str, False), "model_id": (str, False), "method": (str, False), "data_dir": (str, True),
     "data_source": (str, False), "max_train_samples": (int, True), "max_eval_samples": (int, True),
     "epochs": (float, False), "batch_size": (int, False), "gradient_accumulation": (int, False),
-    "learning_rate": (float, False), "max_length": (int, False), "lora_r": (int, False),
+    "learning_rate": (float, True), "max_length": (int, False), "lora_r": (int, False),
     "lora_alpha": (int, False), "lora_dropout": (float, False), "gradient_checkpointing": (bool, True),
     "upcast_all_to_fp32": (bool, False), "save_steps": (int, False), "keep_checkpoints": (bool, False),
     "use_all_gpus": (bool, False), "cuda_graphs": (bool, False),
