@@ -7,6 +7,7 @@ A single process (no launcher) behaves exactly as before.
 """
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -73,6 +74,14 @@ def gather_shards(local: np.ndarray, total: int) -> np.ndarray:
 def sum_across_processes(values: list[int]) -> list[int]:
     """Totals over all processes (e.g. examples trained on), for throughput of the whole job."""
     return [int(sum(column)) for column in zip(*all_gather(list(values)))]
+
+
+def mean_across_processes(value: float) -> float:
+    """The mean of `value` over all processes, the same float in each (each averages the same gathered
+    list in rank order), so a decision taken from it is the same everywhere; a value that is not finite
+    in any process (NaN, inf) is the result, so one process's NaN stops them all alike."""
+    values = [float(v) for v in all_gather(float(value))]
+    return next((v for v in values if not math.isfinite(v)), sum(values) / len(values))
 
 
 def end_process_group() -> None:

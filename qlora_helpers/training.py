@@ -7,6 +7,7 @@ removes most of the padding that fixed 128-token batches carry.
 """
 from __future__ import annotations
 
+import copy
 import gc
 import hashlib
 import json
@@ -24,14 +25,19 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from . import atomic, defaults, graphs, modeling
-from .distributed import is_main_process, sum_across_processes, world_size
+from .distributed import is_main_process, mean_across_processes, sum_across_processes, world_size
 from .modeling import LoadedModel
 
 SETTINGS_FILE = "run_settings.json"  # beside the checkpoints: the settings they were made with
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or inf: training on would only produce a useless model."""
+class TrainingDivergedError(RuntimeError):
+    """The training loss diverged again after every rollback TrainConfig.divergence_retries allows:
+    training on would only produce a useless model. The message names the learning rate to try."""
+
+
+class NonFiniteLossError(TrainingDivergedError):
+    """The divergence was a loss that became NaN or inf."""
 
 
 class OutOfMemoryAdvice(RuntimeError):
@@ -78,6 +84,14 @@ class TrainConfig:
     # 7B to 3.10x the default's examples/s over an epoch at 11.7 GiB (H200, T4 profile, run 10); off by
     # default, measured there only: bench/results/SUMMARY.md ("Step cost").
     checkpoint_above_tokens: int | None = None
+    # When the logged training loss turns NaN/inf, or climbs back to chance after having learned
+    # (`divergence`): roll back to the last healthy logging step (trainable weights, optimizer state and
+    # schedule, kept in CPU memory meanwhile: for `full`, a copy of the whole model and its optimizer
+    # state), lower the learning rate for the rest of the run and train on; at most this many times,
+    # then raise TrainingDivergedError naming the learning rate. 0: raise at once, keeping no copy.
+    divergence_retries: int = 3
+    # Each rollback multiplies the schedule's learning rate (its peak and where it now is) by this.
+    divergence_lr_factor: float = 0.5
 
 
 def default_train_config(method: str, **overrides) -> TrainConfig:
@@ -109,6 +123,11 @@ class TrainStats:
     gradient_accumulation: int | None = None
     resumed_from_step: int = 0  # the checkpoint this run resumed from; 0: trained from scratch
     processes: int = 1  # data-parallel processes (one per GPU) that trained; batch_size is per process
+    # each divergence rolled back (DivergenceGuard): step, loss, reason ("non-finite", "back to chance"),
+    # rolled_back_to (step), old_learning_rate and new_learning_rate (the schedule's peak); none in
+    # results from before it existed
+    recoveries: list[dict] = field(default_factory=list)
+    peak_learning_rate: float | None = None  # the schedule's peak the run ended with; None: not recorded
 
     @property
     def examples_per_second(self) -> float:
@@ -135,14 +154,13 @@ class LengthDroppingCollator(DataCollatorWithPadding):
 
 
 class MeasureCallback(TrainerCallback):
-    """Wall time, peak memory, examples and tokens of the training loop alone; stops on NaN/inf.
+    """Wall time, peak memory, examples and tokens of the training loop alone.
 
     Examples and tokens are counted by a forward pre-hook on the model in training mode, so they are
     exactly the batches that were trained on (the data loader prefetches one batch ahead).
     """
 
-    def __init__(self, model: torch.nn.Module, fp16: bool):
-        self.fp16 = fp16
+    def __init__(self, model: torch.nn.Module):
         self.start = self.seconds = 0.0
         self.examples = self.real_tokens = self.padded_tokens = 0
         self.hook = model.register_forward_pre_hook(self._count, with_kwargs=True)
@@ -160,14 +178,6 @@ class MeasureCallback(TrainerCallback):
             torch.cuda.reset_peak_memory_stats()
         self.start = time.perf_counter()
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(loss):
-            hint = ("fp16 overflows easily: train in fp32 or bf16 (on an Ampere+ GPU), or lower the "
-                    "learning rate." if self.fp16 else
-                    "lower the learning rate or check the inputs and labels.")
-            raise NonFiniteLossError(f"the training loss became {loss} at step {state.global_step}: {hint}")
-
     def on_train_end(self, args, state, control, **kwargs):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
@@ -175,6 +185,151 @@ class MeasureCallback(TrainerCallback):
         # Under DDP the job's throughput is every process's examples over the shared wall time.
         self.examples, self.real_tokens, self.padded_tokens = sum_across_processes(
             [self.examples, self.real_tokens, self.padded_tokens])
+
+
+# A classifier's loss at chance is ln(num_labels), a uniform guess's cross-entropy (ln 77 = 4.34).
+LEARNED_SHARE_OF_CHANCE = 0.5  # a best logged loss under this share of it: the run had learned
+BACK_SHARE_OF_CHANCE = 0.9  # a logged loss at this share of it or more, after that: guessing again
+
+
+def divergence(loss: float, best_loss: float, num_labels: int | None) -> str | None:
+    """Why the logged training `loss` says the run diverged, or None while it is healthy.
+
+    "non-finite": NaN or inf. "back to chance": the run had learned (`best_loss`, its lowest logged
+    loss, under LEARNED_SHARE_OF_CHANCE x ln(num_labels)) and its loss is back near a uniform guess's
+    (BACK_SHARE_OF_CHANCE x ln(num_labels) or more): on real weights a too high learning rate does
+    that before the loss turns NaN, and the steps in between are wasted. Without labels to guess
+    among (num_labels None or 1: regression) only a non-finite loss counts.
+    """
+    if not math.isfinite(loss):
+        return "non-finite"
+    if num_labels and num_labels > 1:
+        chance = math.log(num_labels)
+        if best_loss < LEARNED_SHARE_OF_CHANCE * chance and loss >= BACK_SHARE_OF_CHANCE * chance:
+            return "back to chance"
+    return None
+
+
+def _short(learning_rate: float) -> str:
+    """A learning rate as people write it: 2e-3, 2.5e-4."""
+    return np.format_float_scientific(learning_rate, trim="-", exp_digits=1, precision=3)
+
+
+@dataclass
+class _Snapshot:
+    """The training state at a healthy logging step, in CPU memory: what a rollback restores."""
+    step: int
+    weights: dict[str, torch.Tensor]  # the trainable parameters
+    optimizer: dict  # its state_dict, tensors copied to CPU
+    scheduler: dict
+    total_loss: float  # the Trainer's running loss sum (its final train_loss), kept finite
+
+
+def _cpu_copy(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: _cpu_copy(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cpu_copy(item) for item in value)
+    return copy.deepcopy(value)
+
+
+class DivergenceGuard(TrainerCallback):
+    """Catches a diverging run at a logging step and rolls it back, at a lower learning rate
+    (TrainConfig.divergence_retries, divergence_lr_factor), instead of training on to a useless model.
+
+    At each healthy logging step it keeps a CPU snapshot of the trainable weights, the optimizer state
+    and the schedule; when the logged loss diverges (`divergence`) it copies them back, multiplies the
+    learning rate, says so in one line, and the Trainer's loop goes on (the step count does not go
+    back: the steps since the snapshot are lost, and the schedule runs that far behind the step count).
+    Under DDP every process decides from the same value (mean_across_processes of the logged loss),
+    so all roll back at the same step to the same snapshot; only the main process prints.
+
+    Each recovery is also recorded in the Trainer's log history, so checkpoints carry it: a resumed run
+    still counts its tries and reports its recoveries, and its optimizer and schedule state carry the
+    lowered learning rate (config.learning_rate, which decides what may resume, stays the one asked for).
+    """
+
+    def __init__(self, trainer: Trainer, retries: int, lr_factor: float):
+        self.trainer = trainer  # for its running loss, which a NaN would poison for the rest of the run
+        self.retries, self.lr_factor = retries, lr_factor
+        self.snapshot: _Snapshot | None = None
+        self.best_loss = math.inf
+        self.num_labels: int | None = None
+
+    @staticmethod
+    def recoveries(state) -> list[dict]:
+        return [entry["divergence_recovery"] for entry in state.log_history if "divergence_recovery" in entry]
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
+        self.num_labels = getattr(model.config, "num_labels", None)
+        logged = [entry["loss"] for entry in state.log_history if "loss" in entry]
+        self.best_loss = min((loss for loss in logged if math.isfinite(loss)), default=math.inf)  # a resumed run's
+        if self.retries:
+            self._take_snapshot(state.global_step, model, optimizer, lr_scheduler)
+
+    def on_log(self, args, state, control, logs=None, model=None, optimizer=None, lr_scheduler=None, **kwargs):
+        if "loss" not in (logs or {}):
+            return
+        loss = mean_across_processes(logs["loss"])
+        reason = divergence(loss, self.best_loss, self.num_labels)
+        if reason is None:
+            self.best_loss = min(self.best_loss, loss)
+            if self.retries:
+                self._take_snapshot(state.global_step, model, optimizer, lr_scheduler)
+            return
+        tries = len(self.recoveries(state))
+        what = self._what(reason, loss, state.global_step)
+        peak = max(lr_scheduler.base_lrs)
+        if tries >= self.retries:
+            raise self._advice(reason, what, tries, args.learning_rate, peak, args.fp16)
+        new_peak = peak * self.lr_factor
+        self._roll_back(model, optimizer, lr_scheduler, new_peak)
+        state.log_history.append({"divergence_recovery": {
+            "step": state.global_step, "loss": loss, "reason": reason, "rolled_back_to": self.snapshot.step,
+            "old_learning_rate": peak, "new_learning_rate": new_peak}, "step": state.global_step})
+        if is_main_process():
+            print(f"{what}: rolled back to step {self.snapshot.step} and lowered the learning rate "
+                  f"{_short(peak)} -> {_short(new_peak)} (try {tries + 1} of {self.retries})")
+
+    def _what(self, reason: str, loss: float, step: int) -> str:
+        if reason == "non-finite":
+            return f"loss {loss} at step {step} is not finite"
+        return f"loss {loss:.2f} at step {step} is back at chance (ln {self.num_labels} = {math.log(self.num_labels):.2f})"
+
+    @staticmethod
+    def _advice(reason: str, what: str, tries: int, asked: float, peak: float, fp16: bool) -> TrainingDivergedError:
+        """The error that ends a run out of tries: the learning rate first, the usual cause."""
+        again = f", after {tries} rollback{'s' if tries > 1 else ''} to a lower learning rate (last {_short(peak)})" if tries else ""
+        fix = f"lower learning_rate (now {_short(asked)}), e.g. to {_short(peak / 4)}"
+        if reason == "non-finite":
+            fix += ("; fp16 overflows more easily than bf16 or fp32 (Ampere+ GPU), which may help too" if fp16
+                    else "; if that does not help, check the inputs and labels")
+        error = NonFiniteLossError if reason == "non-finite" else TrainingDivergedError
+        return error(f"the training {what}{again}: {fix}.")
+
+    def _take_snapshot(self, step: int, model, optimizer, lr_scheduler) -> None:
+        self.snapshot = _Snapshot(
+            step, {name: param.detach().to("cpu", copy=True) for name, param in model.named_parameters()
+                   if param.requires_grad},
+            _cpu_copy(optimizer.state_dict()), copy.deepcopy(lr_scheduler.state_dict()),
+            self.trainer._total_loss_scalar)
+
+    @torch.no_grad()
+    def _roll_back(self, model, optimizer, lr_scheduler, peak: float) -> None:
+        """Restore the snapshot, its schedule scaled to peak at `peak`, and forget the losses since."""
+        _restore(model, self.snapshot.weights)
+        optimizer.load_state_dict(copy.deepcopy(self.snapshot.optimizer))  # a copy: on CPU it would alias
+        lr_scheduler.load_state_dict(copy.deepcopy(self.snapshot.scheduler))
+        scale = peak / max(lr_scheduler.base_lrs)
+        lr_scheduler.base_lrs = [lr * scale for lr in lr_scheduler.base_lrs]
+        for group in optimizer.param_groups:
+            group["lr"] *= scale
+            group["initial_lr"] *= scale
+        lr_scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+        self.trainer._tr_loss.zero_()  # NaN - NaN stays NaN: the Trainer's own reset cannot clear it
+        self.trainer._total_loss_scalar = self.snapshot.total_loss
 
 
 def peak_memory() -> tuple[int, str]:
@@ -286,7 +441,7 @@ def release_training_state(model: torch.nn.Module) -> None:
 
 
 def build_trainer(loaded: LoadedModel, train_dataset, config: TrainConfig) -> tuple[Trainer, MeasureCallback]:
-    """A Trainer with `training_arguments`, our collator and the measuring callback."""
+    """A Trainer with `training_arguments`, our collator, the measuring callback and the DivergenceGuard."""
     set_seed(config.seed)
     if config.checkpoint_above_tokens is not None:
         limit_checkpointing(loaded.model, config.checkpoint_above_tokens)  # ValueError without checkpointing
@@ -296,9 +451,10 @@ def build_trainer(loaded: LoadedModel, train_dataset, config: TrainConfig) -> tu
         graphs.enable(loaded.model)  # ValueError before any work where graphs cannot run
     args = training_arguments(loaded, config)
     collator = LengthDroppingCollator(loaded.tokenizer, pad_to_multiple_of=config.pad_to_multiple_of)
-    measure = MeasureCallback(loaded.model, args.fp16)
+    measure = MeasureCallback(loaded.model)
     trainer = Trainer(model=loaded.model, args=args, train_dataset=train_dataset,
                       data_collator=collator, callbacks=[measure])
+    trainer.add_callback(DivergenceGuard(trainer, config.divergence_retries, config.divergence_lr_factor))
     # transformers 5 takes a forward with **kwargs to mean "normalises its loss by num_items_in_batch"
     # and then skips dividing by gradient_accumulation. Sequence classifiers return a plain mean, so
     # with accumulation N the logged loss and the gradients came out N times too large.
@@ -363,7 +519,8 @@ def _train_once(loaded: LoadedModel, train_dataset, config: TrainConfig) -> Trai
     final = losses[-1] if losses else float("nan")
     return TrainStats(measure.seconds, trainer.state.global_step, measure.examples, measure.real_tokens,
                       measure.padded_tokens, peak, kind, final, losses, seen, config.batch_size,
-                      config.gradient_accumulation, _step(last) if last else 0, world_size())
+                      config.gradient_accumulation, _step(last) if last else 0, world_size(),
+                      DivergenceGuard.recoveries(trainer.state), max(trainer.lr_scheduler.base_lrs))
 
 
 # Which checkpoint may resume this run --------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Two DDP processes on CPU (gloo): gradients stay in sync, evaluation is gathered, results written once."""
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,32 @@ def test_two_processes_train_in_sync_and_write_results_once(tiny_qwen2, tmp_path
                                                           "results.json"]
     record = json.loads((tmp_path / "results.json").read_text())
     assert record["training"]["examples"] == 96
+
+
+def test_a_nan_loss_on_one_process_rolls_both_back_in_step_and_is_reported_once(tiny_qwen2, tmp_path):
+    """Rank 1's loss turns NaN at step 4: both processes must take the same rollback at the same
+    logging step (else one waits forever in the next collective: the timeout), at the same lower
+    learning rate, and end with identical weights; the line and results.json say it once."""
+    # PYTHONPATH: this tree's qlora_helpers, not the one the venv's editable install points at
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          str(SCRIPT.with_name("diverge_ddp.py")), tiny_qwen2, str(tmp_path)],
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(SCRIPT.parents[2])})
+    assert run.returncode == 0, run.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2] and [r["steps"] for r in ranks] == [8, 8]
+    expected = {"step": 4, "loss": math.nan, "reason": "non-finite", "rolled_back_to": 2,
+                "old_learning_rate": 5e-3, "new_learning_rate": 2.5e-3}
+    for rank in ranks:
+        [recovery] = rank["recoveries"]
+        assert math.isnan(recovery["loss"]) and {**recovery, "loss": math.nan}.keys() == expected.keys()
+        assert {k: v for k, v in recovery.items() if k != "loss"} == {k: v for k, v in expected.items() if k != "loss"}
+        assert all(math.isfinite(loss) for loss in rank["losses"][2:])
+    assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
+    assert run.stdout.count("rolled back to step 2 and lowered the learning rate 5e-3 -> 2.5e-3 (try 1 of 3)") == 1
+    record = json.loads((tmp_path / "results.json").read_text())
+    assert [r["step"] for r in record["training"]["recoveries"]] == [4]
+    assert record["training"]["peak_learning_rate"] == 2.5e-3
 
 
 def test_a_notebooks_steps_run_on_two_processes_through_the_cli(tmp_path):
@@ -77,7 +104,8 @@ def test_every_collective_works_where_nccl_refuses_cpu_tensors(monkeypatch):
     assert distributed.sum_across_processes([96, 1000, 1200]) == [192, 2000, 2400]
     mine = distributed.shard(np.arange(5))  # rank 0 of 2: rows 0, 2, 4
     assert list(distributed.gather_shards(mine * 10, 6)) == [0, 0, 20, 20, 40, 40]
-    assert group.object_calls == 2
+    assert distributed.mean_across_processes(1.5) == 1.5
+    assert group.object_calls == 3
 
 
 def test_the_effective_batch_is_split_over_the_gpus_never_changed():

@@ -3,6 +3,8 @@ import math
 
 import pytest
 import torch
+from scripts import nan_loss
+from transformers import TrainerCallback
 
 from qlora_helpers import data, modeling, training
 
@@ -56,15 +58,115 @@ def test_training_lowers_loss_trains_adapters_and_head_and_keeps_the_base(
     assert all(later - earlier > 0 for earlier, later in zip(seen, seen[1:]))
 
 
-def test_non_finite_loss_stops_training_with_advice(tiny_qwen2, small_split, tmp_path):
+def _trainable(model) -> dict[str, torch.Tensor]:
+    return {name: param.detach().clone() for name, param in model.named_parameters() if param.requires_grad}
+
+
+def _lora_run(tiny_qwen2, small_split, output_dir, **changes):
+    """A fresh LoRA model (seeded: the same adapters each time), its training rows and a short config."""
+    torch.manual_seed(0)
     loaded = modeling.load_model(tiny_qwen2, "lora")
+    rows = data.tokenize(small_split[0].select(range(192)), loaded.tokenizer, max_length=64)
+    config = training.default_train_config("lora", **{
+        "output_dir": str(output_dir), "max_steps": 10, "batch_size": 16, "learning_rate": 5e-3,
+        "logging_steps": 2, "save_steps": 1000, **changes})
+    return loaded, rows, config
+
+
+class _LastSchedule(TrainerCallback):
+    """What the optimizer and the schedule hold when training ends."""
+
+    def on_train_end(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+        self.lrs = [group["lr"] for group in optimizer.param_groups]
+        self.base_lrs, self.position = list(lr_scheduler.base_lrs), lr_scheduler.last_epoch
+        self.lambdas, self.last_lr = lr_scheduler.lr_lambdas, lr_scheduler.get_last_lr()
+
+
+def test_a_nan_loss_is_rolled_back_at_a_lower_learning_rate_and_training_finishes(
+        tiny_qwen2, small_split, tmp_path, monkeypatch, capsys):
+    loaded, rows, config = _lora_run(tiny_qwen2, small_split, tmp_path)
+    schedule = _LastSchedule()
+    nan_loss.add_to_every_trainer(monkeypatch, 5, schedule)  # step 6's loss, its gradients, then the weights: NaN
+
+    stats = training.train(loaded, rows, config)
+
+    # caught at the logging step after it (6) and rolled back to the last healthy one (4)
+    assert "loss nan at step 6 is not finite: rolled back to step 4 and lowered the learning rate 5e-3 -> 2.5e-3 " \
+           "(try 1 of 3)" in capsys.readouterr().out
+    [recovery] = stats.recoveries
+    assert math.isnan(recovery.pop("loss")) and recovery == {
+        "step": 6, "reason": "non-finite", "rolled_back_to": 4, "old_learning_rate": 5e-3, "new_learning_rate": 2.5e-3}
+    assert stats.peak_learning_rate == 2.5e-3 and stats.steps == 10
+    assert all(torch.isfinite(p).all() for p in _trainable(loaded.model).values())
+    assert math.isnan(stats.losses[2]) and all(math.isfinite(loss) for loss in stats.losses[3:])
+    # the optimizer trains on at half the rate, where the schedule was at step 4: 2 steps behind the count
+    assert schedule.base_lrs == [2.5e-3, 2.5e-3] and schedule.position == 10 - 2
+    expected = 2.5e-3 * schedule.lambdas[0](schedule.position)
+    assert schedule.lrs == pytest.approx([expected, expected], rel=1e-12) and schedule.last_lr == schedule.lrs
+
+
+def test_a_healthy_run_is_untouched_by_the_divergence_guard(tiny_qwen2, small_split, tmp_path):
+    """Snapshots are taken (retries on) or not (off): the weights come out the same, bit for bit."""
+    trained = {}
+    for retries in (3, 0):
+        loaded, rows, config = _lora_run(tiny_qwen2, small_split, tmp_path / str(retries), divergence_retries=retries)
+        stats = training.train(loaded, rows, config)
+        assert stats.recoveries == [] and stats.peak_learning_rate == 5e-3
+        trained[retries] = _trainable(loaded.model)
+    assert trained[3].keys() == trained[0].keys()
+    assert all(torch.equal(trained[3][name], trained[0][name]) for name in trained[0])
+
+
+def test_divergence_that_outlasts_the_retries_stops_naming_the_learning_rate(tiny_qwen2, small_split, tmp_path, capsys):
+    """NaN weights from the start: every rollback (to them) diverges again, at a lower rate each time."""
+    loaded, rows, config = _lora_run(tiny_qwen2, small_split, tmp_path, max_steps=20, learning_rate=2e-3)
     head = next(iter(modeling.head_parameters(loaded.model).values()))
     with torch.no_grad():
         head.fill_(float("nan"))
-    rows = data.tokenize(small_split[0], loaded.tokenizer, max_length=64)
-    config = training.default_train_config("lora", output_dir=str(tmp_path), max_steps=20, logging_steps=2)
-    with pytest.raises(training.NonFiniteLossError, match="loss became nan at step 2"):
+    with pytest.raises(training.NonFiniteLossError) as raised:
         training.train(loaded, rows, config)
+    message = str(raised.value)
+    assert message == ("the training loss nan at step 8 is not finite, after 3 rollbacks to a lower learning rate "
+                       "(last 2.5e-4): lower learning_rate (now 2e-3), e.g. to 6.25e-5; if that does not help, "
+                       "check the inputs and labels.")
+    assert isinstance(raised.value, training.TrainingDivergedError)
+    assert capsys.readouterr().out.count("rolled back to step 0") == 3
+    with_fp16 = str(training.DivergenceGuard._advice("non-finite", "loss nan at step 8 is not finite", 0, 2e-3,
+                                                     2e-3, fp16=True))
+    assert with_fp16.index("lower learning_rate (now 2e-3), e.g. to 5e-4") < with_fp16.index("fp16")
+    assert "fp16 overflows easily: train in" not in with_fp16  # the cause named is the learning rate
+
+
+def test_divergence_names_nan_and_a_return_to_chance_after_learning_only():
+    chance = math.log(77)
+    assert training.divergence(float("nan"), 1.0, 77) == training.divergence(float("inf"), 9.0, None) == "non-finite"
+    assert training.divergence(0.91 * chance, 0.49 * chance, 77) == "back to chance"
+    assert training.divergence(0.91 * chance, 0.51 * chance, 77) is None  # it never learned much: not a relapse
+    assert training.divergence(0.89 * chance, 0.1, 77) is None
+    assert training.divergence(5.0, 0.1, None) is None and training.divergence(5.0, 0.1, 1) is None  # no chance level
+
+
+def test_the_guard_decides_from_the_loss_all_processes_share(tiny_qwen2, small_split, tmp_path, monkeypatch, capsys):
+    """A loss back at chance after having learned, and a NaN that another process saw (the value every
+    process agrees on, mean_across_processes, says so while this one's own loss is fine), both roll back."""
+    loaded, rows, config = _lora_run(tiny_qwen2, small_split, tmp_path, max_steps=8)
+    agreed = {2: None, 4: 1.0, 6: 4.3, 8: float("nan")}  # own, learned, back at chance, another process's NaN
+    seen = []
+
+    def shared(loss):  # at the logging steps 2, 4, 6, 8
+        seen.append(loss)
+        return agreed[2 * len(seen)] or loss
+
+    monkeypatch.setattr(training, "mean_across_processes", shared)
+    stats = training.train(loaded, rows, config)
+    assert [(r["step"], r["reason"], r["rolled_back_to"]) for r in stats.recoveries] == [
+        (6, "back to chance", 4), (8, "non-finite", 4)]
+    assert all(math.isfinite(loss) for loss in seen)  # this process's own losses were all fine
+    out = capsys.readouterr().out
+    assert "loss 4.30 at step 6 is back at chance (ln 77 = 4.34): rolled back to step 4 and lowered the learning " \
+           "rate 5e-3 -> 2.5e-3 (try 1 of 3)" in out
+    assert "rolled back to step 4 and lowered the learning rate 2.5e-3 -> 1.25e-3 (try 2 of 3)" in out
+    assert stats.peak_learning_rate == 1.25e-3
 
 
 def test_length_grouping_cuts_padding(tiny_qwen2, banking77, tmp_path):

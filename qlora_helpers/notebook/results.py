@@ -120,6 +120,9 @@ def validate(record: dict, source: str = "results") -> dict:
     if seen is not None and not (isinstance(seen, list) and isinstance(losses, list) and len(seen) == len(losses)):
         raise ResultsError(f"{source}: training.loss_examples_seen must list one count per training.losses "
                            "entry: rerun the notebook that wrote it.")
+    # Optional (results written before it lack it: no recoveries): the divergences training rolled back.
+    if not isinstance(record["training"].get("recoveries", []), list):
+        raise ResultsError(f"{source}: training.recoveries must be a list: rerun the notebook that wrote it.")
     return record
 
 
