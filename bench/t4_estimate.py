@@ -15,6 +15,13 @@ recipe batches them:
   Trainer's LengthGroupedSampler: mega-batches of 50 batches, each sorted longest first), each
   batch padded to its own longest row rounded up to a multiple of 8.
 
+Kaggle's "GPU T4 x2": each T4 computes half of every step, then DDP all-reduces the trainable fp32
+gradients over PCIe (no NVLink there). `two_t4` assumes NCCL_GBPS: a T4's link is PCIe Gen3 x16,
+15.75 GB/s a direction (NVIDIA's T4 datasheet), and without peer-to-peer access NCCL copies through host
+memory, at about half that; no overlap of the all-reduce with the backward pass (DDP overlaps some, so
+the real gain can be higher). At the peak rate the all-reduce weighs most; at MFU_ON_T4 of it, a
+typical share for these shapes, less.
+
     python bench/t4_estimate.py          # writes results/t4_estimate.md
 """
 from __future__ import annotations
@@ -36,6 +43,8 @@ from qlora_helpers.runners.profiles import KAGGLE_T4, TRAINING_NOTEBOOKS  # noqa
 
 T4_FP16_TENSOR_FLOPS = 65e12  # NVIDIA T4 datasheet: 65 TFLOP/s mixed-precision (fp16 in, fp32 accumulate)
 TUTORIAL = dict(batch_size=8, pad_to=128, grouped=False)
+NCCL_GBPS = 8.0  # assumed all-reduce bandwidth between Kaggle's two T4s, GB/s (see the docstring)
+MFU_ON_T4 = 0.35  # assumed share of the peak a real step reaches
 
 
 def epoch_lengths(seed: int = 0) -> np.ndarray:
@@ -77,6 +86,26 @@ def estimate() -> list[dict]:
     return table
 
 
+def two_t4(table: list[dict]) -> list[dict]:
+    """Expected speed-up of two T4s over one for notebooks 02 and 03 at their default recipe: per optimizer
+    step of the notebook's effective batch, half the compute plus one all-reduce of the trainable gradients."""
+    rows = []
+    for row in table:
+        if row["recipe"] != "default" or row["method"] == "full":
+            continue
+        shape = next(s for s in QWEN2_5.values() if s.name == row["model"])
+        chosen = defaults.for_method(row["method"])
+        gradient_bytes = 4 * (shape.lora_params(chosen.lora_r) + shape.head_params(77))
+        allreduce = gradient_bytes / (NCCL_GBPS * 1e9)  # 2 GPUs in a ring: each sends and gets it once
+        out = {"model": row["model"], "method": row["method"], "gradient_mb": gradient_bytes / 1e6,
+               "allreduce_ms": allreduce * 1e3}
+        for mfu in (1.0, MFU_ON_T4):
+            one = chosen.effective_batch * row["tflop_per_example"] * 1e12 / (T4_FP16_TENSOR_FLOPS * mfu)
+            out[f"speedup_at_{mfu:g}"] = one / (one / 2 + allreduce)
+        rows.append(out)
+    return rows
+
+
 def main() -> str:
     table = estimate()
     lines = ["# T4 estimate (not measured): examples/s ceiling at a T4's 65 TFLOP/s fp16 peak", "",
@@ -92,6 +121,13 @@ def main() -> str:
         lines.append(f"| {row['model']} | {row['method']} | {row['recipe']} | {row['batch']} | "
                      f"{row['padded_tokens'] / row['real_tokens']:.2f} | {row['tflop_per_example']:.3f} | "
                      f"{row['ceiling_examples_per_s']:.0f} | {ratio} |")
+    lines += ["", f"## Two T4s (Kaggle's GPU T4 x2), an estimate: all-reduce at an assumed {NCCL_GBPS:g} GB/s over PCIe",
+              "", "Per optimizer step of the effective batch (64): one T4's compute against half of it plus one "
+              "all-reduce of the trainable fp32 gradients (bench/t4_estimate.py, `two_t4`).", "",
+              f"| model | method | gradients (MB) | all-reduce (ms) | speed-up at peak | speed-up at {MFU_ON_T4:.0%} of peak |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['model']} | {r['method']} | {r['gradient_mb']:.0f} | {r['allreduce_ms']:.1f} | "
+              f"{r['speedup_at_1']:.2f}x | {r[f'speedup_at_{MFU_ON_T4:g}']:.2f}x |" for r in two_t4(table)]
     text = "\n".join(lines) + "\n"
     (Path(__file__).parent / "results" / "t4_estimate.md").write_text(text)
     print(text)
