@@ -252,22 +252,19 @@ def test_without_the_kaggle_cli_the_push_says_how_to_get_it(monkeypatch, tmp_pat
 # The README's Kaggle section ---------------------------------------------------------------------
 def kaggle_commands() -> list[str]:
     readme = (ROOT / "README.md").read_text()
-    section = readme.split("### On Kaggle or Colab", 1)[1].split("\n## ", 1)[0]
+    section = readme.split("\n## On Kaggle\n", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
     return [line.split("#")[0].strip() for block in blocks for line in block.splitlines() if line.split("#")[0].strip()]
 
 
-def test_readme_kaggle_commands_name_what_the_repository_has():
+def test_readme_kaggle_commands_are_what_the_repository_runs():
+    """The README's steps parse as the module's command line; 04 is pushed after waiting for 01-03."""
     commands = kaggle_commands()
-    metas = {p.parent.name: json.loads(p.read_text()) for p in FILES}
-    dataset_dir = kaggle.DATASET_DIR.relative_to(ROOT)
-    assert "make kaggle-dataset" in commands
-    assert re.search(r"^kaggle-dataset:.*\n\t.*-m qlora_helpers\.runners\.kaggle dataset$", (ROOT / "Makefile").read_text(), re.M)
-    assert f"kaggle datasets create -p {dataset_dir}" in commands
-    pushed = [c.split("-p ")[1] for c in commands if c.startswith("kaggle kernels push")]
-    assert pushed == [f"kaggle_metadata/{stem}" for stem in NOTEBOOKS]  # 04 last: it reads 01-03's outputs
-    statuses = [(i, c.split()[-1]) for i, c in enumerate(commands) if c.startswith("kaggle kernels status")]
-    assert statuses and {ref for _, ref in statuses} <= {m["id"] for m in metas.values()}
-    pushes = [i for i, c in enumerate(commands) if c.startswith("kaggle kernels push")]
-    assert commands.index("make kaggle-dataset") < commands.index(f"kaggle datasets create -p {dataset_dir}") < pushes[0]
-    assert pushes[2] < statuses[0][0] < pushes[3]  # 04 is pushed once 01-03 have finished
+    prefix = "python -m qlora_helpers.runners.kaggle "
+    parsed = [kaggle.command_line().parse_args(c.removeprefix(prefix).split()) for c in commands if c.startswith(prefix)]
+    assert [(args.command, args.notebooks) for args in parsed] == [("push", list(TRAINING_NOTEBOOKS)), ("push", ["04"])]
+    slugs = {json.loads(p.read_text())["id"].split("/")[1] for p in FILES}
+    statuses = [i for i, c in enumerate(commands) if c.startswith("kaggle kernels status USER/")]
+    assert statuses and all(commands[i].split("/")[-1] in slugs for i in statuses)
+    assert commands[0].startswith(prefix + "push") and 0 < statuses[0] < len(commands) - 1
+    assert commands[-1] == prefix + "push --notebooks 04"

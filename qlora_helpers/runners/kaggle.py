@@ -245,7 +245,7 @@ def write_install_cells(folder: str | Path = NOTEBOOKS_DIR) -> list[Path]:
     return changed
 
 
-def main(argv: list[str] | None = None) -> int:
+def command_line() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m qlora_helpers.runners.kaggle", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -259,7 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     dataset.add_argument("--owner", help=owner_help)
     dataset.add_argument("--out", default=str(DIST_DIR / "kaggle-dataset"), help="dataset folder (default: %(default)s)")
     commands.add_parser("install-cell", help="write install.py into each notebook's first code cell")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = command_line().parse_args(argv)
     if not (REPO_ROOT / "pyproject.toml").is_file():
         print(f"error: {REPO_ROOT} is not a checkout of the repository: run this from one", file=sys.stderr)
         return 1
