@@ -99,13 +99,17 @@ def find_data_dir() -> Path:
     return check_data_dir(found)
 
 
-def check_data_dir(folder: Path) -> Path:
-    """`folder` if it holds Banking77's three files, else a `Banking77Error` naming what is missing."""
+def _require_folder(folder: Path) -> None:
     if not folder.is_dir():
         raise Banking77Error(
             f"Banking77 folder {folder} does not exist: point data_dir (or BANKING77_DIR) at the folder "
             "holding train.csv, test.csv and categories.json."
         )
+
+
+def check_data_dir(folder: Path) -> Path:
+    """`folder` if it holds Banking77's three files, else a `Banking77Error` naming what is missing."""
+    _require_folder(folder)
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
     if missing:
         raise Banking77Error(
@@ -127,39 +131,96 @@ def load_banking77(data_dir: str | Path | None = None, source: str = "auto") -> 
 
 
 def _load_from_folder(folder: Path) -> Banking77:
-    check_data_dir(folder)
-    try:
-        label_names = json.loads((folder / "categories.json").read_text())
-    except json.JSONDecodeError as error:
-        raise Banking77Error(f"{folder / 'categories.json'} is not valid JSON ({error}).") from error
-    if not (isinstance(label_names, list) and label_names and all(isinstance(n, str) for n in label_names)):
-        raise Banking77Error(f"{folder / 'categories.json'} must be a JSON list of intent names.")
-    train = _read_split(folder / "train.csv", label_names)
-    test = _read_split(folder / "test.csv", label_names)
-    return Banking77(train, test, list(label_names), str(folder))
-
-
-def _read_split(path: Path, label_names: list[str]) -> Dataset:
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    absent = {"text", "category"} - set(frame.columns)
-    if absent:
-        raise Banking77Error(
-            f"{path} has columns {list(frame.columns)} but needs 'text' and 'category' "
-            "(one utterance and its intent per row)."
-        )
-    empty = frame.index[frame["text"].str.strip() == ""]
-    if len(empty):
-        raise Banking77Error(
-            f"{path} has {len(empty)} empty text(s), first at data row {empty[0] + 1}: remove those rows."
-        )
+    label_names, splits = _read_folder(folder)
     index = {name: i for i, name in enumerate(label_names)}
-    unknown = sorted(set(frame["category"]) - index.keys())
-    if unknown:
+
+    def to_dataset(frame: pd.DataFrame) -> Dataset:
+        return Dataset.from_dict({"text": frame["text"].tolist(), "label": frame["category"].map(index).tolist()})
+
+    return Banking77(to_dataset(splits["train.csv"]), to_dataset(splits["test.csv"]), label_names, str(folder))
+
+
+# How many rows (or intents) one problem lists: a broken 10k-row file still gives a readable message.
+MAX_LISTED = 10
+
+
+def check_folder(folder: str | Path) -> Path:
+    """`folder` if Banking77 loads from it, else one Banking77Error that lists every problem of its
+    three files with their rows, so a user fixes them all in one pass (the runner calls this before
+    any kernel starts)."""
+    _read_folder(Path(folder))
+    return Path(folder)
+
+
+def _read_folder(folder: Path) -> tuple[list[str], dict[str, pd.DataFrame]]:
+    """(categories.json's names, {file name: its rows}), or a Banking77Error listing every problem."""
+    _require_folder(folder)
+    problems = []
+    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    if missing:
+        problems.append(f"the folder lacks {', '.join(missing)} (PolyAI's banking77 layout has all three)")
+    label_names = _read_categories(folder / "categories.json", problems) if "categories.json" not in missing else None
+    splits = {name: _read_split(folder / name, label_names, problems)
+              for name in ("train.csv", "test.csv") if name not in missing}
+    if problems:
+        listed = "\n".join(f"  - {problem}" for problem in problems)
         raise Banking77Error(
-            f"{path} has intents not in categories.json: {unknown[:5]}: fix the rows or add the intents."
+            f"Banking77 folder {folder} has {len(problems)} problem(s) (rows count from 1, the first line "
+            f"after the header):\n{listed}\nFix them all, then rerun; or point data_dir (or BANKING77_DIR) at "
+            "another folder holding train.csv, test.csv and categories.json."
         )
-    labels = frame["category"].map(index).astype("int64")
-    return Dataset.from_dict({"text": frame["text"].tolist(), "label": labels.tolist()})
+    return label_names, splits
+
+
+def _read_categories(path: Path, problems: list[str]) -> list[str] | None:
+    """categories.json's intent names, or None with what is wrong with it added to `problems`."""
+    try:
+        label_names = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        problems.append(f"categories.json is not valid JSON ({error}): write a JSON list of intent names.")
+        return None
+    if not (isinstance(label_names, list) and label_names and all(isinstance(n, str) for n in label_names)):
+        problems.append("categories.json must be a JSON list of intent names.")
+        return None
+    return label_names
+
+
+def _read_split(path: Path, label_names: list[str] | None, problems: list[str]) -> pd.DataFrame:
+    """The file's rows, with what is wrong in them added to `problems` (intents are checked only
+    against a readable `label_names`)."""
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        problems.append(f"{path.name} is not a readable CSV ({str(error).strip()[:200]}): save it as UTF-8 CSV "
+                        "with a header line 'text,category'.")
+        return pd.DataFrame()
+    absent = [column for column in ("text", "category") if column not in frame.columns]
+    if absent:
+        problems.append(f"{path.name} has columns {list(frame.columns)} but needs 'text' and 'category' "
+                        "(one utterance and its intent per row).")
+    elif frame.empty:
+        problems.append(f"{path.name} has no rows: write one utterance and its intent per line.")
+    if "text" in frame.columns:
+        empty = frame.index[frame["text"].str.strip() == ""]
+        if len(empty):
+            problems.append(f"{path.name} has {len(empty)} empty text(s) at {_rows(empty)}: remove those rows "
+                            "or write their utterance.")
+    if "category" in frame.columns and label_names is not None:
+        unknown = frame.loc[~frame["category"].isin(label_names), "category"]
+        if len(unknown):
+            by_intent = unknown.groupby(unknown, sort=True).groups
+            named = [f"{intent!r} at {_rows(rows)}" for intent, rows in list(by_intent.items())[:MAX_LISTED]]
+            more = f"; and {len(by_intent) - MAX_LISTED} more intents" if len(by_intent) > MAX_LISTED else ""
+            problems.append(f"{path.name} has {len(unknown)} row(s) whose intent is not in categories.json: "
+                            f"{'; '.join(named)}{more}: fix the rows' category or add the intents to categories.json.")
+    return frame
+
+
+def _rows(index) -> str:
+    """'row 3' or 'rows 3, 7, ... and N more': data rows counted from 1, at most MAX_LISTED of them."""
+    numbers = [str(i + 1) for i in list(index)[:MAX_LISTED]]
+    more = f" and {len(index) - MAX_LISTED} more" if len(index) > MAX_LISTED else ""
+    return f"row{'s' if len(index) > 1 else ''} {', '.join(numbers)}{more}"
 
 
 def _load_from_hub() -> Banking77:

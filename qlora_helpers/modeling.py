@@ -35,7 +35,10 @@ HEAD_NAMES = ("score", "classifier")  # Qwen2/Llama-style and BERT-style classif
 KAGGLE_INPUT = Path("/kaggle/input")
 # Hub id -> the same weights as a Kaggle Model, by the handle `model_sources` attaches
 # (owner/model/framework/variation/version): no hub token is needed for a mounted model.
-KAGGLE_MODELS = {"google/gemma-3-270m": "google/gemma-3/transformers/gemma-3-270m/2"}
+# The Qwen handles are those public Kaggle kernels attach and mount (not checked against Kaggle from here).
+KAGGLE_MODELS = {"google/gemma-3-270m": "google/gemma-3/transformers/gemma-3-270m/2",
+                 "Qwen/Qwen2.5-1.5B": "qwen-lm/qwen2.5/transformers/1.5b/1",
+                 "Qwen/Qwen2.5-7B": "qwen-lm/qwen2.5/transformers/7b/1"}
 # Models whose residual stream outgrows fp16 (largest finite value 65,504) when their weights are held in
 # fp16: Gemma 3 270M's reaches ~1.0e5 on Banking77 utterances (inf after layer 8 of 18, then NaN logits;
 # measured on CPU). Full fine-tuning's fp32 weights under fp16 autocast keep that stream in fp32 (only
@@ -96,15 +99,17 @@ def kaggle_model_folder(model_id: str) -> Path | None:
     (KAGGLE_MODELS), if this runs on Kaggle and the folder holds a model; else None.
 
     Kaggle mounts a model at `<input>/<model>/<framework>/<variation>/<version>` and, since its
-    inputs gained owner folders, at `<input>/models/<owner>/<model>/...`: both are looked for.
+    inputs gained owner folders, at `<input>/models/<owner>/<model>/...`, with the framework spelt
+    `transformers` or `Transformers`: all are looked for.
     """
     handle = KAGGLE_MODELS.get(model_id)
     if handle is None or "KAGGLE_KERNEL_RUN_TYPE" not in os.environ:
         return None
-    owner, rest = handle.split("/", 1)
-    for folder in (KAGGLE_INPUT / "models" / owner / rest, KAGGLE_INPUT / rest):
-        if (folder / "config.json").is_file():
-            return folder
+    owner, model, framework, rest = handle.split("/", 3)
+    for spelling in dict.fromkeys((framework, framework.capitalize())):
+        for folder in (KAGGLE_INPUT / "models" / owner / model / spelling / rest, KAGGLE_INPUT / model / spelling / rest):
+            if (folder / "config.json").is_file():
+                return folder
     return None
 
 

@@ -139,9 +139,9 @@ def test_summary_rebuilds_from_committed_results(tmp_path):
 
 
 def test_readme_cuda_graph_ratios_are_the_summarys():
-    """The README's CUDA-graph rows quote ratios, each followed by the run it came from; each must be
+    """bench/README.md's CUDA-graph rows quote ratios, each followed by the run it came from; each must be
     one SUMMARY.md computed for that run."""
-    readme = (REPO / "README.md").read_text().splitlines()
+    readme = (REPO / "bench" / "README.md").read_text().splitlines()
     rows = [line for line in readme if line.startswith("| CUDA graphs")]
     summary = (REPO / "bench" / "results" / "SUMMARY.md").read_text().splitlines()
     quoted = []

@@ -111,7 +111,8 @@ def _copy_folder(src, dst):
     ("empty text", lambda f: (f / "test.csv").write_text("text,category\nhello,card_arrival\n ,card_arrival\n"),
      "1 empty text"),
     ("unknown intent", lambda f: (f / "test.csv").write_text("text,category\nhello,card_arival\n"),
-     "not in categories.json: \\['card_arival'\\]"),
+     "test.csv has 1 row\\(s\\) whose intent is not in categories.json: 'card_arival' at row 1:"),
+    ("no rows", lambda f: (f / "train.csv").write_text("text,category\n"), "train.csv has no rows"),
     ("bad categories", lambda f: (f / "categories.json").write_text("{not json"), "not valid JSON"),
 ])
 def test_bad_folders_give_clear_errors(banking77_dir, tmp_path, problem, edit, message):
@@ -119,6 +120,39 @@ def test_bad_folders_give_clear_errors(banking77_dir, tmp_path, problem, edit, m
     edit(folder)
     with pytest.raises(Banking77Error, match=message):
         data.load_banking77(folder)
+
+
+def test_every_problem_of_a_folder_is_listed_at_once_with_its_rows(banking77_dir, tmp_path):
+    """A user's folder with several faults used to be refused one fault per run, and an unknown intent
+    without its row; now one message, before any model loads, lists them all."""
+    folder = _copy_folder(banking77_dir, tmp_path / "b77")
+    (folder / "train.csv").write_text("text,category\nhello,card_arrival\n  ,card_arrival\nhi,card_arival\n")
+    (folder / "test.csv").write_text("text,category\n,card_arrival\nhey,nope\nyo,nope\n")
+    with pytest.raises(Banking77Error) as error:
+        data.check_folder(folder)
+    message = str(error.value)
+    assert f"Banking77 folder {folder} has 4 problem(s)" in message
+    assert "train.csv has 1 empty text(s) at row 2:" in message
+    assert "train.csv has 1 row(s) whose intent is not in categories.json: 'card_arival' at row 3:" in message
+    assert "test.csv has 1 empty text(s) at row 1:" in message
+    assert "test.csv has 2 row(s) whose intent is not in categories.json: 'nope' at rows 2, 3:" in message
+    with pytest.raises(Banking77Error, match="has 4 problem"):
+        data.load_banking77(folder)
+
+
+def test_a_broken_10k_row_file_gives_a_readable_message(banking77_dir, tmp_path):
+    """At most ten rows per problem and ten intents, then a count."""
+    folder = _copy_folder(banking77_dir, tmp_path / "b77")
+    rows = [("", "card_arrival") if i % 10 == 0 else (f"text {i}", f"intent_{i // 10 % 15}" if i % 10 == 1 else "card_arrival")
+            for i in range(10_000)]
+    (folder / "train.csv").write_text("text,category\n" + "".join(f"{text},{intent}\n" for text, intent in rows))
+    with pytest.raises(Banking77Error) as error:
+        data.check_folder(folder)
+    message = str(error.value)
+    assert "train.csv has 1000 empty text(s) at rows 1, 11, 21, 31, 41, 51, 61, 71, 81, 91 and 990 more:" in message
+    assert "train.csv has 1000 row(s) whose intent is not in categories.json: 'intent_0' at rows 2, 152, 302," in message
+    assert "; and 5 more intents:" in message  # 15 unknown intents, ten listed
+    assert len(message) < 2_500
 
 
 def test_unknown_source_is_refused():

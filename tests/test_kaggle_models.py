@@ -2,7 +2,7 @@
 ($KAGGLE_KERNEL_RUN_TYPE set) the weights load from the mounted folder, with no hub and no token.
 
 Kaggle's mount, simulated: a temporary input folder holding real SmolLM2-135M weights at the place
-Kaggle mounts Gemma 3 270M, in both layouts Kaggle has used."""
+Kaggle mounts a notebook's model (Gemma 3 270M, Qwen2.5-1.5B, Qwen2.5-7B), in each layout Kaggle has used."""
 from __future__ import annotations
 
 import numpy as np
@@ -15,7 +15,16 @@ from qlora_helpers.training import TrainStats
 
 HUB_ID = "google/gemma-3-270m"
 HANDLE = modeling.KAGGLE_MODELS[HUB_ID]  # google/gemma-3/transformers/gemma-3-270m/2
-LAYOUTS = {"models/owner": f"models/{HANDLE}", "model": HANDLE.split("/", 1)[1]}
+
+
+def layout_path(handle: str, layout: str) -> str:
+    """Where Kaggle mounts `handle` under its input folder, in one of the layouts it has used."""
+    owner, model, framework, rest = handle.split("/", 3)
+    return {"models/owner": f"models/{handle}", "model": f"{model}/{framework}/{rest}",
+            "model, Framework": f"{model}/{framework.capitalize()}/{rest}"}[layout]
+
+
+LAYOUTS = ("models/owner", "model", "model, Framework")
 
 
 @pytest.fixture
@@ -26,24 +35,31 @@ def kaggle(monkeypatch, tmp_path):
     return tmp_path / "input"
 
 
-def mount(input_root, layout: str):
-    """Put a real model folder (SmolLM2-135M's, linked) where Kaggle would mount HANDLE."""
-    folder = input_root / LAYOUTS[layout]
+def mount(input_root, layout: str, handle: str = HANDLE):
+    """Put a real model folder (SmolLM2-135M's, linked) where Kaggle would mount `handle`."""
+    folder = input_root / layout_path(handle, layout)
     folder.parent.mkdir(parents=True)
     folder.symlink_to(offline_models.resolve_model_id("offline:smollm2-135m"), target_is_directory=True)
     return folder
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_on_kaggle_a_hub_id_resolves_to_its_mounted_model(kaggle, layout):
-    folder = mount(kaggle, layout)
-    assert modeling.kaggle_model_folder(HUB_ID) == folder
-    assert modeling.model_source(HUB_ID) == str(folder)
+@pytest.mark.parametrize("hub_id", modeling.KAGGLE_MODELS)
+def test_on_kaggle_a_hub_id_resolves_to_its_mounted_model(kaggle, layout, hub_id):
+    """03 used to download Qwen2.5-7B (~15 GB) from the hub on every run: its Kaggle Model is read instead."""
+    folder = mount(kaggle, layout, modeling.KAGGLE_MODELS[hub_id])
+    assert modeling.kaggle_model_folder(hub_id) == folder
+    assert modeling.model_source(hub_id) == str(folder)
+
+
+def test_the_qwen_models_have_their_kaggle_handles():
+    assert modeling.KAGGLE_MODELS["Qwen/Qwen2.5-1.5B"] == "qwen-lm/qwen2.5/transformers/1.5b/1"
+    assert modeling.KAGGLE_MODELS["Qwen/Qwen2.5-7B"] == "qwen-lm/qwen2.5/transformers/7b/1"
 
 
 def test_without_a_mount_or_off_kaggle_the_hub_id_is_kept(kaggle, monkeypatch):
     assert modeling.model_source(HUB_ID) == HUB_ID  # on Kaggle, nothing attached
-    (kaggle / LAYOUTS["model"]).mkdir(parents=True)  # a folder without a model in it
+    (kaggle / layout_path(HANDLE, "model")).mkdir(parents=True)  # a folder without a model in it
     assert modeling.model_source(HUB_ID) == HUB_ID
     mount(kaggle, "models/owner")
     assert modeling.model_source("Qwen/Qwen2.5-0.5B") == "Qwen/Qwen2.5-0.5B"  # no Kaggle Model for it

@@ -150,9 +150,11 @@ def test_cli_parses_overrides():
         run.parse_overrides(["epochs"])
 
 
-def test_failing_notebook_exits_non_zero_naming_notebook_and_cell(tmp_path, capsys):
-    """A real kernel: a data folder that does not exist passes the type checks and fails in the
-    notebook's data cell; the runner names the notebook and the cell and exits non-zero."""
+def test_failing_notebook_exits_non_zero_naming_notebook_and_cell(tmp_path, capsys, monkeypatch):
+    """A real kernel: a data folder that does not exist fails in the notebook's data cell once the
+    runner's own check of the folder (the test above) is off; the runner names the notebook and the
+    cell and exits non-zero."""
+    monkeypatch.setattr(runner, "check_data", lambda *args: None)
     missing = tmp_path / "no-such-folder"
     code = run.main(["--profile", "smoke", "--run-dir", str(tmp_path / "run"), "--notebooks", "01",
                      "--set", f"data_dir={missing}"])
@@ -241,6 +243,22 @@ def test_the_data_folder_is_checked_before_any_notebook_starts(tmp_path, fake, m
     with pytest.raises(runner.RunnerError, match="lacks train.csv, test.csv, categories.json"):
         runner.run("smoke", run_dir=tmp_path / "run", echo=lambda line: None)
     assert fake.calls == []
+
+
+def test_a_folder_with_bad_rows_is_refused_with_every_problem_before_any_notebook_starts(tmp_path, fake,
+                                                                                       banking77_dir):
+    """The rows were checked only inside the notebook's data cell, one problem per run."""
+    import shutil
+
+    folder = tmp_path / "mine"
+    shutil.copytree(banking77_dir, folder)
+    (folder / "test.csv").write_text("text,category\n ,card_arrival\nhi,card_arival\n")
+    with pytest.raises(runner.RunnerError) as error:
+        runner.run("smoke", run_dir=tmp_path / "run", overrides={"data_dir": str(folder)}, echo=lambda line: None)
+    assert "has 2 problem(s)" in str(error.value)
+    assert "empty text(s) at row 1" in str(error.value) and "'card_arival' at row 2" in str(error.value)
+    assert fake.calls == []
+    assert run.main(["--profile", "smoke", "--run-dir", str(tmp_path / "run"), "--set", f"data_dir={folder}"]) != 0
 
 
 def test_data_source_hub_needs_no_local_folder(tmp_path, fake, monkeypatch):

@@ -11,8 +11,9 @@
 - smoke: the same pipeline on a tiny random Qwen2 and a few hundred rows, for CI: minutes.
 - kaggle-t4: the real models (Gemma 3 270M full, Qwen2.5-1.5B LoRA, Qwen2.5-7B QLoRA) with T4
   settings (fp16 compute is picked by modeling.choose_compute_dtype), data from the hub. These are
-  also the defaults in the notebooks' `parameters` cells. Gemma is gated on the hub; on Kaggle 01's
-  kernel attaches it as a Kaggle Model (modeling.KAGGLE_MODELS); Qwen2.5-0.5B is 01's ungated alternative.
+  also the defaults in the notebooks' `parameters` cells. On Kaggle each training kernel attaches its
+  model as a Kaggle Model (modeling.KAGGLE_MODELS); Gemma is gated on the hub, Qwen2.5-0.5B is 01's
+  ungated alternative.
 """
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ DEMO = Profile(
 
 # A real decoder on CPU: SmolLM2-135M (from PyPI) in all three notebooks, each method's defaults, on a
 # stratified subset of Banking77 (40 rows per intent to train, 10 to test) for one epoch: 16 min on
-# 2 cores, 75-78% test accuracy (README).
+# 2 cores, 75-78% test accuracy (docs/guide.md).
 _SMOLLM2 = "offline:smollm2-135m"
 _DECODER_KNOBS = dict(model_id=_SMOLLM2, max_train_samples=3080, max_eval_samples=770, epochs=1.0, seed=42)
 DEMO_DECODER = Profile(

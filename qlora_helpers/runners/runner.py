@@ -80,6 +80,22 @@ def local_data_dir(profile: profiles.Profile, overrides: dict) -> Path | None:
     return require_data_dir() if data_source == "local" and "data_dir" not in overrides else None
 
 
+def check_data(profile: profiles.Profile, overrides: dict, data_dir: Path | None) -> None:
+    """Every problem of the Banking77 folder the notebooks will read (data.check_folder), as one
+    RunnerError before any kernel starts: inside a notebook it would surface one problem per run,
+    after the kernel's start-up."""
+    from ..data import Banking77Error, check_folder, default_data_dir
+
+    data_source = overrides.get("data_source", profile.data_source)
+    folder = overrides.get("data_dir") or data_dir or (default_data_dir() if data_source == "auto" else None)
+    if data_source == "hub" or folder is None:
+        return
+    try:
+        check_folder(folder)
+    except Banking77Error as error:
+        raise RunnerError(str(error)) from error
+
+
 def cell_knobs(notebook: str) -> set[str]:
     """The variables assigned in the notebook's `parameters` cell."""
     import nbformat
@@ -370,6 +386,7 @@ def run(profile_name: str, run_dir: str | Path | None = None, force: bool = Fals
             + f"): profile {profile.name} would replace them and mix two profiles in one comparison. Use "
             f"another --run-dir (the default is runs/{profile.name}), or --force to replace them.")
     data_dir = local_data_dir(profile, overrides)
+    check_data(profile, overrides, data_dir)
     injected = {n: notebook_parameters(profile, n, run_dir, data_dir, overrides) for n in selected}
 
     # The kernel finds the data folder through $BANKING77_DIR (data_dir None: "look for one"), so
