@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo smoke test test-latest lock kaggle-dataset reference
+.PHONY: setup demo smoke test test-latest lock reference
 
 # The tested versions: pip constraints for everything below (see the file's header; `make lock` moves it).
 LOCK := constraints.txt
@@ -59,7 +59,3 @@ lock:
 # CUDA GPU emulating a T4 (fp16, 14.5 GiB). Needs a GPU and `pip install torch` for its CUDA.
 reference: setup
 	cd reference && ../$(BIN)/python -m qlora_helpers.runners.run --profile smollm2-t4 --run-dir smollm2-t4 --force
-
-# The wheel and dist/kaggle-dataset/ for `kaggle datasets create -p dist/kaggle-dataset` (see README).
-kaggle-dataset: setup
-	$(BIN)/python -m qlora_helpers.runners.kaggle dataset

@@ -244,6 +244,19 @@ def _load_from_hub() -> Banking77:
                      f"{HUB_DATASET}@{HUB_REVISION}")
 
 
+def save_folder(bank: Banking77, folder: str | Path) -> Path:
+    """Write `bank` as a Banking77 folder (train.csv and test.csv with `text,category`, categories.json),
+    atomically: e.g. the hub's copy, saved once for offline runs (BANKING77_DIR=folder)."""
+    from . import atomic
+
+    with atomic.folder(folder) as staging:
+        (staging / "categories.json").write_text(json.dumps(bank.label_names, indent=1))
+        for name, split in (("train", bank.train), ("test", bank.test)):
+            pd.DataFrame({"text": split["text"], "category": [bank.label_names[i] for i in split["label"]]}).to_csv(
+                staging / f"{name}.csv", index=False)
+    return Path(folder)
+
+
 def stratified_subsample(dataset: Dataset, max_samples: int | None, seed: int = 42,
                          min_per_class: int = 1) -> Dataset:
     """Keep about max_samples rows in the class proportions, at least min_per_class of each class."""

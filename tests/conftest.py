@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,24 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from qlora_helpers import data  # noqa: E402
-from qlora_helpers.offline_models import build_tiny_qwen2  # noqa: E402
+from qlora_helpers.offline_models import build_tiny_qwen2, cache_dir  # noqa: E402
+
+
+def _hub_copy_where_no_folder() -> None:
+    """A machine without ../shared/data/banking77 (nor $BANKING77_DIR) but with the internet: the hub's
+    copy, saved once as a folder in the cache, serves every test and every process they start."""
+    if data.default_data_dir() is not None:
+        return
+    folder = cache_dir() / "banking77"
+    if not (folder / "categories.json").is_file():
+        online = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+        subprocess.run([sys.executable, "-c", "import sys; from qlora_helpers import data; "
+                        "data.save_folder(data.load_banking77(source='hub'), sys.argv[1])", str(folder)],
+                       env=online, check=True, timeout=600)
+    os.environ["BANKING77_DIR"] = str(folder)
+
+
+_hub_copy_where_no_folder()
 
 
 @pytest.fixture(scope="session")

@@ -193,3 +193,31 @@ def test_hub_rows_are_renumbered_in_categories_order(monkeypatch):
     assert bank.train["label"] == [0, data.BANKING77_INTENTS.index("activate_my_card")]
     assert bank.label_names == list(data.BANKING77_INTENTS)
 
+
+
+def test_without_a_folder_auto_reads_the_hub_and_its_copy_can_be_saved_as_one(monkeypatch, tmp_path):
+    """A machine with the internet and no ../shared/data/banking77: data_source "auto" (every profile's
+    default but kaggle-t4's "hub") reads the hub; saved as a folder, the copy loads back the same rows."""
+    import datasets
+
+    from qlora_helpers.runners import profiles, runner
+
+    hub_names = sorted(data.BANKING77_INTENTS)
+    features = Features({"text": Value("string"), "label": ClassLabel(names=hub_names)})
+    split = Dataset.from_dict({"text": ["where is my card", "activate it, please"],
+                               "label": [hub_names.index("card_arrival"), hub_names.index("activate_my_card")]},
+                              features=features)
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, revision: DatasetDict(train=split, test=split))
+    monkeypatch.delenv("BANKING77_DIR", raising=False)
+    monkeypatch.setattr(data, "default_data_dir", lambda: None)
+    for profile in (profiles.DEMO, profiles.SMOKE):
+        assert runner.local_data_dir(profile, {}) is None
+        assert runner.reads_the_hub(profile, {}, None)
+    assert not runner.reads_the_hub(profiles.DEMO, {"data_dir": str(tmp_path)}, None)
+    with pytest.raises(runner.RunnerError, match="no Banking77 folder found"):
+        runner.local_data_dir(profiles.DEMO, {"data_source": "local"})
+    bank = data.load_banking77()  # "auto", no folder: the hub
+    assert bank.source.startswith("PolyAI/banking77")
+    again = data.load_banking77(data.save_folder(bank, tmp_path / "banking77"))
+    assert again.train["text"] == bank.train["text"] and again.train["label"] == bank.train["label"]
+    assert again.label_names == bank.label_names

@@ -263,13 +263,17 @@ def test_a_folder_with_bad_rows_is_refused_with_every_problem_before_any_noteboo
 
 def test_data_source_hub_needs_no_local_folder(tmp_path, fake, monkeypatch):
     """The missing-folder error suggests --set data_source=hub; the runner used to ask for the local
-    folder anyway."""
+    folder anyway. A profile's default, "auto", reads the hub's copy where no folder is found, and says so."""
     monkeypatch.setattr(data, "default_data_dir", lambda: None)
     with pytest.raises(runner.RunnerError, match="--set data_source=hub"):
-        runner.run("smoke", run_dir=tmp_path / "local", notebooks=["01"], echo=lambda line: None)
+        runner.run("smoke", run_dir=tmp_path / "local", notebooks=["01"], overrides={"data_source": "local"},
+                   echo=lambda line: None)
+    said: list[str] = []
+    runner.run("smoke", run_dir=tmp_path / "auto", notebooks=["01"], echo=said.append)
     runner.run("smoke", run_dir=tmp_path / "hub", notebooks=["01"], overrides={"data_source": "hub"},
                echo=lambda line: None)
-    assert fake.calls == ["01_full_precision_baseline"]
+    assert fake.calls == ["01_full_precision_baseline"] * 2
+    assert any(line.startswith("no Banking77 folder found: the notebooks read the hub's copy") for line in said)
 
 
 def test_ctrl_c_ends_with_a_line_that_says_how_to_resume(monkeypatch, capsys):

@@ -5,7 +5,7 @@ tests/test_install.py checks that, and `python -m qlora_helpers.runners.kaggle i
 into the notebooks. So this file imports only the standard library, never the package.
 """
 # On Kaggle/Colab: install qlora_helpers (the cells below call it) from a wheel in an attached Kaggle dataset
-# (`make kaggle-dataset`) or uploaded to /content, else from $QLORA_HELPERS_SOURCE (a pip URL; default: this
+# (`python -m qlora_helpers.runners.kaggle push`) or uploaded to /content, else from $QLORA_HELPERS_SOURCE (a pip URL; default: this
 # project's repository). Anywhere else `make setup` has installed it and this cell does nothing.
 import glob, importlib, os, subprocess, sys, tempfile
 from importlib import metadata
@@ -33,7 +33,7 @@ def install_qlora_helpers(version=VERSION, environ=os.environ, wheel_dirs=WHEEL_
                           f"qlora-helpers[qlora] @ {url}"], capture_output=True, text=True)
     if pip.returncode:
         raise RuntimeError(f"pip could not install qlora-helpers {version} from {url}:\n{pip.stderr[-1500:]}\nFix: on "
-                           "Kaggle add the dataset `make kaggle-dataset` builds as an input and turn Internet on; on "
+                           "Kaggle add the dataset `python -m qlora_helpers.runners.kaggle push` uploads as an input and turn Internet on; on "
                            f"Colab upload {wheel} to /content; or set QLORA_HELPERS_SOURCE to a pip URL of this package.")
     importlib.invalidate_caches()
     return f"installed qlora-helpers {version} from {url}"

@@ -2,7 +2,7 @@
 
     python -m qlora_helpers.runners.kaggle push [--owner USER]   # the wheel dataset and kernels 01-03; prints URLs
     python -m qlora_helpers.runners.kaggle push --notebooks 04   # once 01-03 are complete: 04 reads their outputs
-    python -m qlora_helpers.runners.kaggle dataset               # `make kaggle-dataset`: dist/kaggle-dataset only
+    python -m qlora_helpers.runners.kaggle dataset               # dist/kaggle-dataset only (push builds it too)
     python -m qlora_helpers.runners.kaggle install-cell          # install.py into each notebook's first code cell
 
 A Kaggle kernel cannot pip-install from a repository that is not published, but it can read a dataset

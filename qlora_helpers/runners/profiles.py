@@ -31,7 +31,9 @@ class Profile:
     # notebook stem -> its knobs (NotebookParameters fields); run_dir, profile and data_dir are
     # filled in by the runner.
     notebooks: dict[str, dict]
-    data_source: str = "local"  # "local": the runner finds the Banking77 folder and passes it
+    # "auto": the runner passes the Banking77 folder it finds (../shared/data/banking77, $BANKING77_DIR),
+    # else the notebooks read the hub's copy; "local": a folder must be found; "hub": always the hub
+    data_source: str = "auto"
     env: dict[str, str] = field(default_factory=dict)  # extra environment for the notebooks' kernel
 
     def parameters(self, notebook: str) -> dict:

@@ -74,10 +74,25 @@ def require_data_dir() -> Path:
 
 
 def local_data_dir(profile: profiles.Profile, overrides: dict) -> Path | None:
-    """The Banking77 folder the run reads (`require_data_dir`), or None where it needs none found
-    here: the hub is the data source, or an override names the folder."""
+    """The Banking77 folder the run reads (`require_data_dir` for data_source "local"; for "auto" the
+    folder if there is one), or None where it needs none found here: the hub is the data source (or,
+    for "auto", no folder was found), or an override names the folder."""
+    from ..data import default_data_dir
+
     data_source = overrides.get("data_source", profile.data_source)
-    return require_data_dir() if data_source == "local" and "data_dir" not in overrides else None
+    if "data_dir" in overrides or data_source == "hub":
+        return None
+    return require_data_dir() if data_source == "local" else default_data_dir()
+
+
+# What keeps a profile's kernels off the hub; the data needs it when no Banking77 folder is found.
+HUB_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+
+
+def reads_the_hub(profile: profiles.Profile, overrides: dict, data_dir: Path | None) -> bool:
+    """True when the notebooks will read Banking77 from the hub: data_source "hub", or "auto" with no folder."""
+    data_source = overrides.get("data_source", profile.data_source)
+    return data_source == "hub" or (data_source == "auto" and data_dir is None and "data_dir" not in overrides)
 
 
 def check_data(profile: profiles.Profile, overrides: dict, data_dir: Path | None) -> None:
@@ -392,6 +407,9 @@ def run(profile_name: str, run_dir: str | Path | None = None, force: bool = Fals
     # The kernel finds the data folder through $BANKING77_DIR (data_dir None: "look for one"), so
     # the machine's folder layout stays out of the rendered notebooks.
     kernel_env = dict(profile.env)
+    if reads_the_hub(profile, overrides, data_dir) and HUB_OFFLINE_VARIABLES[0] in kernel_env:
+        echo("no Banking77 folder found: the notebooks read the hub's copy (PolyAI/banking77); the models stay offline")
+        kernel_env = {k: v for k, v in kernel_env.items() if k not in HUB_OFFLINE_VARIABLES}
     if data_dir is not None:
         kernel_env["BANKING77_DIR"] = str(data_dir)
         for values in injected.values():
