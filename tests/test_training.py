@@ -62,12 +62,12 @@ def _trainable(model) -> dict[str, torch.Tensor]:
     return {name: param.detach().clone() for name, param in model.named_parameters() if param.requires_grad}
 
 
-def _lora_run(tiny_qwen2, small_split, output_dir, **changes):
+def _lora_run(tiny_qwen2, small_split, output_dir, method="lora", **changes):
     """A fresh LoRA model (seeded: the same adapters each time), its training rows and a short config."""
     torch.manual_seed(0)
-    loaded = modeling.load_model(tiny_qwen2, "lora")
+    loaded = modeling.load_model(tiny_qwen2, method)
     rows = data.tokenize(small_split[0].select(range(192)), loaded.tokenizer, max_length=64)
-    config = training.default_train_config("lora", **{
+    config = training.default_train_config(method, **{
         "output_dir": str(output_dir), "max_steps": 10, "batch_size": 16, "learning_rate": 5e-3,
         "logging_steps": 2, "save_steps": 1000, **changes})
     return loaded, rows, config
@@ -82,9 +82,10 @@ class _LastSchedule(TrainerCallback):
         self.lambdas, self.last_lr = lr_scheduler.lr_lambdas, lr_scheduler.get_last_lr()
 
 
+@pytest.mark.parametrize("method", ["lora", "qlora"])  # AdamW, and the 8-bit AdamW's state
 def test_a_nan_loss_is_rolled_back_at_a_lower_learning_rate_and_training_finishes(
-        tiny_qwen2, small_split, tmp_path, monkeypatch, capsys):
-    loaded, rows, config = _lora_run(tiny_qwen2, small_split, tmp_path)
+        tiny_qwen2, small_split, tmp_path, monkeypatch, capsys, method):
+    loaded, rows, config = _lora_run(tiny_qwen2, small_split, tmp_path, method)
     schedule = _LastSchedule()
     nan_loss.add_to_every_trainer(monkeypatch, 5, schedule)  # step 6's loss, its gradients, then the weights: NaN
 
