@@ -261,6 +261,7 @@ class DivergenceGuard(TrainerCallback):
 
     @staticmethod
     def recoveries(state) -> list[dict]:
+        """The run's recoveries, those before a resume included: the Trainer's log history holds them."""
         return [entry["divergence_recovery"] for entry in state.log_history if "divergence_recovery" in entry]
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
@@ -302,7 +303,8 @@ class DivergenceGuard(TrainerCallback):
         return f"loss {loss:.2f} at step {step} is back at chance (ln {self.num_labels} = {chance:.2f})"
 
     @staticmethod
-    def _advice(reason: str, what: str, tries: int, asked: float, peak: float, fp16: bool) -> TrainingDivergedError:
+    def _advice(reason: str, what: str, tries: int, asked: float, peak: float,
+                fp16: bool) -> TrainingDivergedError:
         """The error that ends a run out of tries: the learning rate first, the usual cause."""
         again = (f", after {tries} rollback{'s' if tries > 1 else ''} to a lower learning rate "
                  f"(last {format_learning_rate(peak)})" if tries else "")

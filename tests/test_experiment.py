@@ -117,4 +117,5 @@ def test_the_training_summary_says_what_divergences_were_rolled_back(tmp_path, m
                                 run_dir=str(tmp_path), use_all_gpus=False)
     loaded = modeling.LoadedModel(None, None, "offline:tiny-qwen2", "lora", None, 0, 0, 0)
     assert experiment.train_model(params, loaded, []) is stats
-    assert "final loss 1.200; 1 divergence(s) rolled back, the learning rate lowered 2e-3 -> 1e-3" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "final loss 1.200; 1 divergence(s) rolled back, the learning rate lowered 2e-3 -> 1e-3" in out

@@ -106,6 +106,32 @@ def test_a_nan_loss_is_rolled_back_at_a_lower_learning_rate_and_training_finishe
     assert schedule.lrs == pytest.approx([expected, expected], rel=1e-12) and schedule.last_lr == schedule.lrs
 
 
+class _Killed(Exception):
+    pass
+
+
+class _KillAfterSaving(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        raise _Killed
+
+
+def test_a_run_resumed_after_a_rollback_keeps_its_lower_learning_rate_and_its_record(
+        tiny_qwen2, small_split, tmp_path, monkeypatch):
+    """The checkpoint saved after a rollback carries the lowered learning rate (optimizer and schedule
+    state) and the recovery (the Trainer's log history): the resumed run goes on at it and reports it."""
+    loaded, rows, config = _lora_run(tiny_qwen2, small_split, tmp_path, save_steps=8)
+    with monkeypatch.context() as patch:
+        nan_loss.add_to_every_trainer(patch, 5, _KillAfterSaving())
+        with pytest.raises(_Killed):
+            training.train(loaded, rows, config)
+    schedule = _LastSchedule()
+    nan_loss.add_to_every_trainer(monkeypatch, -1, schedule)  # no NaN this time
+    stats = training.train(loaded, rows, config)
+    assert stats.resumed_from_step == 8 and stats.steps == 10
+    assert [(r["step"], r["new_learning_rate"]) for r in stats.recoveries] == [(6, 2.5e-3)]
+    assert stats.peak_learning_rate == 2.5e-3 and schedule.base_lrs == [2.5e-3, 2.5e-3] and schedule.position == 8
+
+
 def test_a_healthy_run_is_untouched_by_the_divergence_guard(tiny_qwen2, small_split, tmp_path):
     """Snapshots are taken (retries on) or not (off): the weights come out the same, bit for bit."""
     trained = {}
