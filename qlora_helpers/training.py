@@ -210,7 +210,7 @@ def divergence(loss: float, best_loss: float, num_labels: int | None) -> str | N
     return None
 
 
-def _short(learning_rate: float) -> str:
+def format_learning_rate(learning_rate: float) -> str:
     """A learning rate as people write it: 2e-3, 2.5e-4."""
     return np.format_float_scientific(learning_rate, trim="-", exp_digits=1, precision=3)
 
@@ -226,6 +226,7 @@ class _Snapshot:
 
 
 def _cpu_copy(value):
+    """A copy of a state_dict with every tensor in CPU memory: a snapshot must not share the live state."""
     if isinstance(value, torch.Tensor):
         return value.detach().to("cpu", copy=True)
     if isinstance(value, dict):
@@ -260,6 +261,7 @@ class DivergenceGuard(TrainerCallback):
 
     @staticmethod
     def recoveries(state) -> list[dict]:
+        """The run's recoveries, those before a resume included: the Trainer's log history holds them."""
         return [entry["divergence_recovery"] for entry in state.log_history if "divergence_recovery" in entry]
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
@@ -291,21 +293,25 @@ class DivergenceGuard(TrainerCallback):
             "old_learning_rate": peak, "new_learning_rate": new_peak}, "step": state.global_step})
         if is_main_process():
             print(f"{what}: rolled back to step {self.snapshot.step} and lowered the learning rate "
-                  f"{_short(peak)} -> {_short(new_peak)} (try {tries + 1} of {self.retries})")
+                  f"{format_learning_rate(peak)} -> {format_learning_rate(new_peak)} "
+                  f"(try {tries + 1} of {self.retries})")
 
     def _what(self, reason: str, loss: float, step: int) -> str:
         if reason == "non-finite":
             return f"loss {loss} at step {step} is not finite"
-        return f"loss {loss:.2f} at step {step} is back at chance (ln {self.num_labels} = {math.log(self.num_labels):.2f})"
+        chance = math.log(self.num_labels)
+        return f"loss {loss:.2f} at step {step} is back at chance (ln {self.num_labels} = {chance:.2f})"
 
     @staticmethod
-    def _advice(reason: str, what: str, tries: int, asked: float, peak: float, fp16: bool) -> TrainingDivergedError:
+    def _advice(reason: str, what: str, tries: int, asked: float, peak: float,
+                fp16: bool) -> TrainingDivergedError:
         """The error that ends a run out of tries: the learning rate first, the usual cause."""
-        again = f", after {tries} rollback{'s' if tries > 1 else ''} to a lower learning rate (last {_short(peak)})" if tries else ""
-        fix = f"lower learning_rate (now {_short(asked)}), e.g. to {_short(peak / 4)}"
+        again = (f", after {tries} rollback{'s' if tries > 1 else ''} to a lower learning rate "
+                 f"(last {format_learning_rate(peak)})" if tries else "")
+        fix = f"lower learning_rate (now {format_learning_rate(asked)}), e.g. to {format_learning_rate(peak / 4)}"
         if reason == "non-finite":
-            fix += ("; fp16 overflows more easily than bf16 or fp32 (Ampere+ GPU), which may help too" if fp16
-                    else "; if that does not help, check the inputs and labels")
+            fix += ("; training in bf16 (Ampere+ GPU) or fp32, which overflow less easily than fp16, may help too"
+                    if fp16 else "; if that does not help, check the inputs and labels")
         error = NonFiniteLossError if reason == "non-finite" else TrainingDivergedError
         return error(f"the training {what}{again}: {fix}.")
 

@@ -38,12 +38,10 @@ def test_a_nan_loss_on_one_process_rolls_both_back_in_step_and_is_reported_once(
     assert run.returncode == 0, run.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2] and [r["steps"] for r in ranks] == [8, 8]
-    expected = {"step": 4, "loss": math.nan, "reason": "non-finite", "rolled_back_to": 2,
-                "old_learning_rate": 5e-3, "new_learning_rate": 2.5e-3}
     for rank in ranks:
         [recovery] = rank["recoveries"]
-        assert math.isnan(recovery["loss"]) and {**recovery, "loss": math.nan}.keys() == expected.keys()
-        assert {k: v for k, v in recovery.items() if k != "loss"} == {k: v for k, v in expected.items() if k != "loss"}
+        assert math.isnan(recovery.pop("loss")) and recovery == {"step": 4, "reason": "non-finite", "rolled_back_to": 2,
+                                                                "old_learning_rate": 5e-3, "new_learning_rate": 2.5e-3}
         assert all(math.isfinite(loss) for loss in rank["losses"][2:])
     assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
     assert run.stdout.count("rolled back to step 2 and lowered the learning rate 5e-3 -> 2.5e-3 (try 1 of 3)") == 1

@@ -129,3 +129,20 @@ def test_the_bitsandbytes_cpu_kernel_notice_is_hidden_whatever_its_reason(reason
     assert [record.getMessage() for record in caplog.records] == [
         f"Failed to load another kernel: {reason}",
         "Skipping publisher trust check for 'someone/else' because Hugging Face Hub is in offline mode."]
+
+
+def test_the_training_summary_says_what_divergences_were_rolled_back(tmp_path, monkeypatch, capsys):
+    """One line per recovery comes from training as it happens; the cell's summary line sums them up."""
+    from qlora_helpers.training import TrainStats
+
+    recovery = {"step": 180, "loss": 4.41, "reason": "back to chance", "rolled_back_to": 160,
+                "old_learning_rate": 2e-3, "new_learning_rate": 1e-3}
+    stats = TrainStats(2.0, 200, 3200, 40000, 50000, 2**30, "process_peak_rss", 1.2, [4.3, 1.4, 4.41, 1.2],
+                       [800, 1600, 2400, 3200], recoveries=[recovery], peak_learning_rate=1e-3)
+    monkeypatch.setattr(experiment, "train_in_this_process", lambda params, loaded, rows: stats)
+    params = NotebookParameters(notebook="02_lora_qwen2.5_1.5b", model_id="offline:tiny-qwen2", method="lora",
+                                run_dir=str(tmp_path), use_all_gpus=False)
+    loaded = modeling.LoadedModel(None, None, "offline:tiny-qwen2", "lora", None, 0, 0, 0)
+    assert experiment.train_model(params, loaded, []) is stats
+    out = capsys.readouterr().out
+    assert "final loss 1.200; 1 divergence(s) rolled back, the learning rate lowered 2e-3 -> 1e-3" in out

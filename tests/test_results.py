@@ -43,6 +43,7 @@ def test_intents_without_test_rows_are_recorded(tmp_path):
     (lambda r: r.update(footprint_bytes="1.2 GB"), "footprint_bytes has the wrong type"),
     (lambda r: r["metrics"].update(accuracy=None), "metrics.accuracy has the wrong type"),
     (lambda r: r["training"].update(loss_examples_seen=[16]), "one count per training.losses entry"),
+    (lambda r: r["training"].update(recoveries={"step": 4}), "training.recoveries must be a list"),
 ])
 def test_wrong_schema_is_rejected(tmp_path, edit, message):
     record = _record()
@@ -56,12 +57,14 @@ def test_wrong_schema_is_rejected(tmp_path, edit, message):
     assert not (tmp_path / "other.json").exists()
 
 
-def test_results_from_before_the_examples_seen_count_still_read(tmp_path):
+def test_results_from_before_the_examples_seen_count_and_the_recoveries_still_read(tmp_path):
     record = _record()
-    record["training"].pop("loss_examples_seen")
+    assert record["training"]["recoveries"] == []  # written now: a run that needed no rollback
+    for field in ("loss_examples_seen", "recoveries", "peak_learning_rate"):
+        record["training"].pop(field)
     path = tmp_path / "results.json"
     path.write_text(json.dumps(record))
-    assert "loss_examples_seen" not in results.read_result(path)["training"]
+    assert not {"loss_examples_seen", "recoveries"} & set(results.read_result(path)["training"])
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):

@@ -62,12 +62,12 @@ def _trainable(model) -> dict[str, torch.Tensor]:
     return {name: param.detach().clone() for name, param in model.named_parameters() if param.requires_grad}
 
 
-def _lora_run(tiny_qwen2, small_split, output_dir, **changes):
+def _lora_run(tiny_qwen2, small_split, output_dir, method="lora", **changes):
     """A fresh LoRA model (seeded: the same adapters each time), its training rows and a short config."""
     torch.manual_seed(0)
-    loaded = modeling.load_model(tiny_qwen2, "lora")
+    loaded = modeling.load_model(tiny_qwen2, method)
     rows = data.tokenize(small_split[0].select(range(192)), loaded.tokenizer, max_length=64)
-    config = training.default_train_config("lora", **{
+    config = training.default_train_config(method, **{
         "output_dir": str(output_dir), "max_steps": 10, "batch_size": 16, "learning_rate": 5e-3,
         "logging_steps": 2, "save_steps": 1000, **changes})
     return loaded, rows, config
@@ -82,9 +82,10 @@ class _LastSchedule(TrainerCallback):
         self.lambdas, self.last_lr = lr_scheduler.lr_lambdas, lr_scheduler.get_last_lr()
 
 
+@pytest.mark.parametrize("method", ["lora", "qlora"])  # AdamW, and the 8-bit AdamW's state
 def test_a_nan_loss_is_rolled_back_at_a_lower_learning_rate_and_training_finishes(
-        tiny_qwen2, small_split, tmp_path, monkeypatch, capsys):
-    loaded, rows, config = _lora_run(tiny_qwen2, small_split, tmp_path)
+        tiny_qwen2, small_split, tmp_path, monkeypatch, capsys, method):
+    loaded, rows, config = _lora_run(tiny_qwen2, small_split, tmp_path, method)
     schedule = _LastSchedule()
     nan_loss.add_to_every_trainer(monkeypatch, 5, schedule)  # step 6's loss, its gradients, then the weights: NaN
 
@@ -103,6 +104,32 @@ def test_a_nan_loss_is_rolled_back_at_a_lower_learning_rate_and_training_finishe
     assert schedule.base_lrs == [2.5e-3, 2.5e-3] and schedule.position == 10 - 2
     expected = 2.5e-3 * schedule.lambdas[0](schedule.position)
     assert schedule.lrs == pytest.approx([expected, expected], rel=1e-12) and schedule.last_lr == schedule.lrs
+
+
+class _Killed(Exception):
+    pass
+
+
+class _KillAfterSaving(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        raise _Killed
+
+
+def test_a_run_resumed_after_a_rollback_keeps_its_lower_learning_rate_and_its_record(
+        tiny_qwen2, small_split, tmp_path, monkeypatch):
+    """The checkpoint saved after a rollback carries the lowered learning rate (optimizer and schedule
+    state) and the recovery (the Trainer's log history): the resumed run goes on at it and reports it."""
+    loaded, rows, config = _lora_run(tiny_qwen2, small_split, tmp_path, save_steps=8)
+    with monkeypatch.context() as patch:
+        nan_loss.add_to_every_trainer(patch, 5, _KillAfterSaving())
+        with pytest.raises(_Killed):
+            training.train(loaded, rows, config)
+    schedule = _LastSchedule()
+    nan_loss.add_to_every_trainer(monkeypatch, -1, schedule)  # no NaN this time
+    stats = training.train(loaded, rows, config)
+    assert stats.resumed_from_step == 8 and stats.steps == 10
+    assert [(r["step"], r["new_learning_rate"]) for r in stats.recoveries] == [(6, 2.5e-3)]
+    assert stats.peak_learning_rate == 2.5e-3 and schedule.base_lrs == [2.5e-3, 2.5e-3] and schedule.position == 8
 
 
 def test_a_healthy_run_is_untouched_by_the_divergence_guard(tiny_qwen2, small_split, tmp_path):

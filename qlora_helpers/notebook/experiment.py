@@ -301,7 +301,8 @@ def train_model(params: NotebookParameters, loaded: modeling.LoadedModel, train_
           f"peak memory {stats.peak_memory_bytes / 2**30:.2f} GiB ({stats.peak_memory_kind}); "
           f"final loss {stats.final_loss:.3f}" + (
               f"; {len(stats.recoveries)} divergence(s) rolled back, the learning rate lowered "
-              f"{stats.recoveries[0]['old_learning_rate']:.3g} -> {stats.peak_learning_rate:.3g}" if stats.recoveries else ""))
+              f"{training.format_learning_rate(stats.recoveries[0]['old_learning_rate'])} -> "
+              f"{training.format_learning_rate(stats.peak_learning_rate)}" if stats.recoveries else ""))
     record = {"run_name": params.notebook, "method": loaded.method, "model_id": loaded.model_id,
               "training": {"losses": stats.losses, "loss_examples_seen": stats.loss_examples_seen}}
     plots.plot_loss_curves([record], path=params.output_dir / LOSS_FILE)
