@@ -2,7 +2,7 @@
 # What ran on a lent GPU for the real-Qwen defaults (bench/results/qwen_h100_t4.md): notebooks 02 and 03
 # through runners/train_all_gpus on real Qwen2.5-Coder-0.5B-Instruct weights, the qwen-t4 profile (T4
 # emulated: fp16, 14.5 GiB), at the shipped defaults under seeds 42, 1 and 2, and at the former rate 2e-3
-# (divergence recovery on). All eight share one GPU, started under setsid so polling calls
+# (02, divergence recovery on). All seven share one GPU, started under setsid so polling calls
 # (bench/lease_poll.sh WORK done) can pack what is finished. Earlier calls copied to /tmp/carry the
 # wheels of constraints.txt's GPU set, Banking77 and the GGUF's pieces (bench/README.md).
 # Usage: bash bench/qwen_runs.sh WORK [MODEL]
@@ -23,7 +23,7 @@ run() {  # NAME NOTEBOOK [--set KEY=VALUE ...]
 }
 setsid bash -c "$(declare -f run); WORK=$WORK MODEL=$MODEL
   for seed in 42 1 2; do run nb02_seed\$seed 02 --set seed=\$seed & run nb03_seed\$seed 03 --set seed=\$seed & done
-  run nb02_lr2e-3 02 --set learning_rate=0.002 & run nb03_lr2e-3 03 --set learning_rate=0.002 &
+  run nb02_lr2e-3 02 --set learning_rate=0.002 &
   wait; echo done >> $WORK/phases.log" > /dev/null 2>&1 < /dev/null &
-sleep 5
-tail -n 3 "$WORK/convert.log"
+sleep 60  # a run that fails at start-up shows by now: say so at once
+tail -n 3 "$WORK/convert.log"; grep -l "^exit [1-9]" "$WORK"/nb*.log && tail -n 20 "$WORK"/nb02_seed42.log

@@ -112,14 +112,14 @@ def check_data(profile: profiles.Profile, overrides: dict, data_dir: Path | None
 
 
 def cell_knobs(notebook: str) -> set[str]:
-    """The variables assigned in the notebook's `parameters` cell."""
-    import nbformat
-
-    nb = nbformat.read(NOTEBOOKS_DIR / f"{notebook}.ipynb", as_version=4)
-    cell = next((c for c in nb.cells if "parameters" in c.metadata.get("tags", [])), None)
+    """The variables assigned in the notebook's `parameters` cell. Read as plain JSON (nbformat 4), so
+    train_all_gpus needs no Jupyter package on a GPU machine."""
+    cells = json.loads((NOTEBOOKS_DIR / f"{notebook}.ipynb").read_text())["cells"]
+    cell = next((c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])), None)
     if cell is None:
         raise RunnerError(f"notebook {notebook} has no cell tagged `parameters`: papermill cannot inject.")
-    return {target.id for node in ast.parse(cell.source).body if isinstance(node, ast.Assign)
+    source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+    return {target.id for node in ast.parse(source).body if isinstance(node, ast.Assign)
             for target in node.targets if isinstance(target, ast.Name)}
 
 
