@@ -87,7 +87,8 @@ class TrainConfig:
     # When the logged training loss turns NaN/inf, or climbs back to chance after having learned
     # (`divergence`): roll back to the last healthy logging step (trainable weights, optimizer state and
     # schedule, kept in CPU memory meanwhile: for `full`, a copy of the whole model and its optimizer
-    # state), lower the learning rate for the rest of the run and train on; at most this many times,
+    # state; a second divergence goes back to where training began), lower the learning rate for the rest
+    # of the run and train on; at most this many times,
     # then raise TrainingDivergedError naming the learning rate. 0: raise at once, keeping no copy.
     divergence_retries: int = 3
     # Each rollback multiplies the schedule's learning rate (its peak and where it now is) by this.
@@ -244,7 +245,8 @@ class DivergenceGuard(TrainerCallback):
     and the schedule; when the logged loss diverges (`divergence`) it copies them back, multiplies the
     learning rate, says so in one line, and the Trainer's loop goes on (the step count does not go
     back: the steps since the snapshot are lost, and the schedule runs that far behind the step count).
-    Under DDP every process decides from the same value (mean_across_processes of the logged loss),
+    A second divergence rolls back to the state training began from instead: weights that a too high
+    rate grew can diverge again at a rate that trains well from the start. Under DDP every process decides from the same value (mean_across_processes of the logged loss),
     so all roll back at the same step to the same snapshot; only the main process prints.
 
     Each recovery is also recorded in the Trainer's log history, so checkpoints carry it: a resumed run
@@ -255,7 +257,8 @@ class DivergenceGuard(TrainerCallback):
     def __init__(self, trainer: Trainer, retries: int, lr_factor: float):
         self.trainer = trainer  # for its running loss, which a NaN would poison for the rest of the run
         self.retries, self.lr_factor = retries, lr_factor
-        self.snapshot: _Snapshot | None = None
+        self.snapshot: _Snapshot | None = None  # the last healthy logging step's state
+        self.start: _Snapshot | None = None  # the state training began from: where a second divergence goes
         self.best_loss = math.inf
         self.num_labels: int | None = None
 
@@ -269,7 +272,7 @@ class DivergenceGuard(TrainerCallback):
         logged = [entry["loss"] for entry in state.log_history if "loss" in entry]
         self.best_loss = min((loss for loss in logged if math.isfinite(loss)), default=math.inf)  # a resumed run's
         if self.retries:
-            self._take_snapshot(state.global_step, model, optimizer, lr_scheduler)
+            self.start = self.snapshot = self._take_snapshot(state.global_step, model, optimizer, lr_scheduler)
 
     def on_log(self, args, state, control, logs=None, model=None, optimizer=None, lr_scheduler=None, **kwargs):
         if "loss" not in (logs or {}):
@@ -279,7 +282,7 @@ class DivergenceGuard(TrainerCallback):
         if reason is None:
             self.best_loss = min(self.best_loss, loss)
             if self.retries:
-                self._take_snapshot(state.global_step, model, optimizer, lr_scheduler)
+                self.snapshot = self._take_snapshot(state.global_step, model, optimizer, lr_scheduler)
             return
         tries = len(self.recoveries(state))
         what = self._what(reason, loss, state.global_step)
@@ -287,6 +290,8 @@ class DivergenceGuard(TrainerCallback):
         if tries >= self.retries:
             raise self._advice(reason, what, tries, args.learning_rate, peak, args.fp16)
         new_peak = peak * self.lr_factor
+        if tries:  # diverged again: the weights the high rate grew stay fragile (H100, Qwen2.5-0.5B, lr 8e-3:
+            self.snapshot, self.best_loss = self.start, math.inf  # NaN 7 steps after each rollback), so restart
         self._roll_back(model, optimizer, lr_scheduler, new_peak)
         state.log_history.append({"divergence_recovery": {
             "step": state.global_step, "loss": loss, "reason": reason, "rolled_back_to": self.snapshot.step,
@@ -315,8 +320,8 @@ class DivergenceGuard(TrainerCallback):
         error = NonFiniteLossError if reason == "non-finite" else TrainingDivergedError
         return error(f"the training {what}{again}: {fix}.")
 
-    def _take_snapshot(self, step: int, model, optimizer, lr_scheduler) -> None:
-        self.snapshot = _Snapshot(
+    def _take_snapshot(self, step: int, model, optimizer, lr_scheduler) -> _Snapshot:
+        return _Snapshot(
             step, {name: param.detach().to("cpu", copy=True) for name, param in model.named_parameters()
                    if param.requires_grad},
             _cpu_copy(optimizer.state_dict()), copy.deepcopy(lr_scheduler.state_dict()),

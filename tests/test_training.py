@@ -106,6 +106,25 @@ def test_a_nan_loss_is_rolled_back_at_a_lower_learning_rate_and_training_finishe
     assert schedule.lrs == pytest.approx([expected, expected], rel=1e-12) and schedule.last_lr == schedule.lrs
 
 
+def test_a_second_divergence_restarts_from_the_first_state_at_the_lower_rate(tiny_qwen2, small_split, tmp_path,
+                                                                           monkeypatch, capsys):
+    """On an H100 (Qwen2.5-0.5B, lr 8e-3) the loss turned NaN again 7 steps after each rollback to the last
+    healthy step, even at 1e-3, which trains from scratch: weights a too high rate grew stay fragile. So a
+    second divergence goes back to where training began, and counts its losses afresh."""
+    loaded, rows, config = _lora_run(tiny_qwen2, small_split, tmp_path)
+    nan_loss.add_to_every_trainer(monkeypatch, (5, 7))  # caught at the logging steps 6 and 8
+
+    stats = training.train(loaded, rows, config)
+
+    out = capsys.readouterr().out
+    assert "loss nan at step 6 is not finite: rolled back to step 4 and lowered the learning rate 5e-3 -> 2.5e-3" in out
+    assert "loss nan at step 8 is not finite: rolled back to step 0 and lowered the learning rate 2.5e-3 -> 1.25e-3" in out
+    assert [(r["step"], r["rolled_back_to"], r["new_learning_rate"]) for r in stats.recoveries] == [
+        (6, 4, 2.5e-3), (8, 0, 1.25e-3)]
+    assert stats.steps == 10 and math.isfinite(stats.final_loss)
+    assert all(torch.isfinite(p).all() for p in _trainable(loaded.model).values())
+
+
 class _Killed(Exception):
     pass
 

@@ -22,14 +22,15 @@ class NanLossAt(TrainerCallback):
         return output
 
 
-def add_to_every_trainer(patch, step: int, *others: TrainerCallback) -> None:
-    """Have training.build_trainer add a NanLossAt(step), then `others`, to each Trainer it builds
-    (`patch`: a pytest monkeypatch, or anything with its setattr)."""
+def add_to_every_trainer(patch, step: int | tuple[int, ...], *others: TrainerCallback) -> None:
+    """Have training.build_trainer add a NanLossAt for `step` (or each of several), then `others`, to each
+    Trainer it builds (`patch`: a pytest monkeypatch, or anything with its setattr)."""
     real = training.build_trainer
+    steps = step if isinstance(step, tuple) else (step,)
 
     def build_trainer(loaded, *args, **kwargs):
         trainer, measure = real(loaded, *args, **kwargs)
-        for callback in (NanLossAt(loaded.model, step), *others):
+        for callback in (*(NanLossAt(loaded.model, at) for at in steps), *others):
             trainer.add_callback(callback)
         return trainer, measure
 
