@@ -138,7 +138,7 @@ def test_when_nothing_installs_it_stops_and_says_how_to_fix_it(pip, tmp_path):
     text = str(error.value)
     assert f"pip could not install qlora-helpers {NOT_INSTALLED} from {missing}" in text
     assert "ERROR" in text  # pip's own reason, which a notebook would not show otherwise
-    for fix in ("qlora_helpers.runners.kaggle push", "as an input", "Internet on", "/content", "QLORA_HELPERS_SOURCE"):
+    for fix in ("`kaggle push` step", "as an input", "Internet on", "/content", "QLORA_HELPERS_SOURCE"):
         assert fix in text
     assert pip.versions() == []
 

@@ -5,7 +5,7 @@ tests/test_install.py checks that, and `python -m qlora_helpers.runners.kaggle i
 into the notebooks. So this file imports only the standard library, never the package.
 """
 # On Kaggle/Colab: install qlora_helpers (the cells below call it) from a wheel in an attached Kaggle dataset
-# (`python -m qlora_helpers.runners.kaggle push`) or uploaded to /content, else from $QLORA_HELPERS_SOURCE (a pip URL; default: this
+# (the README's `kaggle push` step) or uploaded to /content, else from $QLORA_HELPERS_SOURCE (a pip URL; default: this
 # project's repository). Anywhere else `make setup` has installed it and this cell does nothing.
 import glob, importlib, os, subprocess, sys, tempfile
 from importlib import metadata
@@ -15,7 +15,7 @@ WHEEL_DIRS = ("/kaggle/input/*", "/kaggle/input/*/*/*", "/content")  # both Kagg
 # The tested versions (constraints.txt) of the libraries the notebooks call, so a run does not change under
 # you when they release; torch, numpy and pandas stay the runtime's own.
 PINS = ("accelerate==1.16.0", "bitsandbytes==0.50.2", "datasets==5.2.0", "huggingface_hub==2.4.0", "kernels==0.19.1",
-        "peft==0.21.2", "pyarrow==26.0.1", "safetensors==0.8.0", "tokenizers==0.23.3", "transformers==5.25.0")
+        "peft==0.21.2", "pyarrow==25.0.1", "safetensors==0.8.0", "tokenizers==0.23.3", "transformers==5.25.0")
 
 
 def install_qlora_helpers(version=VERSION, environ=os.environ, wheel_dirs=WHEEL_DIRS):
@@ -33,7 +33,7 @@ def install_qlora_helpers(version=VERSION, environ=os.environ, wheel_dirs=WHEEL_
                           f"qlora-helpers[qlora] @ {url}"], capture_output=True, text=True)
     if pip.returncode:
         raise RuntimeError(f"pip could not install qlora-helpers {version} from {url}:\n{pip.stderr[-1500:]}\nFix: on "
-                           "Kaggle add the dataset `python -m qlora_helpers.runners.kaggle push` uploads as an input and turn Internet on; on "
+                           "Kaggle add the dataset the README's `kaggle push` step uploads as an input and turn Internet on; on "
                            f"Colab upload {wheel} to /content; or set QLORA_HELPERS_SOURCE to a pip URL of this package.")
     importlib.invalidate_caches()
     return f"installed qlora-helpers {version} from {url}"
