@@ -1,53 +1,38 @@
-#!/usr/bin/env python3
 """Do the CUDA graphs of qlora_helpers/graphs.py compute what the eager decoder stack computes? (GPU)
 
-Loads --model for QLoRA at the library defaults under the T4 profile (fp16, 14.5 GiB), then trains
-the same micro-batches from the same starting weights twice, eagerly and with graphs on: two
-optimizer steps of three micro-batches each (two of one shape accumulated into one gradient, the
-case graphs._unalias_gradients exists for, then a third shape; the second step replays graphs the
-first recorded). Writes each micro-batch's loss and the largest gradient difference after each step,
-relative to the largest eager gradient, as JSON to --out, and the GPU memory still allocated once
-graphs.disable has run, against the eager run's (what the next setup in a process starts with).
-
-    QLORA_EMULATE_GPU=t4 python3 bench/graphs_check.py --model offline:smollm2-135m --out bench/results/x.json
+Loads --model for QLoRA at the library defaults (under QLORA_EMULATE_GPU=t4: fp16, 14.5 GiB) and trains
+the same micro-batches from the same weights twice, eagerly and with graphs: two optimizer steps of three
+micro-batches (two of one shape accumulated into one gradient, the case graphs._unalias_gradients exists
+for, then a third shape; the second step replays what the first recorded). Writes each micro-batch's
+loss, the largest gradient difference per step relative to the largest eager gradient, and the memory
+still allocated once graphs.disable has run against the eager run's, as JSON to --out.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import torch
+
+from bench import timing
+from bench.workload import synthetic_dataset
+from qlora_helpers import graphs, modeling, training
 
 
 def micro_batches(loaded, rows: int = 4096, batch: int = 32) -> list[list[dict]]:
-    """Two steps of [shape A, shape A, shape B]: rows of Banking77's token lengths grouped so that
-    A pads to 16 tokens and B to 24 (multiples of 8, as training.LengthDroppingCollator pads)."""
-    from bench.workload import synthetic_dataset
-    from qlora_helpers import training
-
+    """Two steps of [shape A, shape A, shape B]: Banking77-length rows that pad to 16 (A) and 24 (B) tokens."""
     data = synthetic_dataset(rows, loaded.tokenizer.vocab_size, max_length=64, seed=1).rows
     short = [r for r in data if 9 <= len(r["input_ids"]) <= 16]
     middle = [r for r in data if 17 <= len(r["input_ids"]) <= 24]
     collate = training.LengthDroppingCollator(loaded.tokenizer, pad_to_multiple_of=8)
-    need = 4 * batch
-    if len(short) < need or len(middle) < 2 * batch:
-        raise SystemExit(f"too few rows of the lengths needed ({len(short)}, {len(middle)}): raise rows")
     a = [collate(short[i * batch:(i + 1) * batch]) for i in range(4)]
     b = [collate(middle[i * batch:(i + 1) * batch]) for i in range(2)]
     return [[a[0], a[1], b[0]], [a[2], a[3], b[1]]]
 
 
 def train(loaded, steps: list[list[dict]], start: dict, *, with_graphs: bool) -> tuple[list[float], list[dict]]:
-    """Forward and backward of every micro-batch under fp16 autocast (loss x 1024, as a GradScaler
-    would scale it); the gradients after each step (then zeroed). No optimizer: weights stay put."""
-    import torch
-
-    from qlora_helpers import graphs
-
+    """Forward and backward of every micro-batch under autocast (loss x 1024, as a GradScaler scales it);
+    the gradients after each step, then zeroed. No optimizer: the weights stay put."""
     model = loaded.model
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -61,48 +46,36 @@ def train(loaded, steps: list[list[dict]], start: dict, *, with_graphs: bool) ->
     try:
         for step in steps:
             for micro in step:
-                micro = {k: v.cuda() for k, v in micro.items()}
                 with torch.autocast("cuda", dtype=loaded.compute_dtype):
-                    loss = model(**micro).loss
+                    loss = model(**{k: v.cuda() for k, v in micro.items()}).loss
                 (loss * 1024).backward()
                 losses.append(float(loss))
                 # as the Trainer does: no autograd graph outlives its backward (a live one would tie the
                 # weights' gradient accumulators to the eager stream, which a capture cannot wait on)
                 del loss
-            grads.append({n: p.grad.detach().float().clone() for n, p in model.named_parameters()
-                          if p.grad is not None})
+            grads.append({n: p.grad.detach().float().clone() for n, p in model.named_parameters() if p.grad is not None})
             model.zero_grad(set_to_none=True)
     finally:
         graphs.disable(model)
     return losses, grads
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="offline:smollm2-135m")
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args(argv)
-
-    import torch
-
-    from qlora_helpers import modeling
-    from qlora_helpers.notebook import results
-
+def main(args) -> dict:
     loaded = modeling.load_model(args.model, "qlora", 77)
     start = {n: p.detach().clone() for n, p in loaded.model.named_parameters() if p.requires_grad}
     steps = micro_batches(loaded)
     eager_losses, eager_grads = train(loaded, steps, start, with_graphs=False)
-    allocated_after_eager = torch.cuda.memory_allocated()  # bytes; gradients zeroed, cuBLAS's workspace made
+    after_eager = timing.allocated()  # gradients zeroed, cuBLAS's workspace made
     graph_losses, graph_grads = train(loaded, steps, start, with_graphs=True)
-    allocated_after_graphs = torch.cuda.memory_allocated()  # bytes, after graphs.disable
-    report = {"model": args.model, "compute_dtype": str(loaded.compute_dtype), "hardware": results.hardware(),
-              "versions": results.library_versions(), "commit": results.code_commit(),
+    after_graphs = timing.allocated()  # after graphs.disable
+    env = timing.environment()
+    report = {"model": args.model, "compute_dtype": str(loaded.compute_dtype), "hardware": env.pop("hardware"),
+              "commit": env.pop("commit"), "versions": env,
               "shapes": [[list(m["input_ids"].shape) for m in step] for step in steps],
               "eager_losses": eager_losses, "graph_losses": graph_losses,
               "max_loss_difference": max(abs(a - b) for a, b in zip(eager_losses, graph_losses)),
-              "allocated_bytes_after_eager": allocated_after_eager,
-              "allocated_bytes_after_graphs_disabled": allocated_after_graphs,
-              "allocated_bytes_left_by_graphs": allocated_after_graphs - allocated_after_eager, "steps": []}
+              "allocated_bytes_after_eager": after_eager, "allocated_bytes_after_graphs_disabled": after_graphs,
+              "allocated_bytes_left_by_graphs": after_graphs - after_eager, "steps": []}
     for eager, graphed in zip(eager_grads, graph_grads):
         assert eager.keys() == graphed.keys(), "the graphs left different parameters with gradients"
         scale = max(float(g.abs().max()) for g in eager.values())
@@ -112,10 +85,4 @@ def main(argv=None) -> dict:
     report["max_relative_gradient_difference"] = max(s["relative"] for s in report["steps"])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
-    print(json.dumps({k: report[k] for k in ("max_loss_difference", "max_relative_gradient_difference",
-                                             "allocated_bytes_left_by_graphs")}))
     return report
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""The benchmark's one entry point: `python bench/cli.py COMMAND --help`.
+
+  speed         full / LoRA / QLoRA training speed, memory, MFU and the estimator's error (speed.py);
+                `--device cpu` is the tiny pipeline check tests/test_bench.py runs
+  two-gpus      one GPU against two through qlora_helpers.runners.train_all_gpus (two_gpus.py)
+  graphs-check  the CUDA graphs of qlora_helpers/graphs.py against the eager stack (graphs_check.py)
+  sweep         each method's defaults chosen by validation accuracy per second (sweep.py)
+  t4-estimate   examples/s ceilings on a T4 from FLOPs alone (t4_estimate.py)
+  summarize     rebuild every table and results/SUMMARY.md from the results' JSON (summarize.py)
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+RESULTS = str(REPO / "bench" / "results")
+# speed options whose default depends on the device: (CPU, GPU)
+DEVICE_DEFAULTS = {"steps": (4, 25), "warmup": (1, 3), "rows": (400, 10003), "est_steps": (3, 6)}
+
+
+def names(text: str) -> list[str]:
+    return [name for name in text.split(",") if name]
+
+
+def parser() -> argparse.ArgumentParser:
+    main = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = main.add_subparsers(dest="command", required=True)
+    speed = commands.add_parser("speed", help="training speed and memory on Qwen2.5 shapes")
+    speed.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    speed.add_argument("--profile", choices=("t4", "native"), default="t4",
+                       help="t4: fp16, the allocator capped at 14.5 GiB, no flash / cuDNN attention (emulation.py)")
+    speed.add_argument("--sections", type=names, default="env,speed,estimator", help="of env,speed,estimator")
+    speed.add_argument("--cells", type=names, default="", help="model:method cells, e.g. 7B:qlora,smollm2:qlora")
+    speed.add_argument("--only-configs", type=names, default="", help="only these setups (speed.setups names)")
+    for name, (cpu, gpu) in DEVICE_DEFAULTS.items():
+        speed.add_argument("--" + name.replace("_", "-"), type=int, help=f"default: {cpu} on CPU, {gpu} on a GPU")
+    speed.add_argument("--est-batch", type=int, default=16)
+    speed.add_argument("--est-seq", type=int, default=64)
+    speed.add_argument("--out", default=RESULTS)
+    speed.add_argument("--tag", help="default: cpu_smoke on CPU, h200_<profile> on a GPU")
+    speed.add_argument("--models-dir", default="/tmp/qlora_bench_models")
+    speed.add_argument("--work-dir", default="/tmp/qlora_bench_runs")
+    two = commands.add_parser("two-gpus", help="one GPU against two through runners.train_all_gpus")
+    two.add_argument("--tag", default="h200x2_t4")
+    two.add_argument("--out-dir", default=RESULTS)
+    two.add_argument("--work-dir", default="/tmp/qlora_two_gpus")
+    two.add_argument("--parts", type=names, default="speed,accuracy")
+    two.add_argument("--gpu-counts", type=names, default="1,2", help="e.g. 1 (while the other GPU is busy), then 2")
+    two.add_argument("--speed-train-samples", type=int, default=3000)
+    two.add_argument("--accuracy-train-samples", type=int, default=2000)
+    two.add_argument("--chosen", help="JSON of `sweep.py choose`: its qlora knobs replace the profile's")
+    check = commands.add_parser("graphs-check", help="CUDA graphs against the eager stack (GPU)")
+    check.add_argument("--model", default="offline:smollm2-135m")
+    check.add_argument("--out", required=True)
+    commands.add_parser("summarize", help="every table and results/SUMMARY.md from the results' JSON")
+    commands.add_parser("sweep", help="sweep.py's own commands (run, report, choose)", add_help=False)
+    commands.add_parser("t4-estimate", help="t4_estimate.py: T4 ceilings from FLOPs")
+    return main
+
+
+def main(argv: list[str] | None = None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sweep"]:  # its own sub-commands and options
+        return importlib.import_module("bench.sweep").main(argv[1:])
+    args = parser().parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if args.command == "speed":
+        import torch
+
+        args.device = args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+        cpu = args.device == "cpu"
+        for name, (cpu_default, gpu_default) in DEVICE_DEFAULTS.items():
+            if getattr(args, name) is None:
+                setattr(args, name, cpu_default if cpu else gpu_default)
+        args.est_batch, args.est_seq = (min(args.est_batch, 8), min(args.est_seq, 32)) if cpu else (args.est_batch, args.est_seq)
+        args.tag = args.tag or ("cpu_smoke" if cpu else f"h200_{args.profile}")
+        return importlib.import_module("bench.speed").main(args)
+    module = importlib.import_module("bench." + args.command.replace("-", "_"))
+    return module.main() if args.command in ("summarize", "t4-estimate") else module.main(args)
+
+
+if __name__ == "__main__":
+    main()
