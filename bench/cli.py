@@ -4,7 +4,6 @@
   speed         full / LoRA / QLoRA training speed, memory, MFU and the estimator's error (speed.py);
                 `--device cpu` is the tiny pipeline check tests/test_bench.py runs
   two-gpus      one GPU against two through qlora_helpers.runners.train_all_gpus (two_gpus.py)
-  graphs-check  the CUDA graphs of qlora_helpers/graphs.py against the eager stack (graphs_check.py)
   sweep         each method's defaults chosen by validation accuracy per second (sweep.py)
   t4-estimate   examples/s ceilings on a T4 from FLOPs alone (t4_estimate.py)
   summarize     rebuild every table and results/SUMMARY.md from the results' JSON (summarize.py)
@@ -56,9 +55,6 @@ def parser() -> argparse.ArgumentParser:
     two.add_argument("--speed-train-samples", type=int, default=3000)
     two.add_argument("--accuracy-train-samples", type=int, default=2000)
     two.add_argument("--chosen", help="JSON of `sweep.py choose`: its qlora knobs replace the profile's")
-    check = commands.add_parser("graphs-check", help="CUDA graphs against the eager stack (GPU)")
-    check.add_argument("--model", default="offline:smollm2-135m")
-    check.add_argument("--out", required=True)
     commands.add_parser("summarize", help="every table and results/SUMMARY.md from the results' JSON")
     commands.add_parser("sweep", help="sweep.py's own commands (run, report, choose)", add_help=False)
     commands.add_parser("t4-estimate", help="t4_estimate.py: T4 ceilings from FLOPs")

@@ -1,12 +1,11 @@
 """The benchmark proper: full / LoRA / QLoRA training of Qwen2.5-shaped classifiers through the library's own
-code paths, timed step by step: footprint, training examples/s and tokens/s, peak memory, MFU.
+code paths, timed step by step: footprint, examples/s and tokens/s, peak memory, MFU, the estimator's error.
 
-Random-weight checkpoints of the real Qwen2.5 shapes (workload.py) load through `modeling.load_model`
-(NF4, double quant, adapters: the notebooks' path) and train through `training.build_trainer` (their
-Trainer). Sections, in the order asked: `env` (versions, GPU, the fp16 matmul rate: the MFU ceiling),
-`speed` (per cell, each setup of `setups`, then the cell's estimator row on the model already loaded)
-and `estimator` (the remaining model x method cells at a fixed shape, measured against
-memory.estimate). Writes <out>/<tag>.json and .md after every measurement (summarize.py reads them).
+Random-weight checkpoints of the real Qwen2.5 shapes (workload.py) load through `modeling.load_model` (NF4,
+double quant, adapters: the notebooks' path) and train through `training.build_trainer` (their Trainer).
+Sections, in the order asked: `env` (versions, GPU, the fp16 matmul rate: the MFU ceiling), `speed` (per cell,
+the setups asked, then the cell's estimator row) and `estimator` (the cells not measured yet, at the fixed
+shape only). Writes <out>/<tag>.json after every measurement; summarize.py makes the tables.
 """
 from __future__ import annotations
 
@@ -28,6 +27,9 @@ from bench.workload import MAIN_CELLS, NUM_LABELS, REAL_MODELS, TINY, build_chec
 from qlora_helpers import atomic, defaults, emulation, memory, modeling, offline_models, training
 from qlora_helpers.memory import GIB, ModelShape
 
+RECORDED_KNOBS = ("batch_size", "gradient_accumulation", "max_length", "group_by_length", "pad_to_multiple_of",
+                  "optimizer", "learning_rate", "compile_layers", "cuda_graphs", "checkpoint_above_tokens")
+
 
 @dataclass(frozen=True)
 class Setup:
@@ -40,11 +42,10 @@ class Setup:
 
 
 def setups(method: str) -> list[Setup]:
-    """A tutorial-like recipe (batch 8, every row padded to 128), the method's defaults
-    (qlora_helpers/defaults.py, what the notebooks train), and the levers of issue 12 at the default
-    batch, each timed in the same run as the default: fused fp32 AdamW instead of the 8-bit one,
-    compiled decoder layers, less or no checkpointing, CUDA graphs of the decoder stack, and graphs
-    with checkpointing only the batches a T4 cannot train without it (by the estimator, for the 7B)."""
+    """A tutorial-like recipe (batch 8, rows padded to 128), the method's defaults (defaults.py: what the
+    notebooks train) and issue 12's levers at the default batch, each timed in the same run as the default:
+    fused fp32 AdamW instead of the 8-bit one, compiled decoder layers, less or no checkpointing, CUDA
+    graphs, and graphs checkpointing only the batches a T4 cannot train without it (the estimator, 7B)."""
     chosen, base = defaults.for_method(method), training.default_train_config(method)
     ckpt, dropout = chosen.gradient_checkpointing, chosen.lora_dropout
     tutorial = replace(base, batch_size=8, gradient_accumulation=1, max_length=128, group_by_length=False,
@@ -77,12 +78,7 @@ def estimator_setup(method: str, batch_size: int, seq_len: int, *, over_3b: bool
     optimizer = "adamw_bnb_8bit" if method == "full" and over_3b and not cpu else chosen.optimizer
     train = replace(training.default_train_config(method), batch_size=batch_size, max_length=seq_len,
                     optimizer=optimizer, group_by_length=False)
-    return Setup("estimator", train, chosen.gradient_checkpointing,
-                 chosen.lora_dropout if method != "full" else 0.0)
-
-
-RECORDED_KNOBS = ("batch_size", "gradient_accumulation", "max_length", "group_by_length", "pad_to_multiple_of",
-                  "optimizer", "learning_rate", "compile_layers", "cuda_graphs", "checkpoint_above_tokens")
+    return Setup("estimator", train, chosen.gradient_checkpointing, chosen.lora_dropout if method != "full" else 0.0)
 
 
 @dataclass
@@ -109,8 +105,8 @@ def model_of(args, key: str) -> tuple[Path, ModelShape]:
 
 
 def load_cell(args, cap: MemoryCap, key: str, method: str, *, keep_initial: bool = True) -> Cell:
-    """A new cell (baseline and cap) with model `key` loaded for `method`, measuring the allocator
-    before, at its peak during loading and after. keep_initial=False: a cell trained once (no copy)."""
+    """A new cell (baseline and cap) with model `key` loaded for `method`, measuring the allocator before,
+    at its peak during loading and after. keep_initial=False: a cell trained once (a 7B's copy is 30 GB)."""
     with cap.loading(lifted=True):
         folder, shape = model_of(args, key)
     cap.start_cell()
@@ -123,8 +119,7 @@ def load_cell(args, cap: MemoryCap, key: str, method: str, *, keep_initial: bool
     dtypes: dict[str, int] = {}  # bytes per kind:dtype, to show whether embeddings stayed 16-bit
     for name, p in loaded.model.named_parameters():
         kind = ("4bit" if modeling.is_packed_4bit(p) else "embedding" if "embed_tokens" in name else
-                "trainable" if p.requires_grad else "frozen_other")
-        kind += ":" + str(p.dtype).replace("torch.", "")
+                "trainable" if p.requires_grad else "frozen_other") + ":" + str(p.dtype).replace("torch.", "")
         dtypes[kind] = dtypes.get(kind, 0) + p.numel() * p.element_size()
     info = {"load_seconds": round(time.perf_counter() - start, 2), "footprint_bytes": int(loaded.footprint_bytes),
             "allocated_before_bytes": before, "allocated_after_bytes": timing.allocated() - before,
@@ -145,40 +140,34 @@ def set_checkpointing(model, on: bool, every: int = 1) -> None:
         layer.gradient_checkpointing = index % every == 0
 
 
-def prepare(cell: Cell, setup: Setup) -> None:
-    """The cell's starting weights, and the setup's checkpointing and LoRA dropout (p=0: no dropout module)."""
-    params = dict(cell.loaded.model.named_parameters())
+def run_setup(cell: Cell, data, setup: Setup, *, steps: int, warmup: int, cap: MemoryCap, out_dir: Path,
+              peak_tflops: float | None = None, profile_step: int | None = None) -> dict:
+    """Train `steps` optimizer steps of `setup` from the cell's starting weights; its results row. Peaks are
+    bytes above the cell's baseline; status "oom", "nonfinite", or "error" for a compiled or graphed setup
+    that cannot run, instead of raising. The model is left as loaded for the next setup."""
+    loaded, method = cell.loaded, cell.loaded.method
+    params = dict(loaded.model.named_parameters())
     with torch.no_grad():
         for name, value in cell.initial_state.items():
             params[name].copy_(value)
-    set_checkpointing(cell.loaded.model, setup.checkpointing, setup.checkpoint_every)
-    for module in cell.loaded.model.modules():
-        if cell.loaded.method != "full" and isinstance(drop := getattr(module, "lora_dropout", None), torch.nn.ModuleDict):
+    set_checkpointing(loaded.model, setup.checkpointing, setup.checkpoint_every)
+    for module in loaded.model.modules():  # LoRA dropout (p=0: no dropout module, as peft builds it)
+        if method != "full" and isinstance(drop := getattr(module, "lora_dropout", None), torch.nn.ModuleDict):
             for key in list(drop.keys()):
                 drop[key] = torch.nn.Dropout(setup.lora_dropout) if setup.lora_dropout > 0 else torch.nn.Identity()
-
-
-def run_setup(cell: Cell, data, setup: Setup, *, steps: int, warmup: int, cap: MemoryCap, out_dir: Path,
-              peak_tflops: float | None = None, profile_step: int | None = None) -> dict:
-    """Train `steps` optimizer steps of `setup` from the cell's starting weights; its results row. Peaks
-    are bytes above the cell's baseline; status "oom", "nonfinite", or "error" for a compiled or graphed
-    setup that cannot run, instead of raising."""
-    loaded, method, name = cell.loaded, cell.loaded.method, f"{cell.loaded.method}:{setup.name}"
-    prepare(cell, setup)
+    name = f"{method}:{setup.name}"
     cfg = replace(setup.train, max_steps=steps, output_dir=str(out_dir / name), retry_on_oom=False,
                   save_steps=10**9, logging_steps=min(10, max(1, steps // 4)))
-    timing.free()
     record = {"name": name, "model": cell.shape.name, "method": method, "gradient_checkpointing": setup.checkpointing,
               "lora_dropout": setup.lora_dropout, "checkpoint_every": setup.checkpoint_every,
-              "fixed_padding": data.fixed_padding, "dataset_rows": len(data),
-              **{knob: getattr(cfg, knob) for knob in RECORDED_KNOBS}}
+              "fixed_padding": data.fixed_padding, **{knob: getattr(cfg, knob) for knob in RECORDED_KNOBS}}
+    timing.free()
     trainer, measure = training.build_trainer(loaded, data, cfg)
     trainer.args.save_strategy = SaveStrategy.NO
     timer = timing.StepTimer(loaded.model, profile_step=profile_step)
     trainer.add_callback(timer.callback)
     start_allocated = timing.allocated()
     timing.reset_peak()
-    start = time.perf_counter()
     try:
         trainer.train()
         record["status"] = "ok"
@@ -197,84 +186,85 @@ def run_setup(cell: Cell, data, setup: Setup, *, steps: int, warmup: int, cap: M
             if getattr(module, "_compiled_call_impl", None) is not None:
                 module._compiled_call_impl = None
         training.release_training_state(loaded.model)  # graphs, checkpointing limit: the next setup starts clean
-    peak = training.peak_memory()[0]
-    logged = [e for e in trainer.state.log_history if "loss" in e]
-    layers = cell.shape.num_layers
-    record.update(wall_seconds=round(time.perf_counter() - start, 2), peak_bytes=peak - cap.baseline_bytes,
-                  cell_baseline_bytes=cap.baseline_bytes, peak_above_start_bytes=peak - start_allocated,
-                  start_allocated_bytes=start_allocated - cap.baseline_bytes,
-                  losses=[e["loss"] for e in logged], loss_steps=[e["step"] for e in logged],
-                  losses_finite=all(math.isfinite(e["loss"]) for e in logged),
-                  optimizer_state_tensors=sum(len(s) for s in trainer.optimizer.state.values()) if trainer.optimizer else 0,
-                  max_padded_length=max((l for step in timer.step_batches for _, l, _ in step), default=0),
+    layers, losses = cell.shape.num_layers, [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    record.update(peak_bytes=training.peak_memory()[0] - cap.baseline_bytes, cell_baseline_bytes=cap.baseline_bytes,
+                  start_allocated_bytes=start_allocated - cap.baseline_bytes, losses=losses,
+                  **({"profile": timer.profile} if timer.profile else {}),
                   **timing.summarise_steps(
-                      timer, warmup, cell.shape, method, lora_r=defaults.for_method(method).lora_r,
-                      peak_tflops=peak_tflops,
+                      timer, warmup, cell.shape, method, lora_r=defaults.for_method(method).lora_r, peak_tflops=peak_tflops,
                       checkpointing=math.ceil(layers / setup.checkpoint_every) / layers if setup.checkpointing else 0.0))
-    if torch.cuda.is_available():
-        record["peak_reserved_bytes"] = torch.cuda.max_memory_reserved()
-    if timer.profile:
-        record["profile"] = timer.profile
     trainer.accelerator.free_memory()
     del trainer, measure, timer
     timing.free()
     loaded.model.zero_grad(set_to_none=True)
     shutil.rmtree(out_dir / name, ignore_errors=True)
-    losses = [round(v, 3) for v in record["losses"]]
     log(f"  {name}: {record['status']}, {record.get('examples_per_second', 0):.1f} ex/s, peak "
-        f"{record['peak_bytes'] / GIB:.2f} GiB, steps {record['steps']}, losses {losses[:3]}...{losses[-2:]}")
+        f"{record['peak_bytes'] / GIB:.2f} GiB, losses {[round(v, 3) for v in losses]}")
     return record
 
 
 def env(args, cap: MemoryCap, results: dict) -> None:
     """The run's environment and, on a GPU, the MFU ceiling: a large fp16 matmul (what the T4 profile computes in)."""
-    info = timing.environment()
+    results["env"] = info = timing.environment()
     if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        info.update(gpu=torch.cuda.get_device_name(0), gpu_memory_bytes=props.total_memory,
-                    capability=list(torch.cuda.get_device_capability(0)), sms=props.multi_processor_count)
+        info.update(gpu=torch.cuda.get_device_name(0), sms=torch.cuda.get_device_properties(0).multi_processor_count)
         a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.float16) for _ in range(2))
-        for _ in range(3):
-            a @ b
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(10):
-            a @ b
-        end.record()
+        for repeats, event in ((3, start), (10, end)):  # warm-up, then the timed products
+            for _ in range(repeats):
+                a @ b
+            event.record()
         timing.sync()
         info["fp16_matmul_tflops"] = 10 * 2 * 8192**3 / (start.elapsed_time(end) / 1e3) / 1e12
         del a, b
-        timing.free()
-    results["env"] = info
 
 
 def speed(args, cap: MemoryCap, results: dict) -> None:
+    """Each cell of --cells (default: the three notebooks'): the setups of --only-configs (default: all)."""
     for key, method in [tuple(c.split(":")) for c in args.cells] or MAIN_CELLS:
-        cell = load_cell(args, cap, key, method)
-        results.setdefault("loads", {})[f"{cell.shape.name}:{method}"] = cell.load_info
-        log(f"speed: {cell.shape.name} {method} loaded: {cell.load_info}")
-        datasets = {}  # per (max_length, padded), built once per cell
-        for setup in [s for s in setups(method) if not args.only_configs or s.name in args.only_configs]:
-            if args.device == "cpu" and setup.train.cuda_graphs:
-                continue  # CUDA graphs need a GPU
-            length, pad = setup.train.max_length, 128 if setup.padded_to_128 else None
-            if (length, pad) not in datasets:
-                datasets[length, pad] = synthetic_dataset(args.rows, cell.shape.vocab_size, max_length=length, pad_to=pad)
-            # torch.profiler records an early step, except for graphs: a late one, replaying graphs recorded before
-            profiled = args.device != "cpu" and setup.name in ("tutorial", "library_default", "lever_cuda_graphs")
-            record = run_setup(cell, datasets[length, pad], setup, steps=args.steps, warmup=args.warmup, cap=cap,
-                               out_dir=Path(args.work_dir), peak_tflops=results.get("env", {}).get("fp16_matmul_tflops"),
-                               profile_step=(args.steps - 3 if setup.train.cuda_graphs else args.warmup + 2) if profiled else None)
-            results.setdefault("speed", []).append({**record, "config": setup.name, "profile_kind": args.profile})
-            write(args, results)
-        results.setdefault("estimator", []).append(estimator_row(args, cap, cell))
-        del cell
-        timing.free()
+        measure_cell(args, cap, results, key, method, [s for s in setups(method)
+                                                       if s.name in args.only_configs or not args.only_configs])
+
+
+def estimator(args, cap: MemoryCap, results: dict) -> None:
+    """The cells not measured yet (of --cells, or all), uncapped: 7B full and LoRA cannot fit a T4 but are
+    measured anyway (still fp16). A cell that fails (out of memory at load, say) is recorded as such."""
+    cap.lift()
+    done = {(r["model"], r["method"]) for r in results.get("estimator", [])}
+    for key in ("0.5B", "1.5B", "7B"):
+        for method in ("full", "lora", "qlora"):
+            shape = (TINY if args.device == "cpu" else memory.QWEN2_5)[key]
+            if (shape.name, method) not in done and (not args.cells or f"{key}:{method}" in args.cells):
+                try:
+                    measure_cell(args, cap, results, key, method, [])
+                except Exception as error:
+                    results.setdefault("estimator", []).append(
+                        {"model": shape.name, "method": method, "status": "error", "error": repr(error)[:500]})
+
+
+def measure_cell(args, cap: MemoryCap, results: dict, key: str, method: str, timed: list[Setup]) -> None:
+    """Load model `key` for `method`, train each of `timed` from the same weights, then the estimator shape."""
+    cell = load_cell(args, cap, key, method, keep_initial=bool(timed))
+    results.setdefault("loads", {})[f"{cell.shape.name}:{method}"] = cell.load_info
+    datasets = {}  # by (max_length, padded to), built once per cell
+    for setup in [s for s in timed if args.device != "cpu" or not s.train.cuda_graphs]:  # graphs need a GPU
+        length, pad = setup.train.max_length, 128 if setup.padded_to_128 else None
+        if (length, pad) not in datasets:
+            datasets[length, pad] = synthetic_dataset(args.rows, cell.shape.vocab_size, max_length=length, pad_to=pad)
+        # torch.profiler records an early step, except for graphs: a late one, replaying graphs recorded before
+        profiled = args.device != "cpu" and setup.name in ("tutorial", "library_default", "lever_cuda_graphs")
+        record = run_setup(cell, datasets[length, pad], setup, steps=args.steps, warmup=args.warmup, cap=cap,
+                           out_dir=Path(args.work_dir), peak_tflops=results.get("env", {}).get("fp16_matmul_tflops"),
+                           profile_step=(args.steps - 3 if setup.train.cuda_graphs else args.warmup + 2) if profiled else None)
+        results.setdefault("speed", []).append({**record, "config": setup.name, "profile_kind": args.profile})
+        write(args, results)
+    results.setdefault("estimator", []).append(estimator_row(args, cap, cell))
+    write(args, results)
 
 
 def estimator_row(args, cap: MemoryCap, cell: Cell) -> dict:
-    """A few steps at the fixed estimator shape (padded batches): measured footprint and allocator peak
-    against memory.estimate's."""
+    """A few steps at the fixed estimator shape (padded batches): measured footprint and allocator peak against
+    memory.estimate's (on CPU the peak is the process's RSS: not comparable)."""
     shape, method, batch, seq = cell.shape, cell.loaded.method, args.est_batch, args.est_seq
     setup = estimator_setup(method, batch, seq, over_3b=shape.total_params() > 3e9, cpu=args.device == "cpu")
     data = synthetic_dataset(max(batch * (args.est_steps + 1), 64), shape.vocab_size, max_length=seq,
@@ -283,44 +273,14 @@ def estimator_row(args, cap: MemoryCap, cell: Cell) -> dict:
     est = memory.estimate(shape, method, batch_size=batch, seq_len=seq, gradient_checkpointing=setup.checkpointing,
                           optimizer=setup.train.optimizer, lora_dropout=setup.lora_dropout,
                           compute_dtype=modeling.choose_compute_dtype(args.device).itemsize)
-    info, measured_peak = cell.load_info, record["peak_bytes"]
-    return {"model": shape.name, "method": method, "batch_size": batch, "seq_len": seq,
+    footprint, peak = cell.load_info["footprint_bytes"], record["peak_bytes"]
+    return {"model": shape.name, "method": method, "batch_size": batch, "seq_len": seq, "status": record["status"],
             "optimizer": setup.train.optimizer, "gradient_checkpointing": setup.checkpointing,
-            "lora_dropout": setup.lora_dropout, "status": record["status"],
-            "measured_footprint_bytes": info["footprint_bytes"], "estimated_footprint_bytes": est.footprint_bytes,
-            "footprint_error": est.footprint_bytes / info["footprint_bytes"] - 1,
-            "measured_resident_bytes": info["allocated_after_bytes"], "estimated_resident_bytes": est.resident_bytes,
-            "measured_peak_bytes": measured_peak, "estimated_peak_bytes": est.peak_bytes,
-            # on CPU the peak is the process's RSS: not comparable
-            "peak_error": est.peak_bytes / measured_peak - 1 if measured_peak > 0 and args.device != "cpu" else None,
-            "optimizer_state_tensors": record["optimizer_state_tensors"],
-            "max_padded_length": record["max_padded_length"], "estimate": est.as_dict()}
-
-
-def estimator(args, cap: MemoryCap, results: dict) -> None:
-    """The model x method cells the speed section did not measure (all, or those of --cells), uncapped:
-    7B full and LoRA do not fit a T4 but are measured anyway (still fp16)."""
-    rows = results.setdefault("estimator", [])
-    done = {(r["model"], r["method"]) for r in rows}
-    cap.lift()
-    for key in ("0.5B", "1.5B", "7B"):
-        for method in ("full", "lora", "qlora"):
-            name = (TINY if args.device == "cpu" else memory.QWEN2_5)[key].name
-            if (name, method) in done or (args.cells and f"{key}:{method}" not in args.cells):
-                continue
-            cell = None
-            try:
-                cell = load_cell(args, cap, key, method, keep_initial=False)
-                results.setdefault("loads", {})[f"{name}:{method}"] = cell.load_info
-                rows.append(estimator_row(args, cap, cell))
-            except Exception as error:  # one cell that fails (OOM at load, say) must not end the section
-                rows.append({"model": name, "method": method, "status": "error", "error": repr(error)[:500]})
-            write(args, results)
-            del cell
-            timing.free()
-
-
-SECTIONS = {"env": env, "speed": speed, "estimator": estimator}
+            "lora_dropout": setup.lora_dropout, "measured_footprint_bytes": footprint,
+            "estimated_footprint_bytes": est.footprint_bytes, "footprint_error": est.footprint_bytes / footprint - 1,
+            "measured_peak_bytes": peak, "estimated_peak_bytes": est.peak_bytes,
+            "peak_error": est.peak_bytes / peak - 1 if peak > 0 and args.device != "cpu" else None,
+            "estimate": est.as_dict()}
 
 
 def write(args, results: dict) -> None:
@@ -334,16 +294,15 @@ def main(args) -> dict:
     elif args.profile == "t4":
         os.environ[emulation.ENV_VAR] = "t4"  # fp16 compute (modeling.choose_compute_dtype); results name it
     cap = MemoryCap(emulation.apply_t4_profile(0) if args.profile == "t4" and args.device == "cuda" else None)
-    results = {"tag": args.tag, "profile": "cpu" if args.device == "cpu" else args.profile, "device": args.device,
-               "args": vars(args), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    for name in args.sections:
+    results = {"tag": args.tag, "profile": "cpu" if args.device == "cpu" else args.profile, "args": vars(args),
+               "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for section in args.sections:
         start = time.perf_counter()
         try:
-            SECTIONS[name](args, cap, results)
+            {"env": env, "speed": speed, "estimator": estimator}[section](args, cap, results)
         except Exception as error:
-            log(f"section {name} failed: {error!r}")
             traceback.print_exc()
-            results.setdefault("errors", []).append({"section": name, "error": repr(error)[:1000]})
-        results.setdefault("section_seconds", {})[name] = round(time.perf_counter() - start, 1)
+            results.setdefault("errors", []).append({"section": section, "error": repr(error)[:1000]})
+        results.setdefault("section_seconds", {})[section] = round(time.perf_counter() - start, 1)
         write(args, results)
     return results

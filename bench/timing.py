@@ -61,7 +61,7 @@ class MemoryCap:
     baseline_bytes: int = 0  # allocated before this cell's model loaded (left over by earlier cells)
 
     def start_cell(self) -> None:
-        """What is allocated now becomes the cell's baseline; the cap sits that far above a T4's."""
+        """What is allocated now becomes the cell's baseline; its cap sits that far above a T4's."""
         free()
         self.baseline_bytes = allocated()
         self.apply()
@@ -73,9 +73,9 @@ class MemoryCap:
 
     @contextmanager
     def loading(self, lifted: bool = False):
-        """Around a load (lifted: building a checkpoint, which the cap is not about). load_model
-        applies $QLORA_EMULATE_GPU's cap itself, which would undo a lifted cap and ignore the
-        baseline: while the cap is lifted the variable is hidden; afterwards this cap is put back."""
+        """Around a load (lifted: building a checkpoint, which the cap is not about). load_model applies
+        $QLORA_EMULATE_GPU's cap itself, which would undo a lifted cap and ignore the baseline: with no
+        cap the variable is hidden meanwhile; afterwards this cap is put back."""
         if lifted and torch.cuda.is_available():
             torch.cuda.set_per_process_memory_fraction(1.0)
         hidden = os.environ.pop(emulation.ENV_VAR, None) if self.cap_bytes is None else None
@@ -170,7 +170,8 @@ def step_flops(shape: ModelShape, method: str, batches, *, checkpointing: float,
 def summarise_steps(timer: StepTimer, warmup: int, shape: ModelShape, method: str, *, checkpointing: float,
                     lora_r: int, peak_tflops: float | None) -> dict:
     """Throughput over the steps after `warmup`, the profiled step and the one after it left out;
-    `steady_*` also leaves out each step whose padded shape was new (the one-off cost of a shape)."""
+    `steady_*` also leaves out each step whose padded shape was new (the one-off cost of a shape). Per-step
+    times and padded lengths are kept: whatever else a table needs derives from them."""
     durations, batches = np.diff(timer.times), timer.step_batches
     skip = {timer.profiled_index, timer.profiled_index + 1} if timer.profiled_index is not None else set()
     seen, first_of_shape = set(), []
@@ -192,21 +193,12 @@ def summarise_steps(timer: StepTimer, warmup: int, shape: ModelShape, method: st
     flops = [step_flops(shape, method, batches[k], checkpointing=checkpointing, lora_r=lora_r) for k in timed]
     useful = sum(step_flops(shape, method, batches[k], checkpointing=checkpointing, lora_r=lora_r, real=True)[0]
                  for k in timed)
-    out.update(examples_per_second=examples / secs, real_tokens_per_second=real / secs,
-               padded_tokens_per_second=padded / secs, padding_share=1 - real / padded,
+    out.update(examples_per_second=examples / secs, real_tokens_per_second=real / secs, padding_share=1 - real / padded,
                median_step_seconds=float(np.median([durations[k] for k in timed])),
-               mean_examples_per_step=examples / len(timed), mean_padded_length=padded / examples,
                model_tflops_per_second=sum(m for m, _ in flops) / secs / 1e12,
-               hardware_tflops_per_second=sum(h for _, h in flops) / secs / 1e12,
-               useful_tflops_per_second=useful / secs / 1e12,
-               model_gflops_per_example=sum(m for m, _ in flops) / examples / 1e9)
+               hardware_tflops_per_second=sum(h for _, h in flops) / secs / 1e12, useful_tflops_per_second=useful / secs / 1e12)
     if steady:
-        out["steady_examples_per_second"] = (sum(b for k in steady for b, _, _ in batches[k])
-                                             / float(sum(durations[k] for k in steady)))
-        firsts = [float(durations[k]) for k in timed if first_of_shape[k]]
-        if firsts:
-            out["new_shape_step_seconds_median"] = float(np.median(firsts))
-            out["same_shape_step_seconds_median"] = float(np.median([durations[k] for k in steady]))
+        out["steady_examples_per_second"] = sum(b for k in steady for b, _, _ in batches[k]) / sum(durations[k] for k in steady)
     if peak_tflops:
         out.update(mfu=out["model_tflops_per_second"] / peak_tflops, hfu=out["hardware_tflops_per_second"] / peak_tflops,
                    useful_mfu=out["useful_tflops_per_second"] / peak_tflops)
