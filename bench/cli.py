@@ -35,7 +35,7 @@ def parser() -> argparse.ArgumentParser:
     speed.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     speed.add_argument("--profile", choices=("t4", "native"), default="t4",
                        help="t4: fp16, the allocator capped at 14.5 GiB, no flash / cuDNN attention (emulation.py)")
-    speed.add_argument("--sections", type=names, default="env,speed,estimator", help="of env,speed,estimator")
+    speed.add_argument("--sections", type=names, default="env,speed", help="of env,speed,estimator (its --cells only)")
     speed.add_argument("--cells", type=names, default="", help="model:method cells, e.g. 7B:qlora,smollm2:qlora")
     speed.add_argument("--only-configs", type=names, default="", help="only these setups (speed.setups names)")
     for name, (cpu, gpu) in DEVICE_DEFAULTS.items():
@@ -47,13 +47,11 @@ def parser() -> argparse.ArgumentParser:
     speed.add_argument("--models-dir", default="/tmp/qlora_bench_models")
     speed.add_argument("--work-dir", default="/tmp/qlora_bench_runs")
     two = commands.add_parser("two-gpus", help="one GPU against two through runners.train_all_gpus")
-    two.add_argument("--tag", default="h200x2_t4")
-    two.add_argument("--out-dir", default=RESULTS)
-    two.add_argument("--work-dir", default="/tmp/qlora_two_gpus")
+    for option, default in (("tag", "h200x2_t4"), ("out-dir", RESULTS), ("work-dir", "/tmp/qlora_two_gpus"),
+                            ("speed-train-samples", 3000), ("accuracy-train-samples", 2000)):
+        two.add_argument("--" + option, default=default, type=type(default))
     two.add_argument("--parts", type=names, default="speed,accuracy")
     two.add_argument("--gpu-counts", type=names, default="1,2", help="e.g. 1 (while the other GPU is busy), then 2")
-    two.add_argument("--speed-train-samples", type=int, default=3000)
-    two.add_argument("--accuracy-train-samples", type=int, default=2000)
     two.add_argument("--chosen", help="JSON of `sweep.py choose`: its qlora knobs replace the profile's")
     commands.add_parser("summarize", help="every table and results/SUMMARY.md from the results' JSON")
     commands.add_parser("sweep", help="sweep.py's own commands (run, report, choose)", add_help=False)
@@ -65,22 +63,25 @@ def main(argv: list[str] | None = None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["sweep"]:  # its own sub-commands and options
         return importlib.import_module("bench.sweep").main(argv[1:])
-    args = parser().parse_args(argv)
+    command_line = parser()
+    args = command_line.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    if args.command == "speed":
-        import torch
+    if args.command != "speed":
+        module = importlib.import_module("bench." + args.command.replace("-", "_"))
+        return module.main(args) if args.command == "two-gpus" else module.main()
+    if unknown := set(args.sections) - {"env", "speed", "estimator"}:
+        command_line.error(f"unknown section(s) {', '.join(sorted(unknown))}: use env, speed, estimator")
+    import torch
 
-        args.device = args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
-        cpu = args.device == "cpu"
-        for name, (cpu_default, gpu_default) in DEVICE_DEFAULTS.items():
-            if getattr(args, name) is None:
-                setattr(args, name, cpu_default if cpu else gpu_default)
-        args.est_batch, args.est_seq = (min(args.est_batch, 8), min(args.est_seq, 32)) if cpu else (args.est_batch, args.est_seq)
-        args.tag = args.tag or ("cpu_smoke" if cpu else f"h200_{args.profile}")
-        return importlib.import_module("bench.speed").main(args)
-    module = importlib.import_module("bench." + args.command.replace("-", "_"))
-    return module.main() if args.command in ("summarize", "t4-estimate") else module.main(args)
+    cpu = args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available())
+    args.device = "cpu" if cpu else "cuda"
+    for name, (cpu_default, gpu_default) in DEVICE_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, cpu_default if cpu else gpu_default)
+    args.est_batch, args.est_seq = (min(args.est_batch, 8), min(args.est_seq, 32)) if cpu else (args.est_batch, args.est_seq)
+    args.tag = args.tag or ("cpu_smoke" if cpu else f"h200_{args.profile}")
+    return importlib.import_module("bench.speed").main(args)
 
 
 if __name__ == "__main__":

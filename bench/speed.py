@@ -160,7 +160,7 @@ def run_setup(cell: Cell, data, setup: Setup, *, steps: int, warmup: int, cap: M
                   save_steps=10**9, logging_steps=min(10, max(1, steps // 4)))
     record = {"name": name, "model": cell.shape.name, "method": method, "gradient_checkpointing": setup.checkpointing,
               "lora_dropout": setup.lora_dropout, "checkpoint_every": setup.checkpoint_every,
-              "fixed_padding": data.fixed_padding, **{knob: getattr(cfg, knob) for knob in RECORDED_KNOBS}}
+              "fixed_padding": setup.padded_to_128, **{knob: getattr(cfg, knob) for knob in RECORDED_KNOBS}}
     timing.free()
     trainer, measure = training.build_trainer(loaded, data, cfg)
     trainer.args.save_strategy = SaveStrategy.NO
@@ -227,19 +227,15 @@ def speed(args, cap: MemoryCap, results: dict) -> None:
 
 
 def estimator(args, cap: MemoryCap, results: dict) -> None:
-    """The cells not measured yet (of --cells, or all), uncapped: 7B full and LoRA cannot fit a T4 but are
+    """The cells of --cells at the estimator's shape only, uncapped: 7B full and LoRA cannot fit a T4 but are
     measured anyway (still fp16). A cell that fails (out of memory at load, say) is recorded as such."""
     cap.lift()
-    done = {(r["model"], r["method"]) for r in results.get("estimator", [])}
-    for key in ("0.5B", "1.5B", "7B"):
-        for method in ("full", "lora", "qlora"):
-            shape = (TINY if args.device == "cpu" else memory.QWEN2_5)[key]
-            if (shape.name, method) not in done and (not args.cells or f"{key}:{method}" in args.cells):
-                try:
-                    measure_cell(args, cap, results, key, method, [])
-                except Exception as error:
-                    results.setdefault("estimator", []).append(
-                        {"model": shape.name, "method": method, "status": "error", "error": repr(error)[:500]})
+    for key, method in [tuple(cell.split(":")) for cell in args.cells]:
+        try:
+            measure_cell(args, cap, results, key, method, [])
+        except Exception as error:
+            results.setdefault("estimator", []).append(
+                {"model": key, "method": method, "status": "error", "error": repr(error)[:500]})
 
 
 def measure_cell(args, cap: MemoryCap, results: dict, key: str, method: str, timed: list[Setup]) -> None:

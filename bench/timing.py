@@ -95,16 +95,16 @@ class MemoryCap:
 
 
 class StepTimer:
-    """Wall time at the end of every optimizer step and (batch, padded length, real tokens) of every
-    micro-batch; profile_step: the step torch.profiler records (CUDA only)."""
+    """Wall time at the end of every optimizer step (CUDA-synchronised) and (batch, padded length, real
+    tokens) of each of its micro-batches; torch.profiler's kernels and busy time of step `profile_step` (CUDA)."""
 
     def __init__(self, model, profile_step: int | None = None):
         from transformers import TrainerCallback
 
         timer = self
-        self.times, self.step_batches, self.pending = [], [], []
-        self.profile_step, self.profiled_index, self.profiler, self.profile = profile_step, None, None, None
-        self.hook = model.register_forward_pre_hook(self._record, with_kwargs=True)
+        self.times, self.step_batches, self.pending, self.profile_step = [], [], [], profile_step
+        self.profiled_index = self.profiler = self.profile = None
+        self.hook = model.register_forward_pre_hook(self.record_batch, with_kwargs=True)
 
         class Callback(TrainerCallback):
             def on_train_begin(self, args, state, control, **kwargs):
@@ -115,8 +115,7 @@ class StepTimer:
                 if state.global_step == timer.profile_step and torch.cuda.is_available():
                     timer.profiled_index = len(timer.step_batches)  # it and the next step carry profiler overhead
                     sync()
-                    timer.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
-                                                                        torch.profiler.ProfilerActivity.CUDA])
+                    timer.profiler = torch.profiler.profile()
                     timer.profiler.__enter__()
                     timer.profile_start = time.perf_counter()
 
@@ -126,24 +125,19 @@ class StepTimer:
                 timer.step_batches.append(timer.pending)
                 timer.pending = []
                 if timer.profiler is not None:
-                    timer.stop_profile()
+                    timer.profiler.__exit__(None, None, None)
+                    kernels = [e for e in timer.profiler.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+                    busy = sum(getattr(e, "device_time", None) or getattr(e, "cuda_time", 0.0) or 0.0 for e in kernels)
+                    timer.profile = {"gpu_ops": len(kernels), "gpu_busy_ms": round(busy / 1e3, 2),
+                                     "profiled_step_wall_ms": round((timer.times[-1] - timer.profile_start) * 1e3, 2)}
+                    timer.profiler = None
 
         self.callback = Callback()
 
-    def _record(self, module, args, kwargs):
-        ids = kwargs.get("input_ids")
+    def record_batch(self, module, args, kwargs):
+        ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
         if module.training and ids is not None:
-            mask = kwargs.get("attention_mask")
-            self.pending.append((int(ids.shape[0]), int(ids.shape[1]), int(mask.sum()) if mask is not None else ids.numel()))
-
-    def stop_profile(self):
-        wall = time.perf_counter() - self.profile_start
-        self.profiler.__exit__(None, None, None)
-        kernels = [e for e in self.profiler.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-        busy = sum(getattr(e, "device_time", None) or getattr(e, "cuda_time", 0.0) or 0.0 for e in kernels)
-        self.profile = {"gpu_ops": len(kernels), "gpu_busy_ms": round(busy / 1e3, 2),
-                        "profiled_step_wall_ms": round(wall * 1e3, 2)}
-        self.profiler = None
+            self.pending.append((ids.shape[0], ids.shape[1], int(mask.sum()) if mask is not None else ids.numel()))
 
 
 def step_flops(shape: ModelShape, method: str, batches, *, checkpointing: float, lora_r: int, real: bool = False):

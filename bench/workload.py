@@ -34,23 +34,11 @@ def banking77_lengths() -> tuple[np.ndarray, np.ndarray]:
     return lengths, np.array([counts[n] for n in lengths], dtype=float)
 
 
-class Rows(torch.utils.data.Dataset):
-    """Tokenized rows (dicts) as the Trainer takes them; plain torch, as the lent GPUs lack `datasets`."""
-
-    def __init__(self, rows: list[dict], fixed_padding: bool = False):
-        self.rows, self.fixed_padding = rows, fixed_padding
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int) -> dict:
-        return self.rows[index]
-
-
 def synthetic_dataset(n: int, vocab: int, *, max_length: int = 128, pad_to: int | None = None,
-                      fixed_length: int | None = None, seed: int = 0) -> Rows:
-    """`n` rows with Banking77's lengths (or all `fixed_length` long, one in 4 shortened so batches
-    carry a padding mask); pad_to: pad every row up front (the tutorial's padding="max_length")."""
+                      fixed_length: int | None = None, seed: int = 0) -> list[dict]:
+    """`n` tokenized rows, as the Trainer takes them, with Banking77's lengths (or all `fixed_length` long,
+    one in 4 shortened so batches carry a padding mask); pad_to: pad every row up front (the tutorial's
+    padding="max_length")."""
     rng = np.random.default_rng(seed)
     if fixed_length:
         lens = np.full(n, fixed_length)
@@ -64,7 +52,7 @@ def synthetic_dataset(n: int, vocab: int, *, max_length: int = 128, pad_to: int 
         padding = pad_to - len(ids) if pad_to else 0
         rows.append({"input_ids": ids + [PAD_ID] * padding, "attention_mask": [1] * len(ids) + [0] * padding,
                      "label": ids[-1] % NUM_LABELS})
-    return Rows(rows, fixed_padding=bool(pad_to))
+    return rows
 
 
 def build_checkpoint(shape: ModelShape, folder: Path, device: str, seed: int = 0) -> Path:
