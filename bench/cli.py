@@ -52,7 +52,6 @@ def parser() -> argparse.ArgumentParser:
         two.add_argument("--" + option, default=default, type=type(default))
     two.add_argument("--parts", type=names, default="speed,accuracy")
     two.add_argument("--gpu-counts", type=names, default="1,2", help="e.g. 1 (while the other GPU is busy), then 2")
-    two.add_argument("--chosen", help="JSON of `sweep.py choose`: its qlora knobs replace the profile's")
     commands.add_parser("summarize", help="every table and results/SUMMARY.md from the results' JSON")
     commands.add_parser("sweep", help="sweep.py's own commands (run, report, choose)", add_help=False)
     commands.add_parser("t4-estimate", help="t4_estimate.py: T4 ceilings from FLOPs")

@@ -1,12 +1,7 @@
 """The benchmark proper: full / LoRA / QLoRA training of Qwen2.5-shaped classifiers through the library's own
-code paths, timed step by step: footprint, examples/s and tokens/s, peak memory, MFU, the estimator's error.
-
-Random-weight checkpoints of the real Qwen2.5 shapes (workload.py) load through `modeling.load_model` (NF4,
-double quant, adapters: the notebooks' path) and train through `training.build_trainer` (their Trainer).
-Sections, in the order asked: `env` (versions, GPU, the fp16 matmul rate: the MFU ceiling), `speed` (per cell,
-the setups asked, then the cell's estimator row) and `estimator` (the cells not measured yet, at the fixed
-shape only). Writes <out>/<tag>.json after every measurement; summarize.py makes the tables.
-"""
+code paths (`modeling.load_model`, `training.build_trainer`: the notebooks'), timed step by step. Sections:
+`env` (versions, GPU, the fp16 matmul rate: the MFU ceiling), `speed` (per cell, the setups asked, then the
+estimator's shape) and `estimator` (that shape only). Writes <out>/<tag>.json after every measurement."""
 from __future__ import annotations
 
 import json
@@ -42,10 +37,9 @@ class Setup:
 
 
 def setups(method: str) -> list[Setup]:
-    """A tutorial-like recipe (batch 8, rows padded to 128), the method's defaults (defaults.py: what the
-    notebooks train) and issue 12's levers at the default batch, each timed in the same run as the default:
-    fused fp32 AdamW instead of the 8-bit one, compiled decoder layers, less or no checkpointing, CUDA
-    graphs, and graphs checkpointing only the batches a T4 cannot train without it (the estimator, 7B)."""
+    """A tutorial-like recipe, the method's defaults (what the notebooks train) and issue 12's levers at the
+    default batch, each against the default in the same run: fused fp32 AdamW, compiled decoder layers, less
+    or no checkpointing, CUDA graphs, and graphs checkpointing only batches a T4 cannot train without it."""
     chosen, base = defaults.for_method(method), training.default_train_config(method)
     ckpt, dropout = chosen.gradient_checkpointing, chosen.lora_dropout
     tutorial = replace(base, batch_size=8, gradient_accumulation=1, max_length=128, group_by_length=False,
@@ -91,8 +85,8 @@ class Cell:
 
 
 def model_of(args, key: str) -> tuple[Path, ModelShape]:
-    """The folder and shape of model `key`: a REAL_MODELS key's converted weights, or a random checkpoint of
-    a Qwen2.5 size (a tiny stand-in on CPU) built once into --models-dir."""
+    """The folder and shape of model `key`: real weights (REAL_MODELS), or a random checkpoint of a Qwen2.5
+    size (a tiny stand-in on CPU) built once into --models-dir."""
     if key in REAL_MODELS:
         from transformers import AutoConfig
 
@@ -105,8 +99,8 @@ def model_of(args, key: str) -> tuple[Path, ModelShape]:
 
 
 def load_cell(args, cap: MemoryCap, key: str, method: str, *, keep_initial: bool = True) -> Cell:
-    """A new cell (baseline and cap) with model `key` loaded for `method`, measuring the allocator before,
-    at its peak during loading and after. keep_initial=False: a cell trained once (a 7B's copy is 30 GB)."""
+    """A new cell with model `key` loaded for `method`, the allocator measured around the load;
+    keep_initial=False for a cell trained once (a 7B's copy of its starting weights is 30 GB)."""
     with cap.loading(lifted=True):
         folder, shape = model_of(args, key)
     cap.start_cell()
@@ -142,9 +136,8 @@ def set_checkpointing(model, on: bool, every: int = 1) -> None:
 
 def run_setup(cell: Cell, data, setup: Setup, *, steps: int, warmup: int, cap: MemoryCap, out_dir: Path,
               peak_tflops: float | None = None, profile_step: int | None = None) -> dict:
-    """Train `steps` optimizer steps of `setup` from the cell's starting weights; its results row. Peaks are
-    bytes above the cell's baseline; status "oom", "nonfinite", or "error" for a compiled or graphed setup
-    that cannot run, instead of raising. The model is left as loaded for the next setup."""
+    """Train `steps` steps of `setup` from the cell's starting weights; its results row (peaks above the cell's
+    baseline; status "oom", "nonfinite", or "error" for a lever that cannot run). The model is left as loaded."""
     loaded, method = cell.loaded, cell.loaded.method
     params = dict(loaded.model.named_parameters())
     with torch.no_grad():
@@ -259,8 +252,8 @@ def measure_cell(args, cap: MemoryCap, results: dict, key: str, method: str, tim
 
 
 def estimator_row(args, cap: MemoryCap, cell: Cell) -> dict:
-    """A few steps at the fixed estimator shape (padded batches): measured footprint and allocator peak against
-    memory.estimate's (on CPU the peak is the process's RSS: not comparable)."""
+    """A few steps at the estimator's fixed shape: footprint and peak against memory.estimate's (on CPU the peak
+    is the process's RSS: not comparable)."""
     shape, method, batch, seq = cell.shape, cell.loaded.method, args.est_batch, args.est_seq
     setup = estimator_setup(method, batch, seq, over_3b=shape.total_params() > 3e9, cpu=args.device == "cpu")
     data = synthetic_dataset(max(batch * (args.est_steps + 1), 64), shape.vocab_size, max_length=seq,

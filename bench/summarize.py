@@ -1,11 +1,6 @@
-"""Every table of the benchmark, generated from the results' JSON (no GPU): the one-vs-two-GPU and notebook
-tables, and bench/results/SUMMARY.md, which gathers them with the runs' own. The fixed prose around the
-tables is bench/summary_text.md's.
-
-Peaks are reported above what earlier cells of the same process left allocated: run 2 measured 0.5B full
-and 1.5B LoRA after the 7B cell, which left 1.08 GiB allocated (fixed from run 3 on); those two cells'
-peaks are corrected here by that baseline, which the JSON records as the load's `allocated_before_bytes`.
-"""
+"""Every table of the benchmark from the results' JSON (no GPU): one GPU against two (two_gpus.py's), and
+bench/results/SUMMARY.md, which gathers the runs' own with the markdown records beside them (sweeps,
+notebooks, two GPUs, T4 estimate). Its fixed prose is bench/summary_text.md's."""
 from __future__ import annotations
 
 import json
@@ -23,12 +18,6 @@ NOTES = dict(re.findall(r"^@@ (\w+)\n(.*?)\n*(?=^@@ |\Z)", (REPO / "bench" / "su
 # first backward, ~34 MiB, is made by then); more means a setup left memory behind, which an estimator
 # cell measured later in the same process would count in its peak.
 LEFTOVER_LIMIT = 64 * 2**20  # bytes
-# Estimator cells that measured something else, for a reason the JSON cannot show: tag -> the reason.
-MISMEASURED_ESTIMATOR_RUNS = {
-    "run10_h200_t4": "measured while the checkpointing limit of the setup before it (64 x 16 tokens) was still "
-                     "on, so its 16 x 64 batches trained without checkpointing (bench/runs.py did not undo the "
-                     "limit; it does since run 10: training.release_training_state)",
-}
 
 
 def _f(value, fmt="{:.1f}"):
@@ -59,7 +48,7 @@ def speed_rows(runs: dict[str, dict]) -> list[dict]:
         tutorial = {r["method"]: r.get("examples_per_second") for r in speed if r["config"] == "tutorial"}
         for r in speed:
             peak = r["peak_bytes"]
-            if r.get("cell_baseline_bytes") is None:  # run 2: absolute peak; subtract what was allocated before the load
+            if r.get("cell_baseline_bytes") is None:  # run 2's cells after its 7B: subtract what the 7B left allocated
                 peak -= result.get("loads", {}).get(f"{r['model']}:{r['method']}", {}).get("allocated_before_bytes", 0)
             eps = r.get("examples_per_second")
             rows.append({**r, "run": tag, "commit": result.get("env", {}).get("commit"), "peak_gib": peak / GIB,
@@ -99,11 +88,11 @@ def leftover_bytes(result: dict) -> int:
 
 def set_aside_reasons(runs: dict[str, dict]) -> dict[str, str]:
     """Runs whose estimator cells are left out of the table, each with why: they measured memory an earlier
-    setup left behind, or something else (MISMEASURED_ESTIMATOR_RUNS)."""
+    setup left behind, or something else the JSON cannot show (summary_text.md's `set_aside_<tag>`)."""
     reasons = {tag: f"measured after a setup that left {left / 2**20:.0f} MiB allocated into the next one (see "
                     "\"CUDA graphs against the eager stack\" above)" for tag, result in runs.items()
                if result.get("estimator") and (left := leftover_bytes(result)) > LEFTOVER_LIMIT}
-    return {**reasons, **{tag: why for tag, why in MISMEASURED_ESTIMATOR_RUNS.items() if tag in runs}}
+    return {**reasons, **{tag: NOTES[f"set_aside_{tag}"] for tag in runs if f"set_aside_{tag}" in NOTES}}
 
 
 def estimator_rows(runs: dict[str, dict]) -> list[dict]:
@@ -208,43 +197,8 @@ def two_gpus_markdown(report: dict) -> str:
         "test acc | macro-F1 | status", rows)]) + "\n"
 
 
-def notebooks_markdown(tag: str, results_dir: Path = RESULTS) -> str:
-    """notebooks_<tag>.md from the lease's results.json files in notebooks_<tag>/ (bench/README.md): notebook
-    03 with cuda_graphs on against off, or 03 on one GPU (the reference run) against both GPUs and 01 on
-    Gemma 3 270M under the T4 profile."""
-    folder = results_dir / f"notebooks_{tag}"
-    if (folder / "graphs_03.json").exists():
-        runs = [("03, cuda_graphs=True", _read(folder / "graphs_03.json")),
-                ("03, cuda_graphs=False (the default)", _read(folder / "eager_03.json"))]
-        new, base, note = runs[0][1], runs[1][1], "notebooks_graphs"
-        title = "Notebook 03 with CUDA graphs on {count}x {name}, emulating a {emulating}"
-    else:
-        runs = [("03, one GPU (reference run)", _read(REPO / "reference/smollm2-t4/03_qlora_qwen2.5_7b/results.json")),
-                ("03, both GPUs (training cell on all GPUs)", _read(folder / "two_gpus_03.json")),
-                ("01 on Gemma 3 270M", _read(folder / "gemma_01.json"))]
-        new, base, note = runs[1][1], runs[0][1], "notebooks_two_gpus"
-        title = f"Notebooks on {{count}}x {{name}}, each emulating a {{emulating}} ({tag})"
-    compared = {"speedup": new["training"]["examples_per_second"] / base["training"]["examples_per_second"],
-                "points": 100 * (new["metrics"]["accuracy"] - base["metrics"]["accuracy"]),
-                "new_peak": new["training"]["peak_memory_bytes"] / GIB, "base_peak": base["training"]["peak_memory_bytes"] / GIB}
-    rows = [(name, r["model_id"], r["method"], r["compute_dtype"],
-             f"{r['training'].get('processes', 1)} x {r['training']['batch_size']} x {r['training']['gradient_accumulation']}",
-             f"{r['training']['examples_per_second']:.1f}", f"{r['training']['train_seconds']:.0f}",
-             f"{r['training']['peak_memory_bytes'] / GIB:.2f}", f"{r['training']['losses'][0]:.2f} -> "
-             f"{r['training']['losses'][-1]:.2f} ({'yes' if all(map(math.isfinite, r['training']['losses'])) else 'no'})",
-             f"{r['metrics']['accuracy']:.2%}", f"{r['metrics']['macro_f1']:.3f}", r["commit"]) for name, r in runs]
-    return "\n".join([
-        "# " + title.format(**{**new["hardware"], "emulating": new["hardware"]["emulating"].upper()}), "",
-        "Libraries: " + ", ".join(f"{k} {v}" for k, v in new["versions"].items() if v) + ". " + NOTES[note], "", *table(
-            "run | model | method | compute | GPUs x batch x accum | examples/s | train s | peak GiB/GPU | "
-            "loss first -> last (all finite) | test accuracy | macro-F1 | commit", rows),
-        "", NOTES[note + "_result"].format(**compared), ""])
-
-
 def main(results_dir: Path = RESULTS, out_path: Path | None = None) -> str:
-    """Rebuild notebooks_*.md, then SUMMARY.md from every table; return SUMMARY.md's text."""
-    for folder in sorted(p for p in results_dir.glob("notebooks_*") if p.is_dir()):
-        (results_dir / f"{folder.name}.md").write_text(notebooks_markdown(folder.name[len("notebooks_"):], results_dir))
+    """Rebuild SUMMARY.md from every table; return its text."""
     runs = load_runs(results_dir)
     # runs that record their commit measured the code as committed then; runs 1-3 predate that record
     current = {tag: r for tag, r in runs.items() if r.get("env", {}).get("commit")}

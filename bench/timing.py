@@ -1,12 +1,6 @@
-"""What every benchmark run measures and records, in one place: step times, FLOPs and MFU, allocator
-peaks under a T4's memory cap, and the run's environment.
-
-`StepTimer` hooks the Trainer (a callback, CUDA-synchronised at each optimizer step; torch.profiler
-on one step) and the model (a forward pre-hook noting each micro-batch's shape and real tokens);
-`summarise_steps` turns that into examples/s, tokens/s and, with `step_flops`, MFU / HFU against a
-measured fp16 matmul ceiling. `MemoryCap` gives each cell (model x method) a T4's 14.5 GiB above
-what earlier cells left allocated, so peaks are reported above that baseline.
-"""
+"""What a benchmark run measures and records, in one place: step times and shapes (`StepTimer`), examples/s,
+tokens/s and MFU (`summarise_steps`, `step_flops`), allocator peaks under a T4's cap (`MemoryCap`: each
+model x method cell gets 14.5 GiB above what earlier cells left allocated), and the run's environment."""
 from __future__ import annotations
 
 import gc
@@ -61,7 +55,7 @@ class MemoryCap:
     baseline_bytes: int = 0  # allocated before this cell's model loaded (left over by earlier cells)
 
     def start_cell(self) -> None:
-        """What is allocated now becomes the cell's baseline; its cap sits that far above a T4's."""
+        """What is allocated now becomes the new cell's baseline, and its cap moves up as much."""
         free()
         self.baseline_bytes = allocated()
         self.apply()
@@ -73,9 +67,8 @@ class MemoryCap:
 
     @contextmanager
     def loading(self, lifted: bool = False):
-        """Around a load (lifted: building a checkpoint, which the cap is not about). load_model applies
-        $QLORA_EMULATE_GPU's cap itself, which would undo a lifted cap and ignore the baseline: with no
-        cap the variable is hidden meanwhile; afterwards this cap is put back."""
+        """Around a load (lifted: a checkpoint's build, uncapped). load_model applies $QLORA_EMULATE_GPU's cap
+        itself, undoing a lifted one: with no cap the variable is hidden meanwhile; after, this cap is back."""
         if lifted and torch.cuda.is_available():
             torch.cuda.set_per_process_memory_fraction(1.0)
         hidden = os.environ.pop(emulation.ENV_VAR, None) if self.cap_bytes is None else None
@@ -143,11 +136,10 @@ class StepTimer:
 def step_flops(shape: ModelShape, method: str, batches, *, checkpointing: float, lora_r: int, real: bool = False):
     """(model FLOPs, hardware FLOPs) of one optimizer step's micro-batches (batch, length, real tokens).
 
-    Per token: forward 2·N (N = matmul parameters: decoder linears + head), backward 4·N for full
-    fine-tuning but 2·N for a frozen base (activation gradients only) plus 6·N_lora for adapters;
-    attention adds 4·L²·h per sequence and layer forward, twice that backward. Hardware FLOPs add the
-    forward that checkpointing recomputes (`checkpointing`: the share of layers, True = all).
-    real=True counts only real tokens (useful work); else the padded ones the GPU computes."""
+    Per token: forward 2·N (N = decoder linears + head), backward 4·N for full fine-tuning but 2·N for a
+    frozen base plus 6·N_lora for adapters; attention 4·L²·h per sequence and layer forward, twice that
+    backward. Hardware FLOPs add the forward checkpointing recomputes (`checkpointing`: the share of
+    layers). real=True counts only real tokens (useful work), else the padded ones the GPU computes."""
     n = shape.matmul_params(NUM_LABELS)
     n_lora = 0 if method == "full" else shape.lora_params(lora_r)
     model = hardware = 0.0
@@ -163,9 +155,8 @@ def step_flops(shape: ModelShape, method: str, batches, *, checkpointing: float,
 
 def summarise_steps(timer: StepTimer, warmup: int, shape: ModelShape, method: str, *, checkpointing: float,
                     lora_r: int, peak_tflops: float | None) -> dict:
-    """Throughput over the steps after `warmup`, the profiled step and the one after it left out;
-    `steady_*` also leaves out each step whose padded shape was new (the one-off cost of a shape). Per-step
-    times and padded lengths are kept: whatever else a table needs derives from them."""
+    """Throughput over the steps after `warmup`, the profiled step and the one after it left out; `steady_*`
+    also leaves out each step of a new padded shape (its one-off cost). Per-step times and lengths are kept."""
     durations, batches = np.diff(timer.times), timer.step_batches
     skip = {timer.profiled_index, timer.profiled_index + 1} if timer.profiled_index is not None else set()
     seen, first_of_shape = set(), []

@@ -1,6 +1,6 @@
 """One GPU against two in the same run, through `qlora_helpers.runners.train_all_gpus` (notebook 03's steps).
 
-Speed: notebook 03's knobs (the kaggle-t4 profile's, or --chosen's) under T4 emulation on a random 7B-shaped
+Speed: notebook 03's knobs (the kaggle-t4 profile's: the defaults sweep.py chose) under T4 emulation on a 7B-shaped
 checkpoint, one process, then two under `accelerate launch`, at the notebook's effective batch (each GPU
 half of every batch) and at twice it. Accuracy: real SmolLM2-135M weights, 1 vs 2 GPUs at the same
 effective batch. Writes results/two_gpus_<tag>.json and .md (summarize.two_gpus_markdown).
@@ -60,17 +60,15 @@ def main(args) -> dict:
 
     work, out = Path(args.work_dir), Path(args.out_dir) / f"two_gpus_{args.tag}.json"
     work.mkdir(parents=True, exist_ok=True)
-    chosen = json.loads(Path(args.chosen).read_text())["qlora"] if args.chosen else {}
     qlora = defaults.for_method("qlora")  # a knob the profile leaves out is the method's default
-    knobs = {**{k: getattr(qlora, k) for k in KNOBS}, **profiles.get_profile("kaggle-t4").parameters(NOTEBOOK),
-             **{k: chosen[k] for k in KNOBS if k in chosen}}
+    knobs = {**{k: getattr(qlora, k) for k in KNOBS}, **profiles.get_profile("kaggle-t4").parameters(NOTEBOOK)}
     tuned = {k: knobs[k] for k in ("learning_rate", "lora_dropout", "gradient_accumulation")}
     counts = [int(n) for n in args.gpu_counts]
     report = {"tag": args.tag, "commit": results.code_commit(), "versions": results.library_versions(),
               "notebook_knobs": knobs, "speed": {}, "accuracy": {}}
     if out.is_file():  # runs made earlier in this lease (another --gpu-counts)
         report.update({part: json.loads(out.read_text())[part] for part in ("speed", "accuracy")})
-    runs = []
+    runs = []  # (part, row, GPUs, run folder, notebook parameters)
     if "speed" in args.parts:
         model = build_checkpoint(memory.QWEN2_5["7B"], work / "qwen2.5-7b-random", "cuda")
         # The checkpoint's word-level tokenizer turns every Banking77 row into zero tokens once reloaded
@@ -85,9 +83,9 @@ def main(args) -> dict:
         runs += [("accuracy", str(n), n, f"accuracy{n}", {**tuned, "batch_size": knobs["batch_size"],
                   "epochs": knobs["epochs"], "max_train_samples": args.accuracy_train_samples, "max_eval_samples": None})
                  for n in counts]
-    for part, key, processes, folder, overrides in runs:
-        report[part][key] = launch(processes, work / folder, overrides)
-        print(f"{part}, {key} GPU(s): {report[part][key]}", flush=True)
+    for part, row, processes, folder, overrides in runs:
+        report[part][row] = launch(processes, work / folder, overrides)
+        print(f"{part}, {row} GPU(s): {report[part][row]}", flush=True)
         out.write_text(json.dumps(report, indent=1, default=str))
     out.with_suffix(".md").write_text(two_gpus_markdown(report))
     return report

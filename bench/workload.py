@@ -1,11 +1,6 @@
-"""What the benchmark trains on: random-weight Qwen2.5-shaped checkpoints and random token batches.
-
-Nothing can be downloaded, so `build_checkpoint` saves a random Qwen2ForSequenceClassification of a
-real Qwen2.5 shape (or a tiny stand-in, `TINY`, on CPU) for `modeling.load_model` to load back.
-`synthetic_dataset` draws token ids with Banking77's lengths under the Qwen2.5 tokenizer
-(banking77_token_lengths.json: counts only, no text); the label is the last id mod 77, so the loss
-can fall and a broken run (fp16 overflow, NaN) shows.
-"""
+"""What the benchmark trains on, as nothing can be downloaded: random-weight checkpoints of the real Qwen2.5
+shapes (or tiny stand-ins on CPU), and random token ids with Banking77's lengths under the Qwen2.5 tokenizer
+(banking77_token_lengths.json: counts only), labelled by the last id mod 77 so that the loss can fall."""
 from __future__ import annotations
 
 import json

@@ -280,18 +280,20 @@ def test_a_lifted_cap_stays_lifted_through_a_model_load(monkeypatch):
     assert fractions[-1] == 1.0 and emulation.emulated_gpu() == "t4"
 
 
-def test_notebook_runs_tables_rebuild_from_the_committed_results():
-    """notebooks_*.md are generated from the results.json files beside them: rebuilt, they are what is
-    committed, and the graphs table's ratio is the two runs' own."""
-    summarize = _load("summarize")
+def test_notebook_tables_state_their_runs_own_ratios():
+    """notebooks_*.md are records (made by bench/notebook_runs.py, as of commit 4a53963) of the results.json
+    files beside them; the ratios they state are those files' own."""
+    def training(path):
+        return json.loads(path.read_text())["training"]
+
     results_dir = REPO / "bench" / "results"
-    for tag in ("h200x2_t4", "h200_t4_graphs"):
-        assert summarize.notebooks_markdown(tag) == (results_dir / f"notebooks_{tag}.md").read_text()
-    folder = results_dir / "notebooks_h200_t4_graphs"
-    graphs, eager = (json.loads((folder / f"{m}_03.json").read_text())["training"] for m in ("graphs", "eager"))
-    assert graphs["examples_per_second"] > 0 and eager["examples_per_second"] > 0
+    graphs, eager = (training(results_dir / "notebooks_h200_t4_graphs" / f"{m}_03.json") for m in ("graphs", "eager"))
     ratio = graphs["examples_per_second"] / eager["examples_per_second"]
     assert f"through the notebook: {ratio:.2f}x the examples/s" in (results_dir / "notebooks_h200_t4_graphs.md").read_text()
+    two = training(results_dir / "notebooks_h200x2_t4" / "two_gpus_03.json")
+    one = training(REPO / "reference" / "smollm2-t4" / "03_qlora_qwen2.5_7b" / "results.json")
+    ratio = two["examples_per_second"] / one["examples_per_second"]
+    assert f"Two GPUs against one through the notebook: {ratio:.2f}x" in (results_dir / "notebooks_h200x2_t4.md").read_text()
 
 
 def test_a_setup_leaves_the_model_as_it_found_it(tiny_qwen2, tmp_path):
