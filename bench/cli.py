@@ -1,13 +1,7 @@
 #!/usr/bin/env python3
-"""The benchmark's one entry point: `python bench/cli.py COMMAND --help`.
-
-  speed         full / LoRA / QLoRA training speed, memory, MFU and the estimator's error (speed.py);
-                `--device cpu` is the tiny pipeline check tests/test_bench.py runs
-  two-gpus      one GPU against two through qlora_helpers.runners.train_all_gpus (two_gpus.py)
-  sweep         each method's defaults chosen by validation accuracy per second (sweep.py)
-  t4-estimate   examples/s ceilings on a T4 from FLOPs alone (t4_estimate.py)
-  summarize     rebuild every table and results/SUMMARY.md from the results' JSON (summarize.py)
-"""
+"""The benchmark's one entry point, `python bench/cli.py COMMAND` (see --help): speed (speed.py; `--device cpu` is
+the tiny pipeline check tests/test_bench.py runs), two-gpus (two_gpus.py), sweep (sweep.py), t4-estimate
+(t4_estimate.py) and summarize (summarize.py: every table and results/SUMMARY.md from the results' JSON)."""
 from __future__ import annotations
 
 import argparse
@@ -31,7 +25,7 @@ def names(text: str) -> list[str]:
 def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = main.add_subparsers(dest="command", required=True)
-    speed = commands.add_parser("speed", help="training speed and memory on Qwen2.5 shapes")
+    speed = commands.add_parser("speed", help="full / LoRA / QLoRA speed, memory, MFU and the estimator's error")
     speed.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     speed.add_argument("--profile", choices=("t4", "native"), default="t4",
                        help="t4: fp16, the allocator capped at 14.5 GiB, no flash / cuDNN attention (emulation.py)")
@@ -53,8 +47,9 @@ def parser() -> argparse.ArgumentParser:
     two.add_argument("--parts", type=names, default="speed,accuracy")
     two.add_argument("--gpu-counts", type=names, default="1,2", help="e.g. 1 (while the other GPU is busy), then 2")
     commands.add_parser("summarize", help="every table and results/SUMMARY.md from the results' JSON")
-    commands.add_parser("sweep", help="sweep.py's own commands (run, report, choose)", add_help=False)
-    commands.add_parser("t4-estimate", help="t4_estimate.py: T4 ceilings from FLOPs")
+    commands.add_parser("sweep", help="defaults chosen by validation accuracy per second: run, report, choose",
+                        add_help=False)
+    commands.add_parser("t4-estimate", help="examples/s ceilings on a T4 from FLOPs alone")
     return main
 
 

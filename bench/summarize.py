@@ -113,11 +113,10 @@ def estimator_rows(runs: dict[str, dict]) -> list[dict]:
         est = memory.estimate(model[8:], method, batch_size=r["batch_size"], seq_len=r["seq_len"],
                               gradient_checkpointing=r["gradient_checkpointing"], optimizer=r["optimizer"],
                               lora_dropout=dropout)
-        rows.append((r["run"], model, method, r["optimizer"], "on" if r["gradient_checkpointing"] else "off", dropout,
-                     f"{r['measured_footprint_bytes'] / 1e9:.3f}", f"{est.footprint_bytes / 1e9:.3f}",
-                     f"{est.footprint_bytes / r['measured_footprint_bytes'] - 1:+.2%}",
-                     f"{r['measured_peak_bytes'] / GIB:.2f}", f"{est.peak_bytes / GIB:.2f}",
-                     f"{est.peak_bytes / r['measured_peak_bytes'] - 1:+.1%}"))
+        rows.append({**r, "lora_dropout": dropout, "estimated_footprint_bytes": est.footprint_bytes,
+                     "estimated_peak_bytes": est.peak_bytes,
+                     "footprint_error": est.footprint_bytes / r["measured_footprint_bytes"] - 1,
+                     "peak_error": est.peak_bytes / r["measured_peak_bytes"] - 1})
     return rows
 
 
@@ -238,7 +237,12 @@ def main(results_dir: Path = RESULTS, out_path: Path | None = None) -> str:
                               for r in runs[tag]["estimator"] if r.get("status") == "ok")
             lines.append(f"- Set aside: {tag} ({cells}), {why}.")
         lines += ["", *table("run | model | method | optimizer | ckpt | LoRA dropout | footprint meas GB | est GB | "
-                             "error | peak meas GiB | est GiB | error", estimated), ""]
+                             "error | peak meas GiB | est GiB | error", [(
+                                 r["run"], r["model"], r["method"], r["optimizer"], "on" if r["gradient_checkpointing"] else "off",
+                                 r["lora_dropout"], f"{r['measured_footprint_bytes'] / 1e9:.3f}",
+                                 f"{r['estimated_footprint_bytes'] / 1e9:.3f}", f"{r['footprint_error']:+.2%}",
+                                 f"{r['measured_peak_bytes'] / GIB:.2f}", f"{r['estimated_peak_bytes'] / GIB:.2f}",
+                                 f"{r['peak_error']:+.1%}") for r in estimated]), ""]
     text = "\n".join(lines) + "\n"
     Path(out_path or results_dir / "SUMMARY.md").write_text(text)
     return text

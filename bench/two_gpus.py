@@ -1,10 +1,6 @@
-"""One GPU against two in the same run, through `qlora_helpers.runners.train_all_gpus` (notebook 03's steps).
-
-Speed: notebook 03's knobs (the kaggle-t4 profile's: the defaults sweep.py chose) under T4 emulation on a 7B-shaped
-checkpoint, one process, then two under `accelerate launch`, at the notebook's effective batch (each GPU
-half of every batch) and at twice it. Accuracy: real SmolLM2-135M weights, 1 vs 2 GPUs at the same
-effective batch. Writes results/two_gpus_<tag>.json and .md (summarize.two_gpus_markdown).
-"""
+"""One GPU against two in the same run, through `qlora_helpers.runners.train_all_gpus` (notebook 03's steps), each
+GPU emulating a T4: speed on a 7B-shaped random checkpoint at the notebook's effective batch (each GPU half of
+every batch) and at twice it; accuracy on real SmolLM2-135M weights. Writes results/two_gpus_<tag>.json and .md."""
 from __future__ import annotations
 
 import json
