@@ -1,6 +1,6 @@
 """Every table of the benchmark from the results' JSON (no GPU): one GPU against two (two_gpus.py's), and
-bench/results/SUMMARY.md, which gathers the runs' own with the markdown records beside them (sweeps,
-notebooks, two GPUs, T4 estimate). Its fixed prose is bench/summary_text.md's."""
+bench/results/SUMMARY.md, which gathers the runs' own with the markdown beside them (sweeps, notebooks, two
+GPUs, T4 estimate, and records of code that is gone). Its fixed prose is bench/summary_text.md's."""
 from __future__ import annotations
 
 import json
@@ -40,18 +40,13 @@ def load_runs(folder: Path = RESULTS) -> dict[str, dict]:
 
 
 def speed_rows(runs: dict[str, dict]) -> list[dict]:
-    """Speed rows with their run, commit, peak in GiB and ratio to the same run's tutorial recipe (run 1, the
-    pipeline check, left out: its timings include the profiler's teardown, fixed before run 2)."""
+    """Speed rows with their run, commit, peak in GiB and ratio to the same run's tutorial recipe."""
     rows = []
     for tag, result in runs.items():
-        speed = result.get("speed", []) if not tag.startswith("run1_") else []
-        tutorial = {r["method"]: r.get("examples_per_second") for r in speed if r["config"] == "tutorial"}
-        for r in speed:
-            peak = r["peak_bytes"]
-            if r.get("cell_baseline_bytes") is None:  # run 2's cells after its 7B: subtract what the 7B left allocated
-                peak -= result.get("loads", {}).get(f"{r['model']}:{r['method']}", {}).get("allocated_before_bytes", 0)
+        tutorial = {r["method"]: r.get("examples_per_second") for r in result.get("speed", []) if r["config"] == "tutorial"}
+        for r in result.get("speed", []):
             eps = r.get("examples_per_second")
-            rows.append({**r, "run": tag, "commit": result.get("env", {}).get("commit"), "peak_gib": peak / GIB,
+            rows.append({**r, "run": tag, "commit": result.get("env", {}).get("commit"), "peak_gib": r["peak_bytes"] / GIB,
                          "vs_tutorial": eps / tutorial[r["method"]] if eps and tutorial.get(r["method"]) else None})
     return rows
 
@@ -127,7 +122,7 @@ def _demoted(path: Path) -> list[str]:
 
 def step_cost_section(current: dict[str, dict], results_dir: Path) -> list[str]:
     """Runs of the code as committed (each records its commit and versions): the step-cost levers against
-    today's default, graphs against eager, Unsloth, and the transcripts of runs whose files were lost."""
+    today's default, then the records of graphs against eager, Unsloth, and runs whose files were lost."""
     lines = ["## Step cost on today's code: levers against the QLoRA default (issue 12)", "", NOTES["step_cost"], ""]
     lines += [f"- {tag}: commit {env.get('commit')}, {env.get('gpu')}, torch {env.get('torch')}, transformers "
               f"{env.get('transformers')}, peft {env.get('peft')}, bitsandbytes {env.get('bitsandbytes')}."
@@ -145,29 +140,10 @@ def step_cost_section(current: dict[str, dict], results_dir: Path) -> list[str]:
     lines += ["", "Each lever against `library_default` of the same run and model:", "", *table(
         "run | model | config | timed steps | shapes | ex/s | x library_default | steady ex/s | "
         "x library_default (steady) | peak GiB | status", levers), "", *speed_table(rows), "", *profile_table(rows)]
-    checks = [(path.name, _read(path)) for path in sorted(results_dir.glob("graphs_check_*.json"))]
-    lines += ["### CUDA graphs against the eager stack (bench/graphs_check.py, as of commit 4a53963)", "",
-              NOTES["graphs_check"], "", *table(
-                  "file | model | commit | transformers | max loss difference | max gradient difference (relative) | "
-                  "left allocated MiB", [(name, r["model"], r["commit"], r["versions"].get("transformers"),
-                                          f"{r['max_loss_difference']:.3g}", f"{r['max_relative_gradient_difference']:.3g}",
-                                          _f(r["allocated_bytes_left_by_graphs"] / 2**20 if r.get("allocated_bytes_left_by_graphs")
-                                             is not None else None, "{:.0f}")) for name, r in checks]), ""]
-    unsloth = []  # each against the 7B QLoRA `library_default` of the benchmark run at its commit
-    for path in sorted(results_dir.glob("unsloth_*.json")):
-        r = _read(path)
-        base = next((b for b in rows if b.get("commit") == r.get("commit") and b["model"] == "Qwen2.5-7B"
-                     and b["method"] == "qlora" and b["config"] == "library_default" and b.get("examples_per_second")), None)
-        eps = r.get("examples_per_s")
-        unsloth.append((path.name, r.get("commit", "-"), r["versions"].get("unsloth"), r["versions"].get("transformers"),
-                        f"{r['args']['batch_size']} x {r['args']['max_length']}", _f(eps),
-                        _f(r.get("peak_memory_gib"), "{:.2f}"), f"{base['examples_per_second']:.1f} ({base['run']})" if base else "-",
-                        f"{eps / base['examples_per_second']:.2f}x" if eps and base else "-", r["status"]))
-    lines += ["### Unsloth on the same shape (bench/unsloth_row.py, as of commit 4a53963)", "", NOTES["unsloth"], "",
-              *table("file | commit | unsloth | transformers | micro-batch x max len | ex/s | peak GiB | "
-                     "our default ex/s (run) | x our default | status", unsloth), ""]
-    for transcript in sorted(results_dir.glob("run*_transcript.md")):
-        lines += _demoted(transcript)
+    # records of code that is gone (bench/README.md): graphs against eager, Unsloth, runs whose files were lost
+    for record in [results_dir / "graphs_check.md", results_dir / "unsloth_h200_t4.md",
+                   *sorted(results_dir.glob("run*_transcript.md"))]:
+        lines += _demoted(record)
     return lines
 
 
@@ -201,19 +177,13 @@ def main(results_dir: Path = RESULTS, out_path: Path | None = None) -> str:
     runs = load_runs(results_dir)
     # runs that record their commit measured the code as committed then; runs 1-3 predate that record
     current = {tag: r for tag, r in runs.items() if r.get("env", {}).get("commit")}
-    older = {tag: r for tag, r in runs.items() if tag not in current}
-    env = next((r["env"] for r in older.values() if r.get("env", {}).get("gpu")), {})
-    rates = [r["env"]["fp16_matmul_tflops"] for r in older.values() if r.get("env", {}).get("fp16_matmul_tflops")]
     lines = ["# Benchmark summary (generated by bench/summarize.py from bench/results/)", "",
              "## Current code: defaults chosen on real weights", "", NOTES["header"], ""]
     for generated in [*sorted(results_dir.glob("sweep_*.md")), *sorted(results_dir.glob("notebooks_*.md")),
                       *sorted(results_dir.glob("two_gpus_*.md")), *sorted(results_dir.glob("t4_estimate.md"))]:
         lines += _demoted(generated)
     lines += step_cost_section(current, results_dir) if current else []
-    lines += ["## Older code: throughput on random weights (runs 1-3, commit 9f1f602 and before)", "", NOTES["older"], "",
-              NOTES["older_hardware"].format(**env), "", NOTES["older_method"].format(slowest=min(rates), fastest=max(rates)),
-              "", "## Training speed and memory (T4 profile on the H200)", "", *speed_table(speed_rows(older)), "",
-              *profile_table(speed_rows(older)), "## 7B QLoRA footprint", ""]
+    lines += _demoted(results_dir / "older_runs_1-3.md") + ["## 7B QLoRA footprint", ""]  # a record: code that is gone
     shape = memory.QWEN2_5["7B"]
     floor = shape.linear_params // 2 + 2 * (shape.embedding_params + shape.head_params(77))
     for tag, result in runs.items():
