@@ -4,7 +4,6 @@ GPUs, T4 estimate, and records of code that is gone). Its fixed prose is bench/s
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 
