@@ -155,9 +155,9 @@ GPUS = {
 }
 FRAGMENTATION = 0.05  # share of the allocator peak kept free for fragmentation when answering "fits"
 
-# Calibration, from one probe on an H200 (run 1, bench/benchmark.py --sections probe as of 4a53963:
-# the Qwen2.5-0.5B shape, torch 2.11, transformers 5.17, peft 0.21, bitsandbytes 0.50.2, fp16
-# autocast, batches of 8 and 16 x 64 tokens): what autograd kept per token and layer beyond the tensors counted analytically
+# Calibration, from one probe on an H200 (run 1's probe, bench/ at 4a53963, Qwen2.5-0.5B shape,
+# torch 2.11, transformers 5.17, peft 0.21, bitsandbytes 0.50.2, fp16 autocast, batches of 8 and 16
+# x 64 tokens): what autograd kept per token and layer beyond the tensors counted analytically
 # below, in units of hidden_size, and with gradient checkpointing the share of one un-checkpointed
 # layer that is alive at the backward peak, on top of the stored layer inputs. Keyed by
 # (method, lora_dropout > 0). Validated on the other shapes (1.5B, 7B) by the benchmark's estimator cells.
