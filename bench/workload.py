@@ -1,12 +1,6 @@
-"""What the benchmark trains on: random-weight Qwen2.5-shaped checkpoints and random token batches.
-
-Nothing can be downloaded, so `build_checkpoint` saves a random Qwen2ForSequenceClassification of a
-real Qwen2.5 shape (qlora_helpers.memory.QWEN2_5), or of a tiny stand-in (`TINY`, the CPU mode), and
-the benchmark loads it back through `qlora_helpers.modeling.load_model`. `synthetic_dataset` draws
-random token ids whose lengths follow Banking77's under the Qwen2.5 tokenizer
-(banking77_token_lengths.json: counts only, no text); the label is the last id mod 77, so the loss
-can fall and a broken run (fp16 overflow, NaN) shows.
-"""
+"""What the benchmark trains on, as nothing can be downloaded: random-weight checkpoints of the real Qwen2.5
+shapes (or tiny stand-ins on CPU), and random token ids with Banking77's lengths under the Qwen2.5 tokenizer
+(banking77_token_lengths.json: counts only), labelled by the last id mod 77 so that the loss can fall."""
 from __future__ import annotations
 
 import json
@@ -18,48 +12,28 @@ import torch
 from qlora_helpers import atomic
 from qlora_helpers.memory import ModelShape
 
-LENGTHS_FILE = Path(__file__).with_name("banking77_token_lengths.json")
 NUM_LABELS = 77  # Banking77's intents
 PAD_ID = 0  # the tiny tokenizer's EOS, which load_tokenizer makes the pad token
-
-# The three notebooks' (model, method) pairs, and tiny stand-ins of their shapes for the CPU mode.
-MAIN_CELLS = (("7B", "qlora"), ("0.5B", "full"), ("1.5B", "lora"))
-# Cells on real weights instead of a random checkpoint (same on CPU and GPU): key -> offline model id.
-REAL_MODELS = {"smollm2": "offline:smollm2-135m"}
-TINY = {
-    "0.5B": ModelShape("tiny-0.5B", 64, 160, 2, 4, 2, 2048, True),
-    "1.5B": ModelShape("tiny-1.5B", 96, 224, 2, 6, 2, 2048, True),
-    "7B": ModelShape("tiny-7B", 128, 320, 2, 8, 4, 2048, False),
-}
+MAIN_CELLS = (("7B", "qlora"), ("0.5B", "full"), ("1.5B", "lora"))  # the three notebooks' (model, method)
+REAL_MODELS = {"smollm2": "offline:smollm2-135m"}  # cells on real weights: key -> offline model id
+TINY = {"0.5B": ModelShape("tiny-0.5B", 64, 160, 2, 4, 2, 2048, True),
+        "1.5B": ModelShape("tiny-1.5B", 96, 224, 2, 6, 2, 2048, True),
+        "7B": ModelShape("tiny-7B", 128, 320, 2, 8, 4, 2048, False)}
 
 
 def banking77_lengths() -> tuple[np.ndarray, np.ndarray]:
     """(token lengths, how many training utterances have each), both 1-D of the same size."""
-    table = json.loads(LENGTHS_FILE.read_text())
-    counts = {int(k): v for k, v in table["train"].items()}
+    counts = {int(k): v for k, v in json.loads(Path(__file__).with_name("banking77_token_lengths.json")
+                                              .read_text())["train"].items()}
     lengths = np.array(sorted(counts))
     return lengths, np.array([counts[n] for n in lengths], dtype=float)
 
 
-class Rows(torch.utils.data.Dataset):
-    """A list of tokenized rows (dicts), as the Trainer takes them. Plain torch: the device image has
-    no `datasets`, and the Trainer's length grouping reads each row's input_ids length itself."""
-
-    def __init__(self, rows: list[dict], fixed_padding: bool = False):
-        self.rows, self.fixed_padding = rows, fixed_padding
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int) -> dict:
-        return self.rows[index]
-
-
 def synthetic_dataset(n: int, vocab: int, *, max_length: int = 128, pad_to: int | None = None,
-                      fixed_length: int | None = None, seed: int = 0) -> Rows:
-    """`n` rows of random token ids with Banking77's length distribution (or all `fixed_length` long,
-    one row in 4 shortened so batches still carry a padding mask), label = last id mod 77.
-    pad_to: pad every row to this length up front (the tutorial's padding="max_length")."""
+                      fixed_length: int | None = None, seed: int = 0) -> list[dict]:
+    """`n` tokenized rows, as the Trainer takes them, with Banking77's lengths (or all `fixed_length` long,
+    one in 4 shortened so batches carry a padding mask); pad_to: pad every row up front (the tutorial's
+    padding="max_length")."""
     rng = np.random.default_rng(seed)
     if fixed_length:
         lens = np.full(n, fixed_length)
@@ -67,25 +41,19 @@ def synthetic_dataset(n: int, vocab: int, *, max_length: int = 128, pad_to: int 
     else:
         lengths, counts = banking77_lengths()
         lens = rng.choice(lengths, size=n, p=counts / counts.sum())
-    lens = np.minimum(lens, max_length)
     rows = []
-    for length in lens:
+    for length in np.minimum(lens, max_length):
         ids = rng.integers(1, vocab, size=int(length)).tolist()
-        label = ids[-1] % NUM_LABELS
-        mask = [1] * len(ids)
-        if pad_to:
-            mask += [0] * (pad_to - len(ids))
-            ids += [PAD_ID] * (pad_to - len(ids))
-        rows.append({"input_ids": ids, "attention_mask": mask, "label": label})
-    return Rows(rows, fixed_padding=bool(pad_to))
+        padding = pad_to - len(ids) if pad_to else 0
+        rows.append({"input_ids": ids + [PAD_ID] * padding, "attention_mask": [1] * len(ids) + [0] * padding,
+                     "label": ids[-1] % NUM_LABELS})
+    return rows
 
 
 def build_checkpoint(shape: ModelShape, folder: Path, device: str, seed: int = 0) -> Path:
-    """Save a random Qwen2ForSequenceClassification of `shape` (bf16) and a tiny tokenizer whose
-    EOS (the pad token after load_tokenizer) is id 0, into `folder` unless it holds one already.
-    Built on `device` ("cpu" or "cuda"); written atomically, so a crash never leaves a half-written
-    checkpoint that a later run would load."""
-    from tokenizers import Tokenizer, models as tok_models, pre_tokenizers
+    """A random Qwen2ForSequenceClassification of `shape` (bf16) and a tiny tokenizer whose EOS (the
+    pad token) is id 0, saved atomically into `folder` unless it holds one (a crash leaves none half-written)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForSequenceClassification
 
     if (folder / "config.json").is_file():
@@ -104,9 +72,10 @@ def build_checkpoint(shape: ModelShape, folder: Path, device: str, seed: int = 0
                 param.zero_()
             else:
                 param.normal_(0.0, 0.02, generator=generator)
-    tok = Tokenizer(tok_models.WordLevel({"<|endoftext|>": PAD_ID, "<unk>": 1}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = Tokenizer(models.WordLevel({"<|endoftext|>": PAD_ID, "<unk>": 1}, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     with atomic.folder(folder, replace=False) as staging:
         model.save_pretrained(staging)
-        PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", unk_token="<unk>").save_pretrained(staging)
+        PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>",
+                                unk_token="<unk>").save_pretrained(staging)
     return folder

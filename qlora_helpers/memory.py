@@ -18,7 +18,7 @@ as transformers 5 writes Qwen2 (RMSNorm in fp32, SDPA attention with k/v repeate
 a padding mask is present), PEFT's LoRA layers (dropout mask + dropped input per adapted module;
 an input shared by q/k/v or gate/up is stored once when lora_dropout is 0) and bitsandbytes'
 4-bit matmul (which saves no activation). With gradient checkpointing each layer keeps only its
-input and one layer is recomputed at a time. bench/benchmark.py checks it against measured peaks.
+input and one layer is recomputed at a time. bench/speed.py checks it against measured peaks.
 """
 from __future__ import annotations
 
@@ -155,7 +155,7 @@ GPUS = {
 }
 FRAGMENTATION = 0.05  # share of the allocator peak kept free for fragmentation when answering "fits"
 
-# Calibration, from one probe on an H200 (bench/benchmark.py --sections probe, Qwen2.5-0.5B shape,
+# Calibration, from one probe on an H200 (run 1's probe, bench/ at 4a53963, Qwen2.5-0.5B shape,
 # torch 2.11, transformers 5.17, peft 0.21, bitsandbytes 0.50.2, fp16 autocast, batches of 8 and 16
 # x 64 tokens): what autograd kept per token and layer beyond the tensors counted analytically
 # below, in units of hidden_size, and with gradient checkpointing the share of one un-checkpointed

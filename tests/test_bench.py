@@ -1,5 +1,5 @@
-"""bench/benchmark.py in its CPU mode (tiny shapes, a few steps): every section runs end to end and
-writes its JSON and markdown; bench/summarize.py rebuilds the summary from the committed results."""
+"""The benchmark (`python bench/cli.py`): `speed` in its CPU mode (tiny shapes, a few steps) runs end to end
+and writes its JSON; `summarize` rebuilds every table and SUMMARY.md from the committed results."""
 import importlib.util
 import json
 import math
@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from qlora_helpers import defaults, modeling
+from qlora_helpers import defaults, modeling, training
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _load(name: str):
+    """bench/<name>.py as a module (bench/cli.py first: it puts the repository on sys.path for `bench.*`)."""
     spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -25,16 +26,13 @@ def cpu_run(tmp_path_factory):
     import torch
 
     out = tmp_path_factory.mktemp("bench")
-    bench = _load("benchmark")
+    cli = _load("cli")
     threads = torch.get_num_threads()  # its CPU mode sets 1 thread for the process: give it back after
-    common = ["--device", "cpu", "--out", str(out), "--models-dir", str(out / "models"), "--work-dir", str(out / "runs"),
-              "--steps", "3", "--warmup", "1", "--long-steps", "2", "--upcast-steps", "2", "--est-steps", "2",
-              "--rows", "160"]
-    results = bench.main(common + ["--sections", "env,build,speed,upcast,probe", "--build", "7B",
-                                   "--cells", "7B:qlora,0.5B:full,1.5B:lora", "--probe-cells", "0.5B:lora",
-                                   "--upcast-model", "0.5B", "--tag", "cpu_test",
-                                   "--only-configs", "tutorial,kaggle_t4_profile,library_default,lever_half_checkpointing"])
-    estimator = bench.main(common + ["--sections", "estimator", "--cells", "0.5B:qlora", "--tag", "cpu_test_est"])
+    common = ["speed", "--device", "cpu", "--out", str(out), "--models-dir", str(out / "models"),
+              "--work-dir", str(out / "runs"), "--steps", "3", "--warmup", "1", "--est-steps", "2", "--rows", "160"]
+    results = cli.main(common + ["--sections", "env,speed", "--cells", "7B:qlora,0.5B:full,1.5B:lora", "--tag", "cpu_test",
+                                 "--only-configs", "tutorial,library_default,lever_half_checkpointing"])
+    estimator = cli.main(common + ["--sections", "estimator", "--cells", "0.5B:qlora", "--tag", "cpu_test_est"])
     results["estimator"] += estimator["estimator"]
     torch.set_num_threads(threads)  # the tests after this one train real models on every core
     return out, results
@@ -44,10 +42,8 @@ def test_cpu_mode_runs_every_section(cpu_run):
     out, results = cpu_run
     assert not results.get("errors"), results.get("errors")
     written = json.loads((out / "cpu_test.json").read_text())
-    assert written["profile"] == "cpu" and set(written["section_seconds"]) == {
-        "env", "build", "speed", "upcast", "probe"}
-    markdown = (out / "cpu_test.md").read_text()
-    assert "## Training speed and memory" in markdown and "## Estimator" in markdown
+    assert written["profile"] == "cpu" and set(written["section_seconds"]) == {"env", "speed"}
+    assert written["env"]["commit"] and written["env"]["torch"]
 
     runs = {(r["model"], r["config"]): r for r in results["speed"]}
     for model in ("tiny-7B", "tiny-0.5B", "tiny-1.5B"):
@@ -59,15 +55,8 @@ def test_cpu_mode_runs_every_section(cpu_run):
         assert default["padding_share"] < tutorial["padding_share"]
         assert all(math.isfinite(v) for v in default["losses"])
     assert runs[("tiny-7B", "library_default")]["batch_size"] == defaults.for_method("qlora").batch_size
-    assert any(m == "tiny-7B" and c.endswith(":long") for m, c in runs)  # the fastest fitting config, longer
-
-
-def test_gradient_accumulation_logs_a_mean_loss(cpu_run):
-    """kaggle-t4 accumulates 2 micro-batches: the logged loss is their mean (~ln 77), not their sum."""
-    _, results = cpu_run
-    for r in results["speed"]:
-        if r["config"] == "kaggle_t4_profile" and r["gradient_accumulation"] > 1:
-            assert r["losses"] and max(r["losses"]) < 6.0, r["losses"]
+    half = runs[("tiny-7B", "lever_half_checkpointing")]
+    assert half["status"] == "ok" and half["checkpoint_every"] == 2 and "hfu" not in half  # no MFU ceiling on CPU
 
 
 def test_cpu_estimator_footprints_are_exact(cpu_run):
@@ -76,11 +65,10 @@ def test_cpu_estimator_footprints_are_exact(cpu_run):
     assert {(r["model"], r["method"]) for r in rows} >= {("tiny-7B", "qlora"), ("tiny-0.5B", "full"),
                                                          ("tiny-1.5B", "lora"), ("tiny-0.5B", "qlora")}
     assert all(r["status"] == "ok" and r["footprint_error"] == 0 for r in rows)
-    assert results["probe"] and results["upcast"]["run"]["status"] == "ok"
 
 
 def test_step_flops_follow_the_stated_formula():
-    _load("benchmark")  # puts the repository on sys.path for `bench.*`
+    _load("cli")
     from bench.timing import step_flops
     from qlora_helpers.memory import QWEN2_5
 
@@ -95,16 +83,22 @@ def test_step_flops_follow_the_stated_formula():
     assert full == pytest.approx(6 * n * tokens + 3 * attention)
 
 
-def test_speed_setups_train_the_micro_batch_their_names_say():
-    """A candidate named bNN_... trains micro-batch NN: "b32_dropout0" once took the method's default
-    batch, 64 since the defaults changed, and so timed the same setup as "b64_dropout0"."""
-    _load("benchmark")  # puts the repository on sys.path for `bench.*`
-    from bench.config import speed_setups
+def test_each_lever_changes_the_default_as_its_name_says():
+    """The levers are timed against `library_default` in the same run: each must be the default with
+    its own change and nothing else (a lever once trained another batch than the default's)."""
+    _load("cli")
+    from bench.speed import setups
 
-    named = [(s, int(s.name[1:].split("_")[0])) for m in defaults.METHODS for s in speed_setups(m)
-             if s.name[0] == "b" and s.name[1:].split("_")[0].isdigit()]
-    assert len(named) == 9
-    assert [(s.name, s.train.batch_size) for s, n in named if s.train.batch_size != n] == []
+    qlora = {s.name: s for s in setups("qlora")}
+    default = qlora["library_default"]
+    assert default.train == training.default_train_config("qlora")
+    assert {s.train.batch_size for s in qlora.values() if s.name != "tutorial"} == {default.train.batch_size}
+    assert qlora["lever_fused_adamw"].train.optimizer == "adamw_torch_fused"
+    assert not qlora["lever_no_checkpointing"].checkpointing and qlora["lever_half_checkpointing"].checkpoint_every == 2
+    assert qlora["lever_cuda_graphs"].train.cuda_graphs and not default.train.cuda_graphs
+    assert qlora["lever_cuda_graphs_fused_adamw_ckpt_long"].train.checkpoint_above_tokens == 64 * 16  # 7B on a T4
+    assert qlora["tutorial"].padded_to_128 and qlora["tutorial"].train.batch_size == 8
+    assert [s.name for s in setups("full")] == ["tutorial", "library_default"]
 
 
 def test_summary_rebuilds_from_committed_results(tmp_path):
@@ -166,7 +160,8 @@ def test_leftover_bytes_compares_each_setup_with_the_first_of_its_model():
     leaky = run(("7B", 4000), ("7B", 4034), ("7B", 4450))
     other_model = run(("7B", 4000), ("0.5B", 500))  # a smaller model starts lower: not a leftover
     assert summarize.leftover_bytes(steady) == 34 * mib and summarize.leftover_bytes(other_model) == 0
-    assert summarize.set_aside_estimator_runs({"a": steady, "b": leaky, "c": other_model}) == {"b": 450 * mib}
+    assert list(summarize.set_aside_reasons({"a": steady, "b": leaky, "c": other_model})) == ["b"]
+    assert "left 450 MiB allocated" in summarize.set_aside_reasons({"b": leaky})["b"]
 
 
 def test_sweep_cpu_mode_records_curves_and_chooses_by_time_to_accuracy(tmp_path):
@@ -219,8 +214,8 @@ def test_t4_estimate_batches_every_row_once_and_pads_as_each_recipe_does():
 
 def test_partial_checkpointing_recomputes_every_other_layer(tiny_qwen2):
     """The half-checkpointing lever checkpoints layers 0, 2, 4, ... and only those; off clears all."""
-    _load("benchmark")
-    from bench.runs import set_checkpointing
+    _load("cli")
+    from bench.speed import set_checkpointing
     loaded = modeling.load_model(tiny_qwen2, "qlora")
     layers = modeling.decoder_layers(loaded.model)
     assert len(layers) >= 2
@@ -245,7 +240,7 @@ def test_two_gpus_baseline_runs_on_one_gpu_and_a_run_on_more_is_no_baseline(monk
     report = {"tag": "t", "commit": "c", "accuracy": {},
               "speed": {"1": {**row, "status": "ran on 2 GPUs, not 1", "processes": 2},
                         "2": {**row, "status": "ok", "processes": 2, "examples_per_second": 180.0}}}
-    rows = [line for line in two.markdown(report).splitlines() if line.startswith("| speed |")]
+    rows = [line for line in _load("summarize").two_gpus_markdown(report).splitlines() if line.startswith("| speed |")]
     assert "| speed | 1 | 2 | 32 | 90.0 | - |" in rows[0] and "ran on 2 GPUs, not 1" in rows[0]
     assert "| speed | 2 | 2 | 32 | 180.0 | - |" in rows[1]
 
@@ -259,8 +254,8 @@ def test_a_lifted_cap_stays_lifted_through_a_model_load(monkeypatch):
 
     import torch
 
-    _load("benchmark")
-    from bench import device_memory
+    _load("cli")
+    from bench.timing import MemoryCap
     from qlora_helpers import emulation
 
     total, fractions = 100 * 2**30, []
@@ -274,7 +269,7 @@ def test_a_lifted_cap_stays_lifted_through_a_model_load(monkeypatch):
     def load_model_stand_in():  # what modeling.load_model does first
         return emulation.emulated_gpu()
 
-    cap = device_memory.MemoryCap(cap_bytes=int(14.5 * 2**30))
+    cap = MemoryCap(cap_bytes=int(14.5 * 2**30))
     cap.start_cell()
     with cap.loading():
         assert load_model_stand_in() == "t4"
@@ -285,58 +280,43 @@ def test_a_lifted_cap_stays_lifted_through_a_model_load(monkeypatch):
     assert fractions[-1] == 1.0 and emulation.emulated_gpu() == "t4"
 
 
-def test_unsloth_row_records_a_failure_with_its_commit(tmp_path, monkeypatch):
-    """bench/unsloth_row.py writes its JSON also when it cannot run (here: no CUDA device), with the
-    error, the libraries found and the commit, so a row that failed on a lent GPU still says why and
-    on what code."""
-    import torch
+def test_notebook_tables_state_their_runs_own_ratios():
+    """notebooks_*.md are records (made by bench/notebook_runs.py, as of commit 4a53963) of the results.json
+    files beside them; the ratios they state are those files' own."""
+    def training(path):
+        return json.loads(path.read_text())["training"]
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setenv("QLORA_COMMIT", "abc1234")
-    row = _load("unsloth_row")
-    out = tmp_path / "row.json"
-    assert row.main(["--model", str(tmp_path / "missing"), "--out", str(out)]) == 1
-    record = json.loads(out.read_text())
-    assert record["status"] == "error" and "no CUDA device" in record["error"]
-    assert record["commit"] == "abc1234" and record["versions"]["torch"].startswith(torch.__version__.split("+")[0])
-
-
-def test_notebook_runs_tables_rebuild_from_the_committed_results():
-    """notebooks_*.md are generated from the results.json files beside them: rebuilt, they are what is
-    committed, and the graphs table's ratio is the two runs' own."""
-    notebook_runs = _load("notebook_runs")
     results_dir = REPO / "bench" / "results"
-    for tag in ("h200x2_t4", "h200_t4_graphs"):
-        committed = (results_dir / f"notebooks_{tag}.md").read_text()
-        assert notebook_runs.main(["--tag", tag]) == committed  # (and rewrites the same file)
-    folder = results_dir / "notebooks_h200_t4_graphs"
-    graphs, eager = (json.loads((folder / f"{m}_03.json").read_text())["training"] for m in ("graphs", "eager"))
-    assert graphs["examples_per_second"] > 0 and eager["examples_per_second"] > 0
+    graphs, eager = (training(results_dir / "notebooks_h200_t4_graphs" / f"{m}_03.json") for m in ("graphs", "eager"))
     ratio = graphs["examples_per_second"] / eager["examples_per_second"]
     assert f"through the notebook: {ratio:.2f}x the examples/s" in (results_dir / "notebooks_h200_t4_graphs.md").read_text()
+    two = training(results_dir / "notebooks_h200x2_t4" / "two_gpus_03.json")
+    one = training(REPO / "reference" / "smollm2-t4" / "03_qlora_qwen2.5_7b" / "results.json")
+    ratio = two["examples_per_second"] / one["examples_per_second"]
+    assert f"Two GPUs against one through the notebook: {ratio:.2f}x" in (results_dir / "notebooks_h200x2_t4.md").read_text()
 
 
 def test_a_setup_leaves_the_model_as_it_found_it(tiny_qwen2, tmp_path):
     """run_setup undoes what its setup changed for training (release_training_state): run 10's estimator
     cell, measured after a setup that limited checkpointing, trained its 16 x 64 batches without any
-    because the limit stayed on."""
-    import torch
-
-    _load("benchmark")
+    because the limit stayed on. Under accumulation the logged loss is the micro-batches' mean (~ln 77)."""
     from dataclasses import replace
 
-    from bench import runs
-    from bench.config import TrainingSetup
-    from bench.device_memory import MemoryCap
+    _load("cli")
+    from bench.speed import Cell, Setup, run_setup
+    from bench.timing import MemoryCap
     from bench.workload import synthetic_dataset
-    from qlora_helpers import memory, modeling, training
+    from qlora_helpers import memory
 
-    cell = runs.load_cell(Path(tiny_qwen2), memory.QWEN2_5["0.5B"], "lora", torch.float32)  # the shape: FLOPs only
-    train = replace(training.default_train_config("lora"), batch_size=4, checkpoint_above_tokens=32)
-    data = synthetic_dataset(16, cell.loaded.tokenizer.vocab_size, max_length=16)
-    record = runs.run_setup(cell, data, TrainingSetup("limited", train, True, 0.0), steps=2, warmup=0,
-                            cap=MemoryCap(), out_dir=tmp_path)
-    assert record["status"] == "ok" and record["checkpoint_above_tokens"] == 32
-    base = modeling.base_model(cell.loaded.model)
+    loaded = modeling.load_model(tiny_qwen2, "lora")
+    cell = Cell(memory.QWEN2_5["0.5B"], loaded, {}, {})  # the shape: FLOPs only
+    train = replace(training.default_train_config("lora"), batch_size=4, gradient_accumulation=2,
+                    checkpoint_above_tokens=32)
+    data = synthetic_dataset(32, loaded.tokenizer.vocab_size, max_length=16)
+    record = run_setup(cell, data, Setup("limited", train, True, 0.0), steps=2, warmup=0, cap=MemoryCap(),
+                       out_dir=tmp_path)
+    assert record["status"] == "ok" and record["checkpoint_above_tokens"] == 32 and record["steps"] == 2
+    assert record["losses"] and max(record["losses"]) < 6.0, record["losses"]  # a sum of two would be ~8.7
+    base = modeling.base_model(loaded.model)
     assert "_qlora_checkpoint_limit" not in base.__dict__ and not base._forward_pre_hooks
     assert all(layer.gradient_checkpointing for layer in modeling.decoder_layers(base))

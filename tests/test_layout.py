@@ -69,3 +69,51 @@ def test_one_helper_each_for_4bit_weights_and_for_unwrapping_peft():
             text = path.read_text()
             assert "Params4bit" not in text, f"{path.name}: use modeling.is_packed_4bit"
             assert "get_base_model()" not in text, f"{path.name}: use modeling.base_model"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """qlora_helpers module -> the qlora_helpers modules it imports, at module level or inside a
+    function (`from .x import name` counts as importing module x; a package's name, its __init__)."""
+    known = {module_name(path) for path in PACKAGE.rglob("*.py")}
+
+    def resolve(name: str) -> str:
+        while name not in known:
+            name = name.rsplit(".", 1)[0]
+        return name
+
+    return {module_name(path): {resolve(name) for name in imported_modules(path)} - {module_name(path)}
+            for path in PACKAGE.rglob("*.py")}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import circle (its modules, the first repeated at the end), or [] if there is none."""
+    state: dict[str, str] = {}  # module -> "open" while its imports are walked, then "done"
+
+    def walk(module: str, path: list[str]) -> list[str]:
+        state[module] = "open"
+        for imported in sorted(graph.get(module, ())):
+            if state.get(imported) == "open":
+                return path[path.index(imported):] + [module, imported]
+            if imported not in state and (cycle := walk(imported, path + [module])):
+                return cycle
+        state[module] = "done"
+        return []
+
+    return next((cycle for module in sorted(graph) if module not in state and (cycle := walk(module, []))), [])
+
+
+def test_find_cycle_sees_a_circle_through_three_modules():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) == []
+
+
+def test_no_import_circle_in_the_package():
+    graph = import_graph()
+    assert "qlora_helpers.training" in graph["qlora_helpers.notebook.experiment"]  # the walk sees imports
+    cycle = find_cycle(graph)
+    assert not cycle, "an import circle: " + " -> ".join(cycle)

@@ -17,8 +17,8 @@ RESULTS = REPO / "bench" / "results"
 
 
 def _bench():
-    """bench/workload.py (loading bench/benchmark.py puts the repository on sys.path for `bench.*`)."""
-    spec = importlib.util.spec_from_file_location("bench_benchmark", REPO / "bench" / "benchmark.py")
+    """bench/workload.py (loading bench/cli.py puts the repository on sys.path for `bench.*`)."""
+    spec = importlib.util.spec_from_file_location("bench_cli", REPO / "bench" / "cli.py")
     spec.loader.exec_module(importlib.util.module_from_spec(spec))
     from bench import workload
 

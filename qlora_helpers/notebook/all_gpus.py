@@ -1,9 +1,10 @@
 """A training notebook's cell on every visible GPU (Kaggle's "GPU T4 x2"), from the notebook's kernel.
 
-`experiment.train_model` calls `train_in_processes` when it sees several GPUs: torchrun starts this
-module once per GPU, each process loads and trains its copy data-parallel (DDP) at the notebook's
-effective batch, and the trained weights come back into the notebook's model, which the
-evaluation cells then use as on one GPU. `runners/train_all_gpus.py` is the same from a shell.
+`experiment.train_model` calls `train_in_processes` when it sees several GPUs: torchrun starts
+`experiment.train_from_spec` once per GPU (`read_spec` and `save_trained` here are its two ends),
+each process loads and trains its copy data-parallel (DDP) at the notebook's effective batch, and
+the trained weights come back into the notebook's model, which the evaluation cells then use as on
+one GPU. `runners/train_all_gpus.py` is the same from a shell.
 """
 from __future__ import annotations
 
@@ -22,11 +23,13 @@ import torch
 from .. import atomic, training
 from ..distributed import end_process_group, is_main_process
 from ..modeling import LoadedModel, base_model, quantization_settings
-from . import experiment
 from .parameters import NotebookParameters
 
 LAUNCH_FOLDER = "all_gpus"  # <run_dir>/<notebook>/all_gpus: the launch's spec and the trained weights
 TRAINED_FOLDER = "trained"  # in it: weights.safetensors (the trainable weights) and stats.json
+# What each launched process runs: experiment.train_from_spec, the notebook's own steps. Named, not
+# imported: experiment calls this module (train_model), so this module must not import experiment.
+TRAINING_STEPS_MODULE = "qlora_helpers.notebook.experiment"
 
 
 def train_in_processes(params: NotebookParameters, loaded: LoadedModel, processes: int) -> training.TrainStats:
@@ -34,10 +37,10 @@ def train_in_processes(params: NotebookParameters, loaded: LoadedModel, processe
 
     `accelerate.notebook_launcher` forks the kernel, which must not have touched CUDA yet; a notebook
     has loaded its model onto the GPU by now. So the model moves to CPU memory meanwhile (4-bit
-    weights included), torchrun starts this module with a spec file (the parameters and the model's
-    own quantization and LoRA configs), each process loads and trains its copy, the main one writes
-    the trainable weights, and they are loaded into `loaded.model`, which moves back to its GPU.
-    The processes' output streams into the cell. Raises RuntimeError if they fail (their output
+    weights included), torchrun starts the notebook's steps with a spec file (the parameters and the
+    model's own quantization and LoRA configs), each process (experiment.train_from_spec) loads and
+    trains its copy, the main one writes the trainable weights, and they are loaded into
+    `loaded.model`, which moves back to its GPU. The processes' output streams into the cell. Raises RuntimeError if they fail (their output
     above says why); the notebook's model is back on its GPU, untrained, either way.
     """
     folder = params.output_dir / LAUNCH_FOLDER
@@ -56,7 +59,7 @@ def train_in_processes(params: NotebookParameters, loaded: LoadedModel, processe
     gc.collect()
     torch.cuda.empty_cache()
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
-               "-m", __name__, str(spec)]
+               "-m", TRAINING_STEPS_MODULE, str(spec)]
     print(f"training on {processes} GPUs: {processes} processes each load the model and train on their share "
           f"of every batch (effective batch {params.batch_size * params.gradient_accumulation}, as on one GPU)")
     try:
@@ -106,24 +109,26 @@ def _load_trainable(model: torch.nn.Module, path: Path) -> None:
                 param.copy_(weights[name])
 
 
-def train_from_spec(spec_path: Path) -> None:
-    """One launched process of `train_in_processes` (`python -m qlora_helpers.notebook.all_gpus SPEC`):
-    load, tokenize and train as the notebook does; the main process writes the trainable weights and
-    the training measurements."""
+def read_spec(spec_path: Path) -> tuple[NotebookParameters, object, object]:
+    """What one launched process trains (the spec `train_in_processes` wrote): the notebook's
+    parameters, and its BitsAndBytesConfig and LoraConfig (None where it has none). Only the main
+    process keeps printing; errors still reach stderr from every one."""
     from peft import LoraConfig
-    from safetensors.torch import save_file
     from transformers import BitsAndBytesConfig
 
     spec = json.loads(spec_path.read_text())
     if not is_main_process():
-        sys.stdout = open(os.devnull, "w")  # one process speaks; errors still reach stderr
-    params = NotebookParameters(**spec["parameters"])
-    bank = experiment.load_data(params)
+        sys.stdout = open(os.devnull, "w")
     quantization = BitsAndBytesConfig.from_dict(spec["quantization_config"]) if spec["quantization_config"] else None
     lora = LoraConfig.from_pretrained(spec["lora_config"]) if spec["lora_config"] else None
-    loaded = experiment.build_model(params, bank, quantization_config=quantization, lora_config=lora)
-    train_rows, _ = experiment.tokenize_splits(params, bank, loaded)
-    stats = experiment.train_in_this_process(params, loaded, train_rows)
+    return NotebookParameters(**spec["parameters"]), quantization, lora
+
+
+def save_trained(spec_path: Path, loaded: LoadedModel, stats: training.TrainStats) -> None:
+    """The end of one launched process: the main one writes the trainable weights and the training
+    measurements where `train_in_processes` reads them; then the process group ends."""
+    from safetensors.torch import save_file
+
     if is_main_process():
         weights = {name: param.detach().to("cpu").contiguous()
                    for name, param in loaded.model.named_parameters() if param.requires_grad}
@@ -131,7 +136,3 @@ def train_from_spec(spec_path: Path) -> None:
             save_file(weights, staging / "weights.safetensors")
             (staging / "stats.json").write_text(json.dumps(dataclasses.asdict(stats)))
     end_process_group()
-
-
-if __name__ == "__main__":
-    train_from_spec(Path(sys.argv[1]))

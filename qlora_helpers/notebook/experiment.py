@@ -320,6 +320,18 @@ def train_in_this_process(params: NotebookParameters, loaded: modeling.LoadedMod
         return training.train(loaded, train_rows, config)
 
 
+def train_from_spec(spec_path: Path) -> None:
+    """One process of all_gpus.train_in_processes (`python -m qlora_helpers.notebook.experiment SPEC`):
+    load, tokenize and train as the notebook does, on this process's share of every batch."""
+    from . import all_gpus
+
+    params, quantization, lora = all_gpus.read_spec(spec_path)
+    bank = load_data(params)
+    loaded = build_model(params, bank, quantization_config=quantization, lora_config=lora)
+    train_rows, _ = tokenize_splits(params, bank, loaded)
+    all_gpus.save_trained(spec_path, loaded, train_in_this_process(params, loaded, train_rows))
+
+
 def _drop_finished_checkpoints(folder: str) -> None:
     """A checkpoint from a run that already finished would 'resume' into zero steps (and zero
     throughput): start afresh instead. An interrupted run's checkpoint is kept and resumed."""
@@ -394,3 +406,9 @@ def save_results(params: NotebookParameters, loaded: modeling.LoadedModel, stats
     print(f"wrote {path.name} to {params.notebook}/ ({record['model_kind']}): accuracy {record['metrics']['accuracy']:.2%}, "
           f"macro-F1 {record['metrics']['macro_f1']:.3f}")
     return record
+
+
+if __name__ == "__main__":
+    import sys
+
+    train_from_spec(Path(sys.argv[1]))
