@@ -320,3 +320,16 @@ def test_a_setup_leaves_the_model_as_it_found_it(tiny_qwen2, tmp_path):
     base = modeling.base_model(loaded.model)
     assert "_qlora_checkpoint_limit" not in base.__dict__ and not base._forward_pre_hooks
     assert all(layer.gradient_checkpointing for layer in modeling.decoder_layers(base))
+
+
+def test_the_real_qwen_table_is_what_its_results_say(tmp_path):
+    """bench/results/qwen_h100_t4.md (the defaults on real Qwen2.5 weights) is generated from the notebooks'
+    own results.json files: regenerated from a copy, it is the committed text."""
+    import shutil
+
+    summarize = _load("summarize")
+    committed = summarize.RESULTS / "qwen_h100_t4"
+    copy = shutil.copytree(committed, tmp_path / committed.name)
+    text = summarize.notebook_results_table(copy)
+    assert text == committed.with_suffix(".md").read_text()
+    assert "| nb02_seed42 | 02 | lora | 42 | 0.00104 (by size) | 92.66% |" in text
