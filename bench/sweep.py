@@ -49,7 +49,7 @@ CANDIDATES: dict[str, dict] = {
     "qlora_b32_lr2e-4": dict(method="qlora", batch_size=32, learning_rate=2e-4),
     "qlora_b32_lr1e-3": dict(method="qlora", batch_size=32, learning_rate=1e-3),
     "qlora_b64_lr2e-3": dict(method="qlora", batch_size=64, learning_rate=2e-3),
-    # the step-cost levers together (bench/config.py lever_setups: "lever_all"): does accuracy hold?
+    # the step-cost levers together (bench/speed.py setups: "lever_all"): does accuracy hold?
     "qlora_b64_lr2e-3_levers": dict(method="qlora", batch_size=64, learning_rate=2e-3, compile_layers=True,
                                     optimizer="adamw_torch_fused", gradient_checkpointing=False),
     # the default with its decoder stack replayed as CUDA graphs (lever_cuda_graphs): the same accuracy?
@@ -92,7 +92,7 @@ def worker(args) -> None:
 def _worker(args) -> None:
     import numpy as np
     import torch
-    from transformers import DataCollatorWithPadding, TrainerCallback
+    from transformers import TrainerCallback
 
     from qlora_helpers import data, emulation, evaluation, modeling, training
     from qlora_helpers.notebook import results

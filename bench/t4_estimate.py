@@ -16,11 +16,10 @@ recipe batches them:
   batch padded to its own longest row rounded up to a multiple of 8.
 
 Kaggle's "GPU T4 x2": each T4 computes half of every step, then DDP all-reduces the trainable fp32
-gradients over PCIe (no NVLink there). `two_t4` assumes NCCL_GBPS: a T4's link is PCIe Gen3 x16,
-15.75 GB/s a direction (NVIDIA's T4 datasheet), and without peer-to-peer access NCCL copies through host
-memory, at about half that; no overlap of the all-reduce with the backward pass (DDP overlaps some, so
-the real gain can be higher). At the peak rate the all-reduce weighs most; at MFU_ON_T4 of it, a
-typical share for these shapes, less.
+gradients over PCIe (no NVLink there). `two_t4` assumes NCCL_GBPS: a T4's link is PCIe Gen3 x16, 15.75 GB/s
+a direction (NVIDIA's T4 datasheet), and without peer-to-peer access NCCL copies through host memory, at
+about half that; no overlap with the backward pass (DDP overlaps some: the real gain can be higher). At
+the peak rate the all-reduce weighs most; at MFU_ON_T4 of it, a typical share for these shapes, less.
 
     python bench/t4_estimate.py          # writes results/t4_estimate.md
 """
