@@ -76,8 +76,8 @@ def default_data_dir() -> Path | None:
     The checkout comes before the cwd so that a process started elsewhere (a test's temporary
     folder, a launcher) finds the same data as the notebooks do.
     """
-    if os.environ.get("BANKING77_DIR"):
-        return Path(os.environ["BANKING77_DIR"])
+    if os.environ.get("BANKING77_DIR"):  # absolute, so that a process started elsewhere finds it too
+        return Path(os.environ["BANKING77_DIR"]).expanduser().resolve()
     for start in (PACKAGE_ROOT, Path.cwd().resolve()):
         for folder in (start, *start.parents):
             if (folder / SHARED_FOLDER / "categories.json").is_file():

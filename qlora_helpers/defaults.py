@@ -79,8 +79,8 @@ def learning_rate(method: str, parameters: int) -> float:
     """The peak learning rate for `method` on a base model of `parameters` parameters.
 
     For LoRA and QLoRA the rate chosen on SmolLM2-135M, scaled by sqrt(135M / parameters) for larger
-    models and never raised for smaller ones: 2e-3 at 135M, 1.05e-3 at Qwen2.5-0.5B, 5.9e-4 at 1.5B, 2.7e-4
-    at 7B. The rule is the 1/sqrt(size) scaling often used for transformer learning rates, checked on
+    models and never raised for smaller ones: 2e-3 at 135M, 1.04e-3 at Qwen2.5-0.5B (503M with its head), 5.9e-4
+    at 1.5B, 2.7e-4 at 7B. The rule is the 1/sqrt(size) scaling often used for transformer learning rates, checked on
     real Qwen2.5 weights (bench/results/qwen_h100_t4.md). Full fine-tuning keeps its rate.
     ValueError for an unknown method or a non-positive size."""
     chosen = for_method(method).learning_rate
@@ -96,7 +96,7 @@ def learning_rate_rule(method: str) -> str:
     chosen = for_method(method).learning_rate
     if method not in SIZED_METHODS:
         return f"{chosen:g} ({method}'s default, any size)"
-    return f"by model size: {chosen:g} x sqrt(135M / parameters), at most {chosen:g} (defaults.learning_rate)"
+    return f"by size: {chosen:g} x sqrt(135M / N), at most {chosen:g}"
 
 
 def for_method(method: str) -> MethodDefaults:

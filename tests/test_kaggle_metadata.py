@@ -267,3 +267,14 @@ def test_readme_kaggle_commands_are_what_the_repository_runs():
     assert statuses and all(commands[i].split("/")[-1] in slugs for i in statuses)
     assert commands[0].startswith(prefix + "push") and 0 < statuses[0] < len(commands) - 1
     assert commands[-1] == prefix + "push --notebooks 04"
+
+
+@pytest.mark.parametrize("installed, offline", [("65.5.0", False), ("76.1.0", False), ("77.0.3", True), ("84.2.1", True)])
+def test_the_wheel_builds_offline_only_with_a_setuptools_that_can(monkeypatch, installed, offline):
+    """Python 3.10/3.11 ship setuptools 65, which cannot read pyproject.toml's SPDX license (77+): there the build
+    must go through pip's isolation, which fetches a new one, instead of failing with a traceback."""
+    from importlib import metadata
+
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda name: installed if name == "setuptools" else real(name))
+    assert kaggle._setuptools_builds_this() is offline

@@ -213,7 +213,7 @@ def test_the_adapter_methods_learning_rate_falls_with_the_model_size():
     assert defaults.learning_rate("full", 270_000_000) == defaults.for_method("full").learning_rate
     assert experiment_rate(1_540_000_000) == rule[1_540_000_000]
     table = NotebookParameters(notebook="02_lora_qwen2.5_1.5b", method="lora").table()
-    assert "by model size" in table.loc["learning_rate", "value"]
+    assert table.loc["learning_rate", "value"].startswith("by size: 0.002 x sqrt(135M / N)")
 
 
 def experiment_rate(parameters: int) -> float:
@@ -222,3 +222,10 @@ def experiment_rate(parameters: int) -> float:
 
     params = NotebookParameters(notebook="02_lora_qwen2.5_1.5b", method="lora", use_all_gpus=False)
     return experiment.train_config(params, 1000, parameters).learning_rate
+
+
+def test_an_unknown_offline_model_is_refused_before_anything_loads():
+    """`offline:nope` failed only at the model cell, after the data had loaded, and left a .failed notebook."""
+    with pytest.raises(ParameterError, match=r"model_id='offline:nope' is not an offline model: use one of "
+                                             r"offline:smollm2-135m, .*offline:qwen2.5-1.5b"):
+        NotebookParameters(notebook="02_lora_qwen2.5_1.5b", model_id="offline:nope", method="lora")

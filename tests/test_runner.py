@@ -314,3 +314,14 @@ def test_a_printed_line_split_into_two_stream_messages_is_one_output():
     assert [(o.output_type, o.get("text")) for o in merged] == [
         ("stream", "trained 62 steps\n"), ("display_data", None), ("stream", "after\n"), ("stream", "a warning\n"),
         ("stream", "last\n")]
+
+
+def test_a_relative_data_folder_is_found_by_the_kernels_too(tmp_path, monkeypatch):
+    """The kernels run in the run folder's parent: a relative data_dir or BANKING77_DIR passed the runner's
+    check, then named no folder inside the notebook."""
+    (tmp_path / "mydata").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert runner.local_data_dir(profiles.SMOKE, {"data_dir": "mydata"}) == tmp_path / "mydata"
+    monkeypatch.setenv("BANKING77_DIR", "mydata")
+    assert data.default_data_dir() == tmp_path / "mydata"
+    assert runner.local_data_dir(profiles.SMOKE, {}) == tmp_path / "mydata"

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import defaults
+from .. import defaults, offline_models
 
 METHODS = defaults.METHODS
 DATA_SOURCES = ("auto", "local", "hub")
@@ -151,6 +151,10 @@ class NotebookParameters:
                             "1e-5 to 2e-3.")
         if self.cuda_graphs:
             problems += self._cuda_graphs_problems()
+        offline = self.model_id[len(OFFLINE_PREFIX):] if self.model_id.startswith(OFFLINE_PREFIX) else None
+        if offline is not None and offline not in offline_models.NAMES:
+            problems.append(f"model_id={self.model_id!r} is not an offline model: use one of "
+                            f"{', '.join(OFFLINE_PREFIX + n for n in offline_models.NAMES)}, or a hub id or folder.")
         if not self.model_id.strip():
             problems.append("model_id is empty: set a hub id (e.g. 'Qwen/Qwen2.5-0.5B'), a local folder, "
                             "or 'offline:all-MiniLM-L6-v2'.")

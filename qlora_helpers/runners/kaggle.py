@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import importlib.util
 import json
 import os
 import shutil
@@ -23,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from importlib import metadata
 from pathlib import Path
 
 from .. import __version__, atomic
@@ -90,6 +90,16 @@ def dataset_metadata(owner: str) -> dict:
     }
 
 
+def _setuptools_builds_this() -> bool:
+    """Whether the setuptools installed here can build the wheel offline: pyproject.toml's build-system
+    needs 77 or newer (its SPDX `license` string); an older one (Python 3.10/3.11's own 65) goes through
+    pip's build isolation, which fetches a new one from PyPI."""
+    try:
+        return int(metadata.version("setuptools").split(".")[0]) >= 77
+    except (metadata.PackageNotFoundError, ValueError):
+        return False
+
+
 def build_wheel(out_dir: Path) -> Path:
     """Build the package's wheel into `out_dir` from a copy of its sources; offline when setuptools is
     installed here (no build isolation). Raises KaggleError with pip's message if the build fails."""
@@ -100,7 +110,7 @@ def build_wheel(out_dir: Path) -> Path:
                                 ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
             else:
                 shutil.copy2(REPO_ROOT / name, source)
-        isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+        isolation = ["--no-build-isolation"] if _setuptools_builds_this() else []
         pip = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", *isolation,
                               "--wheel-dir", str(out_dir), source], capture_output=True, text=True)
     wheel = out_dir / wheel_name()

@@ -74,12 +74,14 @@ def require_data_dir() -> Path:
 
 
 def local_data_dir(profile: profiles.Profile, overrides: dict) -> Path | None:
-    """The Banking77 folder the run reads (`require_data_dir` for data_source "local"; for "auto" the
-    folder if there is one), or None where it needs none found here: the hub is the data source (or,
-    for "auto", no folder was found), or an override names the folder."""
+    """The Banking77 folder the run reads, absolute: the one an override names, else `require_data_dir` for
+    data_source "local" and for "auto" the folder if there is one; or None where it needs none found here
+    (the hub is the data source, or, for "auto", no folder was found)."""
     from ..data import default_data_dir
 
     data_source = overrides.get("data_source", profile.data_source)
+    if overrides.get("data_dir"):  # absolute: the kernels run in the run folder's parent, not here
+        return Path(overrides["data_dir"]).expanduser().resolve()
     if "data_dir" in overrides or data_source == "hub":
         return None
     return require_data_dir() if data_source == "local" else default_data_dir()
@@ -99,14 +101,12 @@ def check_data(profile: profiles.Profile, overrides: dict, data_dir: Path | None
     """Every problem of the Banking77 folder the notebooks will read (data.check_folder), as one
     RunnerError before any kernel starts: inside a notebook it would surface one problem per run,
     after the kernel's start-up."""
-    from ..data import Banking77Error, check_folder, default_data_dir
+    from ..data import Banking77Error, check_folder
 
-    data_source = overrides.get("data_source", profile.data_source)
-    folder = overrides.get("data_dir") or data_dir or (default_data_dir() if data_source == "auto" else None)
-    if data_source == "hub" or folder is None:
+    if overrides.get("data_source", profile.data_source) == "hub" or data_dir is None:
         return
     try:
-        check_folder(folder)
+        check_folder(data_dir)
     except Banking77Error as error:
         raise RunnerError(str(error)) from error
 
