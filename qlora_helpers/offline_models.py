@@ -88,6 +88,34 @@ SPLIT_GGUF_MODELS = {
 NAMES = (*GGUF_MODELS, *SPLIT_GGUF_MODELS, "all-MiniLM-L6-v2", "tiny-qwen2")
 
 
+@dataclass(frozen=True)
+class StandIn:
+    """What an offline model is, for the banner of a notebook it stands in for (experiment.stand_in_banner)."""
+
+    name: str
+    parameters: float  # nominal, as its model card gives it
+    purpose: str  # why a profile runs it instead of the notebook's own model
+    differs: str  # how it differs from a released checkpoint of the notebook's model, beyond its size
+
+
+_DEQUANTIZED = "weights dequantized from a 4-bit GGUF ({}), close to but not the released 16-bit values"
+STAND_INS = {
+    "smollm2-135m": StandIn("SmolLM2-135M-Instruct", 135e6, "real pretrained decoder weights that train on a CPU, "
+                            "or in minutes on a GPU, with no hub download",
+                            "another family (Llama architecture), " + _DEQUANTIZED.format("Q4_1")),
+    "gemma-3-270m": StandIn("Gemma 3 270M", 268e6, "Gemma without the hub's gated download",
+                            _DEQUANTIZED.format("Q4_K_M")),
+    "qwen2.5-0.5b": StandIn("Qwen2.5-Coder-0.5B-Instruct", 494e6, "the series' own Qwen2.5 family with no hub download",
+                            "the Coder-Instruct variant of Qwen2.5, " + _DEQUANTIZED.format("Q4_K_M")),
+    "qwen2.5-1.5b": StandIn("Qwen2.5-Coder-1.5B-Instruct", 1.54e9, "the series' own Qwen2.5 family with no hub download",
+                            "the Coder-Instruct variant of Qwen2.5, " + _DEQUANTIZED.format("Q4_K_M")),
+    "all-MiniLM-L6-v2": StandIn("all-MiniLM-L6-v2", 22.7e6, "real pretrained weights that train on a CPU in minutes",
+                                "a sentence encoder (BERT architecture), not a decoder language model"),
+    "tiny-qwen2": StandIn("a 2-layer Qwen2", 0.2e6, "checks the pipeline in minutes (tests, CI)",
+                          "random weights and a tokenizer trained on Banking77: its accuracy means nothing"),
+}
+
+
 def cache_dir() -> Path:
     """Where converted and built models live: $QLORA_CACHE, else ~/.cache/qlora_helpers."""
     return Path(os.environ.get("QLORA_CACHE", Path.home() / ".cache" / "qlora_helpers"))

@@ -146,3 +146,68 @@ def test_the_training_summary_says_what_divergences_were_rolled_back(tmp_path, m
     assert experiment.train_model(params, loaded, []) is stats
     out = capsys.readouterr().out
     assert "final loss 1.200; 1 divergence(s) rolled back, the learning rate lowered 2e-3 -> 1e-3" in out
+
+
+# The model each notebook is written for, and the banner of a run that trains another ---------------------
+def _params(stem: str, profile) -> NotebookParameters:
+    return NotebookParameters(notebook=stem, profile=profile.name, **profile.parameters(stem))
+
+
+def test_the_titled_models_are_the_notebooks_defaults():
+    from qlora_helpers.runners import profiles
+
+    assert list(experiment.TITLED_MODELS) == list(profiles.TRAINING_NOTEBOOKS)
+    for stem, titled in experiment.TITLED_MODELS.items():
+        assert titled.model_id == profiles.KAGGLE_T4.parameters(stem)["model_id"]
+        assert titled.model_id in modeling.KAGGLE_MODELS
+
+
+def test_every_offline_model_says_what_it_is():
+    from qlora_helpers import offline_models
+
+    assert set(offline_models.STAND_INS) == set(offline_models.NAMES)
+
+
+@pytest.mark.parametrize("model_id", ["google/gemma-3-270m", "/kaggle/input/models/google/gemma-3/Transformers/gemma-3-270m/2",
+                                      "/kaggle/input/gemma-3/transformers/gemma-3-270m/2"])
+def test_the_titled_model_gets_no_banner(model_id):
+    """Its hub id, or the folder where Kaggle mounts its Kaggle Model (either layout, either spelling)."""
+    assert experiment.stand_in_banner(NotebookParameters(notebook="01_full_precision_baseline", model_id=model_id)) is None
+
+
+def test_a_stand_in_gets_a_banner_saying_which_model_why_and_what_differs():
+    from qlora_helpers.runners import profiles
+
+    for stem in profiles.TRAINING_NOTEBOOKS:
+        assert experiment.stand_in_banner(_params(stem, profiles.KAGGLE_T4)) is None
+    banner = experiment.stand_in_banner(_params("03_qlora_qwen2.5_7b", profiles.QWEN_T4))
+    assert banner.startswith("**Stand-in model.** This run trains Qwen2.5-Coder-1.5B-Instruct (`offline:qwen2.5-1.5b`) "
+                             "in place of Qwen2.5-7B (`Qwen/Qwen2.5-7B`)")
+    for said in ("- **Why:**", "profile `qwen-t4`", "- **What differs:** about 1/5 the size of Qwen2.5-7B",
+                 "Coder-Instruct variant", "dequantized from a 4-bit GGUF", "is this model's, not Qwen2.5-7B's",
+                 "`memory.estimate`'s estimates"):
+        assert said in banner
+    smoke = experiment.stand_in_banner(_params("01_full_precision_baseline", profiles.SMOKE))
+    assert "random weights" in smoke and "memory.estimate" not in smoke  # Gemma has no shape to estimate
+
+
+@pytest.mark.parametrize("model_id, kind", [("Qwen/Qwen2.5-0.5B", "a hub model"), ("/somewhere/on/this/machine/ft-model",
+                                                                                   "a local folder")])
+def test_another_model_than_the_titled_one_gets_a_banner_without_machine_paths(model_id, kind):
+    banner = experiment.stand_in_banner(NotebookParameters(notebook="02_lora_qwen2.5_1.5b", model_id=model_id))
+    assert f"This run trains {kind} (`{model_id.rsplit('/', 1)[-1] if kind == 'a local folder' else model_id}`)" in banner
+    assert "/somewhere" not in banner and "the model this notebook is written for" in banner
+
+
+def test_the_titled_models_estimate_is_memory_estimate_at_this_runs_knobs():
+    from qlora_helpers import memory
+    from qlora_helpers.runners import profiles
+
+    params = _params("02_lora_qwen2.5_1.5b", profiles.SMOLLM2_T4)
+    table = experiment.titled_model_estimate(params)
+    assert list(table.columns) == ["estimate for Qwen2.5-1.5B (memory.estimate)"]
+    est = memory.estimate("1.5B", "lora", batch_size=32, seq_len=64, lora_r=16, lora_dropout=0.0)
+    shown = table.iloc[:, 0]
+    assert shown["trainable parameters"] == f"{est.trainable_params:,} ({est.trainable_params / memory.QWEN2_5['1.5B'].total_params():.2%})"
+    assert shown["as loaded (lora, get_memory_footprint)"] == f"{est.footprint_bytes / 1e9:.2f} GB"
+    assert "upcast_all_to_fp32=True adds" in experiment.titled_model_estimate(_params("03_qlora_qwen2.5_7b", profiles.KAGGLE_T4)).index

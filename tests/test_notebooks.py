@@ -83,6 +83,20 @@ def test_parameter_defaults_are_the_kaggle_t4_profile(stem):
         assert knob in namespace, f"{stem}: the parameters cell lacks {knob}"
 
 
+# A memory or trainable-share figure in prose would be the titled model's, which a stand-in's outputs
+# contradict (02 once said ~3.1 GB and ~1% trainable over outputs of 0.27 GB and 3.5%): prose points
+# to the run's output, or to experiment.titled_model_estimate's labelled estimate, instead.
+PROSE_FIGURE = re.compile(r"(?:~|\babout \+?|\baround )\d+(?:\.\d+)?\s*(?:GB|GiB|MB)\b|\d+\.\d+\s*(?:GB|GiB|MB)\b"
+                          r"|\d+(?:\.\d+)?\s*%\s+of\s+(?:the|its)\s+(?:weights|parameters)"
+                          r"|\d+(?:\.\d+)?\s*%\s+(?:are\s+)?trainable|trainable[^.]{0,30}?\d+(?:\.\d+)?\s*%")
+
+
+@pytest.mark.parametrize("stem", profiles.TRAINING_NOTEBOOKS)
+def test_prose_states_no_memory_or_trainable_figure(stem):
+    prose = [c.source for c in read(ROOT / "notebooks" / f"{stem}.ipynb").cells if c.cell_type == "markdown"]
+    assert [m[0] for text in prose for m in PROSE_FIGURE.finditer(text)] == []
+
+
 def test_qlora_notebook_explains_quantization():
     text = "\n".join(c.source for c in read(ROOT / "notebooks" / "03_qlora_qwen2.5_7b.ipynb").cells)
     for flag in ("nf4", "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype", "llm_int8_skip_modules",
@@ -196,6 +210,22 @@ def test_executed_notebook_and_html(smoke, stem):
         assert "confusion matrix" in html or "rows normalised" in html
     if stem == "03_qlora_qwen2.5_7b":
         assert re.search(r"loaded in [^;]*4-bit \(\d+%\)[^;]*; \w+ compute\. footprint:", html)
+
+
+@pytest.mark.parametrize("stem", profiles.TRAINING_NOTEBOOKS)
+def test_a_stand_ins_render_opens_with_its_banner(smoke, stem):
+    """The smoke profile's tiny random Qwen2 is no notebook's own model: the cell that checks the
+    parameters shows the banner, above the parameters table, before any data or model is loaded."""
+    from qlora_helpers.notebook import experiment
+    from qlora_helpers.notebook.parameters import NotebookParameters
+
+    banner = experiment.stand_in_banner(NotebookParameters(notebook=stem, profile="smoke", **profiles.SMOKE.parameters(stem)))
+    cells = [c for c in read(smoke.run_dir / f"{stem}.ipynb").cells if c.cell_type == "code"]
+    shown = {i: o["data"]["text/markdown"] for i, c in enumerate(cells) for o in c.outputs if "text/markdown" in o.get("data", {})}
+    checking = next(i for i, c in enumerate(cells) if "parameters.from_namespace(" in c.source)
+    assert shown == {checking: banner}
+    html = (smoke.run_dir / f"{stem}.html").read_text()
+    assert html.index("Stand-in model.") < html.index("The data: Banking77")
 
 
 def readable_text(path: Path) -> str:

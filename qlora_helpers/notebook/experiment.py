@@ -65,8 +65,9 @@ IMPORT_NOTICES = dict(
 with _quiet(**IMPORT_NOTICES):
     from .. import data, evaluation, modeling, training
     from . import plots, results
+from .. import emulation, memory, offline_models
 from ..distributed import gpus_to_train_on, is_main_process, launched_processes, split_batch
-from .parameters import NotebookParameters
+from .parameters import OFFLINE_PREFIX, NotebookParameters
 
 RESULTS_FILE = "results.json"
 CONFUSION_FILE = "confusion_matrix.png"
@@ -103,6 +104,111 @@ def show_examples(bank: data.Banking77, n: int = 8, seed: int = 0) -> pd.DataFra
     rows = np.random.default_rng(seed).choice(len(bank.train), size=min(n, len(bank.train)), replace=False)
     picked = bank.train.select(sorted(rows))
     return pd.DataFrame({"text": picked["text"], "intent": [bank.label_names[i] for i in picked["label"]]})
+
+
+# The model each notebook is written for ------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class TitledModel:
+    """The model a training notebook's title names: its hub id (the parameters cell's default, profile
+    kaggle-t4), its name, nominal size, and its memory.QWEN2_5 shape (None: memory.estimate has none)."""
+
+    model_id: str
+    name: str
+    parameters: float
+    shape: str | None = None
+
+
+TITLED_MODELS = {
+    "01_full_precision_baseline": TitledModel("google/gemma-3-270m", "Gemma 3 270M", 268e6),
+    "02_lora_qwen2.5_1.5b": TitledModel("Qwen/Qwen2.5-1.5B", "Qwen2.5-1.5B", 1.54e9, "1.5B"),
+    "03_qlora_qwen2.5_7b": TitledModel("Qwen/Qwen2.5-7B", "Qwen2.5-7B", 7.62e9, "7B"),
+}
+
+
+def runs_titled_model(params: NotebookParameters) -> bool:
+    """True for the notebook's own model: its hub id, or the folder where Kaggle mounts its Kaggle Model
+    (`<input>/[models/<owner>/]<model>/<framework>/<variation>/<version>`)."""
+    titled = TITLED_MODELS[params.notebook].model_id
+    mount = modeling.KAGGLE_MODELS[titled].split("/", 1)[1].lower()
+    return params.model_id == titled or params.model_id.rstrip("/").lower().endswith("/" + mount)
+
+
+def stand_in_banner(params: NotebookParameters) -> str | None:
+    """Markdown saying which model runs in place of the notebook's own, why, and what differs; None when
+    the notebook's own model runs. Every figure a stand-in's cells print is the stand-in's, while the
+    title, the prose and the reader's expectations are the titled model's: the banner keeps them apart."""
+    if runs_titled_model(params):
+        return None
+    titled = TITLED_MODELS[params.notebook]
+    name = params.model_id
+    stand_in = offline_models.STAND_INS.get(name.removeprefix(OFFLINE_PREFIX)) if params.demo else None
+    if stand_in:
+        what, why, differs = stand_in.name, stand_in.purpose, [_size_against(stand_in.parameters, titled),
+                                                               stand_in.differs]
+    elif params.model_kind == "hub model":
+        what, why, differs = "a hub model", "the parameters set `model_id` to it", ["another checkpoint"]
+    else:  # a local folder, named without the machine's folders
+        name = Path(params.model_id).name
+        what, why, differs = "a local folder", "the parameters set `model_id` to it", ["whatever the folder holds"]
+    if params.profile != NotebookParameters.profile:  # the parameters cell's label is the titled run's
+        why += f"; profile `{params.profile}` runs it"
+    if emulated := emulation.emulated_gpu():
+        why += f", on a bigger GPU emulating a {emulated.upper()} ({emulation.ENV_VAR}={emulated})"
+    estimates = f"; the prose gives {titled.name}'s as `memory.estimate`'s estimates" if titled.shape else ""
+    return (f"**Stand-in model.** This run trains {what} (`{name}`) in place of {titled.name} "
+            f"(`{titled.model_id}`), the model this notebook is written for.\n\n"
+            f"- **Why:** {why}.\n"
+            f"- **What differs:** {'; '.join(differs)}. Every figure the cells print (memory, trainable share, "
+            f"speed, accuracy) is this model's, not {titled.name}'s{estimates}.")
+
+
+def _size_against(stand_in: float, titled: TitledModel) -> str:
+    """'the same size as X', or how many times smaller or larger, with both nominal sizes."""
+    ratio = titled.parameters / stand_in
+    sizes = f"{_nominal(stand_in)} parameters against {_nominal(titled.parameters)}"
+    if 0.9 <= ratio <= 1.1:
+        return f"the same size as {titled.name} ({sizes})"
+    factor = f"about 1/{ratio:.0f} the size of" if ratio > 1 else f"about {1 / ratio:.1f}x the size of"
+    return f"{factor} {titled.name} ({sizes})"
+
+
+def _nominal(count: float) -> str:
+    return f"{count / 1e9:.2g}B" if count >= 1e9 else f"{count / 1e6:.3g}M"
+
+
+def show_stand_in(params: NotebookParameters) -> None:
+    """Display stand_in_banner as Markdown, if this run's model is a stand-in."""
+    from IPython.display import Markdown, display
+
+    if banner := stand_in_banner(params):
+        display(Markdown(banner))
+
+
+def titled_model_estimate(params: NotebookParameters) -> pd.DataFrame:
+    """The notebook's own model (a Qwen2.5 shape) at this run's method, batch and length on a T4 (fp16),
+    by memory.estimate from its shape alone: the figures the prose speaks of, whichever model this run
+    loads, and labelled as estimates."""
+    titled = TITLED_MODELS[params.notebook]
+    shape = memory.QWEN2_5[titled.shape]
+    knobs = dict(batch_size=params.batch_size, seq_len=params.max_length, lora_r=params.lora_r,
+                 lora_dropout=params.lora_dropout, gradient_checkpointing=params.gradient_checkpointing)
+    est = memory.estimate(shape, params.method, upcast_all_to_fp32=params.upcast_all_to_fp32, **knobs)
+    total = shape.total_params()
+    training_state = est.adapter_bytes + est.gradient_bytes + est.optimizer_bytes + est.paged_optimizer_bytes
+    rows = {
+        "parameters (with the 77-intent head)": f"{total:,}",
+        "trainable parameters": f"{est.trainable_params:,} ({est.trainable_params / total:.2%})",
+        "16-bit weights (parameters x 2 bytes)": f"{2 * total / memory.GB:.2f} GB",
+        f"as loaded ({params.method}, get_memory_footprint)": f"{est.footprint_bytes / memory.GB:.2f} GB",
+        "trainable weights + gradients + optimizer state": f"{training_state / memory.GB:.2f} GB",
+        f"peak training memory (micro-batch {params.batch_size} x {params.max_length} tokens)":
+            f"{est.peak_bytes / memory.GIB:.1f} GiB",
+    }
+    if params.method == "qlora":
+        upcast = memory.estimate(shape, params.method, upcast_all_to_fp32=True, **knobs)
+        plain = memory.estimate(shape, params.method, upcast_all_to_fp32=False, **knobs)
+        rows["upcast_all_to_fp32=True adds"] = f"{(upcast.adapter_bytes - plain.adapter_bytes) / memory.GB:.2f} GB"
+    return pd.DataFrame({f"estimate for {titled.name} (memory.estimate)": rows})
 
 
 # Model ----------------------------------------------------------------------------------------
