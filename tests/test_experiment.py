@@ -211,3 +211,16 @@ def test_the_titled_models_estimate_is_memory_estimate_at_this_runs_knobs():
     assert shown["trainable parameters"] == f"{est.trainable_params:,} ({est.trainable_params / memory.QWEN2_5['1.5B'].total_params():.2%})"
     assert shown["as loaded (lora, get_memory_footprint)"] == f"{est.footprint_bytes / 1e9:.2f} GB"
     assert "upcast_all_to_fp32=True adds" in experiment.titled_model_estimate(_params("03_qlora_qwen2.5_7b", profiles.KAGGLE_T4)).index
+
+
+def test_the_quantization_tables_why_shows_whole_in_the_notebook():
+    """pandas cut each 'why' at 50 characters, ending it with '...'."""
+    from types import SimpleNamespace
+
+    config = SimpleNamespace(quantization_config={"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"})
+    loaded = SimpleNamespace(model=SimpleNamespace(config=config), method="qlora")
+    table = experiment.quantization_table(loaded)
+    html, text = table._repr_html_(), repr(table)
+    for why in experiment._FLAG_WHY.values():
+        assert len(why) > 50 and why.replace("`", "") in html.replace("`", "")
+    assert "..." not in html and "..." not in text
