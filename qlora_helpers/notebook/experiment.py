@@ -386,7 +386,20 @@ def show_training_arguments(params: NotebookParameters, loaded: modeling.LoadedM
     fields a recipe sets; the rest keep transformers' defaults."""
     args = training.training_arguments(loaded, train_config(params, len(train_rows), loaded.total_params))
     values = {name: getattr(args, name) for name in _SHOWN_ARGUMENTS}
-    return pd.DataFrame({"value": {name: repr(getattr(value, "value", value)) for name, value in values.items()}})
+    values = {name: repr(getattr(value, "value", value)) for name, value in values.items()}
+    values["warmup_steps"] = _warmup(args, len(train_rows))
+    return FullText({"value": values})
+
+
+def _warmup(args, train_examples: int) -> str:
+    """warmup_steps as transformers 5 reads it: a number below 1 is a share of the optimizer steps, which
+    `warmup_steps 0.06` alone does not say."""
+    share = args.warmup_steps
+    if share >= 1:
+        return f"{int(share)} steps"
+    steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * math.ceil(
+        math.ceil(train_examples / args.per_device_train_batch_size) / args.gradient_accumulation_steps))
+    return f"{share!r} ({share:.0%} of the {steps:,} steps: {args.get_warmup_steps(steps):,} steps)"
 
 
 def train_model(params: NotebookParameters, loaded: modeling.LoadedModel, train_rows) -> training.TrainStats:
