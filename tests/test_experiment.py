@@ -227,7 +227,7 @@ def test_the_quantization_tables_why_shows_whole_in_the_notebook():
     assert "..." not in html and "..." not in text
 
 
-@pytest.mark.parametrize("max_steps, steps, warmup", [(-1, 314, 19), (100, 100, 6)])
+@pytest.mark.parametrize("max_steps, steps, warmup", [(-1, 314, "19 steps"), (100, 100, "6 steps"), (15, 15, "1 step")])
 def test_the_arguments_table_says_what_a_warmup_share_means(monkeypatch, max_steps, steps, warmup):
     """transformers 5 reads warmup_steps=0.06 as 6% of the steps; the table showed a bare 0.06."""
     from types import SimpleNamespace
@@ -242,4 +242,4 @@ def test_the_arguments_table_says_what_a_warmup_share_means(monkeypatch, max_ste
     loaded = SimpleNamespace(compute_dtype=torch.float32, total_params=135_000_000)
     table = experiment.show_training_arguments(params, loaded, range(10_003))
     assert training.default_train_config("qlora").warmup_ratio == 0.06
-    assert table.loc["warmup_steps", "value"] == f"0.06 (6% of the {steps} steps: {warmup} steps)"
+    assert table.loc["warmup_steps", "value"] == f"0.06 (6% of the {steps} steps: {warmup})"

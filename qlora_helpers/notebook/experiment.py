@@ -399,7 +399,8 @@ def _warmup(args, train_examples: int) -> str:
         return f"{int(share)} steps"
     steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * math.ceil(
         math.ceil(train_examples / args.per_device_train_batch_size) / args.gradient_accumulation_steps))
-    return f"{share!r} ({share:.0%} of the {steps:,} steps: {args.get_warmup_steps(steps):,} steps)"
+    warmup = args.get_warmup_steps(steps)
+    return f"{share!r} ({share:.0%} of the {steps:,} steps: {warmup:,} step{'' if warmup == 1 else 's'})"
 
 
 def train_model(params: NotebookParameters, loaded: modeling.LoadedModel, train_rows) -> training.TrainStats:
