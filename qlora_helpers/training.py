@@ -466,11 +466,30 @@ def build_trainer(loaded: LoadedModel, train_dataset, config: TrainConfig) -> tu
     trainer = Trainer(model=loaded.model, args=args, train_dataset=train_dataset,
                       data_collator=collator, callbacks=[measure])
     trainer.add_callback(DivergenceGuard(trainer, config.divergence_retries, config.divergence_lr_factor))
+    _progress_bar_only(trainer)
     # transformers 5 takes a forward with **kwargs to mean "normalises its loss by num_items_in_batch"
     # and then skips dividing by gradient_accumulation. Sequence classifiers return a plain mean, so
     # with accumulation N the logged loss and the gradients came out N times too large.
     trainer.model_accepts_loss_kwargs = False
     return trainer, measure
+
+
+def _progress_bar_only(trainer: Trainer) -> None:
+    """Keep the Trainer's progress bar, not what it writes at each logged loss: a table row under the bar
+    in a notebook (45 rows above the loss curve, which plots the same losses), a dict line in a terminal."""
+    from transformers.trainer import DEFAULT_PROGRESS_CALLBACK  # NotebookProgressCallback in a Jupyter kernel
+
+    class BarOnly(DEFAULT_PROGRESS_CALLBACK):
+        def on_train_begin(self, args, state, control, **kwargs):
+            super().on_train_begin(args, state, control, **kwargs)
+            if getattr(self, "training_tracker", None) is not None:
+                self.training_tracker.inner_table = None  # the table's header row, shown even without rows
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            pass
+
+    if trainer.pop_callback(DEFAULT_PROGRESS_CALLBACK) is not None:
+        trainer.add_callback(BarOnly())
 
 
 def train(loaded: LoadedModel, train_dataset, config: TrainConfig) -> TrainStats:

@@ -2,6 +2,7 @@
 is hidden (narrowly, by logger or category and message), and a new head is said in one sentence."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import warnings
@@ -211,3 +212,34 @@ def test_the_titled_models_estimate_is_memory_estimate_at_this_runs_knobs():
     assert shown["trainable parameters"] == f"{est.trainable_params:,} ({est.trainable_params / memory.QWEN2_5['1.5B'].total_params():.2%})"
     assert shown["as loaded (lora, get_memory_footprint)"] == f"{est.footprint_bytes / 1e9:.2f} GB"
     assert "upcast_all_to_fp32=True adds" in experiment.titled_model_estimate(_params("03_qlora_qwen2.5_7b", profiles.KAGGLE_T4)).index
+
+
+def test_the_quantization_tables_why_shows_whole_in_the_notebook():
+    """pandas cut each 'why' at 50 characters, ending it with '...'."""
+    from types import SimpleNamespace
+
+    config = SimpleNamespace(quantization_config={"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"})
+    loaded = SimpleNamespace(model=SimpleNamespace(config=config), method="qlora")
+    table = experiment.quantization_table(loaded)
+    html, text = table._repr_html_(), repr(table)
+    for why in experiment._FLAG_WHY.values():
+        assert len(why) > 50 and why.replace("`", "") in html.replace("`", "")
+    assert "..." not in html and "..." not in text
+
+
+@pytest.mark.parametrize("max_steps, steps, warmup", [(-1, 314, "19 steps"), (100, 100, "6 steps"), (15, 15, "1 step")])
+def test_the_arguments_table_says_what_a_warmup_share_means(monkeypatch, max_steps, steps, warmup):
+    """transformers 5 reads warmup_steps=0.06 as 6% of the steps; the table showed a bare 0.06."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from qlora_helpers import training
+
+    config = experiment.train_config
+    monkeypatch.setattr(experiment, "train_config", lambda *a: dataclasses.replace(config(*a), max_steps=max_steps))
+    params = NotebookParameters(notebook="03_qlora_qwen2.5_7b", method="qlora", batch_size=64, epochs=2.0)
+    loaded = SimpleNamespace(compute_dtype=torch.float32, total_params=135_000_000)
+    table = experiment.show_training_arguments(params, loaded, range(10_003))
+    assert training.default_train_config("qlora").warmup_ratio == 0.06
+    assert table.loc["warmup_steps", "value"] == f"0.06 (6% of the {steps} steps: {warmup})"

@@ -344,3 +344,20 @@ def test_will_it_fit_shows_each_method_at_its_own_default_batch(smoke):
     rows = re.findall(r"\b(full|lora|qlora)\s+(\d+)\s+(on|off)\b", outputs[0]["data"]["text/plain"])
     assert len(rows) == 9
     assert all(int(batch) == defaults.for_method(method).batch_size for method, batch, _ in rows)
+
+
+@pytest.mark.parametrize("stem", profiles.TRAINING_NOTEBOOKS)
+def test_the_render_cuts_no_text_and_explains_its_values(smoke, stem):
+    """What a reader of the HTML met: 03's 'why' cut at 50 characters, a loss table per training cell above
+    the loss curve, `epochs = None` injected while the table said 2.0, and a bare `warmup_steps 0.06`."""
+    from qlora_helpers.notebook import experiment
+
+    html = (smoke.run_dir / f"{stem}.html").read_text()
+    assert not re.findall(r"<td>[^<]*\.\.\.</td>", html)  # pandas' cut: 01-03's examples too
+    training_cell = next(c for c in read(smoke.run_dir / f"{stem}.ipynb").cells if "train_model(" in c.source)
+    shown = "".join("".join(o.get("data", {}).get("text/html", "")) for o in training_cell.outputs)
+    assert "<progress" in shown and "Training Loss" not in shown
+    assert f"None: {profiles.SMOKE.parameters(stem)['method']}'s default" in html
+    assert re.search(r"0\.06 \(6% of the \d+ steps: \d+ steps?\)", html)
+    if stem == "03_qlora_qwen2.5_7b":
+        assert all(why in html for why in experiment._FLAG_WHY.values())

@@ -229,3 +229,16 @@ def test_an_unknown_offline_model_is_refused_before_anything_loads():
     with pytest.raises(ParameterError, match=r"model_id='offline:nope' is not an offline model: use one of "
                                              r"offline:smollm2-135m, .*offline:qwen2.5-1.5b"):
         NotebookParameters(notebook="02_lora_qwen2.5_1.5b", model_id="offline:nope", method="lora")
+
+
+def test_the_parameters_table_says_which_knobs_were_left_none_and_what_filled_them():
+    """papermill's injected cell shows `epochs = None` while the table showed 2.0, with nothing to say why."""
+    table = NotebookParameters(notebook="03_qlora_qwen2.5_7b", method="qlora", batch_size=8, epochs=None,
+                               learning_rate=None, gradient_checkpointing=None).table()
+    assert table.loc["epochs"].tolist() == [repr(defaults.for_method("qlora").epochs), "None: qlora's default"]
+    assert table.loc["batch_size"].tolist() == ["8", "notebook"]
+    assert table.loc["learning_rate", "from"] == "None: by the model's size"
+    assert table.loc["gradient_checkpointing"].tolist() == ["True", "None: qlora's default"]
+    assert table.loc["method", "from"] == "notebook"
+    full = NotebookParameters(notebook="01_full_precision_baseline", method="full", learning_rate=None).table()
+    assert full.loc["learning_rate"].tolist() == ["0.0002 (full's default, any size)", "None: full's default"]

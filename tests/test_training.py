@@ -346,3 +346,26 @@ def test_tokens_without_checkpointing_is_the_longest_batch_the_estimator_fits_wi
 
     assert left(tokens // 64) >= memory.GIB > left(tokens // 64 + 8)
     assert memory.tokens_without_checkpointing("0.5B", "qlora", "A100-80GB", batch_size=64) == 64 * 64
+
+
+@pytest.mark.parametrize("in_notebook", [False, True])
+def test_the_progress_bar_writes_no_line_per_logged_loss(tiny_qwen2, tmp_path, monkeypatch, capsys, in_notebook):
+    """A notebook's training cell showed a 45-row loss table above the loss curve, a terminal a dict a log."""
+    import transformers.trainer
+    from transformers.utils.notebook import NotebookProgressCallback
+
+    if in_notebook:  # what transformers picks when it runs in a Jupyter kernel
+        monkeypatch.setattr(transformers.trainer, "DEFAULT_PROGRESS_CALLBACK", NotebookProgressCallback)
+        monkeypatch.setattr("transformers.utils.notebook.disp.display", lambda *a, **k: None)
+    loaded = modeling.load_model(tiny_qwen2, "lora")
+    trainer, _ = training.build_trainer(loaded, [], training.default_train_config("lora", output_dir=str(tmp_path)))
+    progress = trainer.pop_callback(transformers.trainer.DEFAULT_PROGRESS_CALLBACK)
+    assert progress is not None  # the bar itself stays
+    trainer.state.max_steps = 10
+    trainer.state.epoch = 0.0
+    progress.on_train_begin(trainer.args, trainer.state, trainer.control)
+    capsys.readouterr()
+    progress.on_log(trainer.args, trainer.state, trainer.control, logs={"loss": 1.25, "learning_rate": 1e-3})
+    assert "1.25" not in capsys.readouterr().out
+    if in_notebook:
+        assert progress.training_tracker.inner_table is None

@@ -68,6 +68,7 @@ with _quiet(**IMPORT_NOTICES):
 from .. import emulation, memory, offline_models
 from ..distributed import gpus_to_train_on, is_main_process, launched_processes, split_batch
 from .parameters import OFFLINE_PREFIX, NotebookParameters
+from .tables import FullText
 
 RESULTS_FILE = "results.json"
 CONFUSION_FILE = "confusion_matrix.png"
@@ -103,7 +104,7 @@ def show_examples(bank: data.Banking77, n: int = 8, seed: int = 0) -> pd.DataFra
     """A few training utterances and their intents."""
     rows = np.random.default_rng(seed).choice(len(bank.train), size=min(n, len(bank.train)), replace=False)
     picked = bank.train.select(sorted(rows))
-    return pd.DataFrame({"text": picked["text"], "intent": [bank.label_names[i] for i in picked["label"]]})
+    return FullText({"text": picked["text"], "intent": [bank.label_names[i] for i in picked["label"]]})
 
 
 # The model each notebook is written for ------------------------------------------------------
@@ -208,7 +209,7 @@ def titled_model_estimate(params: NotebookParameters) -> pd.DataFrame:
         upcast = memory.estimate(shape, params.method, upcast_all_to_fp32=True, **knobs)
         plain = memory.estimate(shape, params.method, upcast_all_to_fp32=False, **knobs)
         rows["upcast_all_to_fp32=True adds"] = f"{(upcast.adapter_bytes - plain.adapter_bytes) / memory.GB:.2f} GB"
-    return pd.DataFrame({f"estimate for {titled.name} (memory.estimate)": rows})
+    return FullText({f"estimate for {titled.name} (memory.estimate)": rows})
 
 
 # Model ----------------------------------------------------------------------------------------
@@ -315,9 +316,9 @@ def quantization_table(loaded: modeling.LoadedModel) -> pd.DataFrame:
     """Each BitsAndBytesConfig flag the model was loaded with, its value, and why it is set."""
     values = modeling.quantization_settings(modeling.base_model(loaded.model).config)
     if values is None:
-        return pd.DataFrame({"value": {"quantization": "none"},
+        return FullText({"value": {"quantization": "none"},
                              "why": {"quantization": f"method={loaded.method!r} loads the base unquantized"}})
-    return pd.DataFrame({"value": {flag: str(values.get(flag)) for flag in _FLAG_WHY}, "why": _FLAG_WHY})
+    return FullText({"value": {flag: str(values.get(flag)) for flag in _FLAG_WHY}, "why": _FLAG_WHY})
 
 
 def weights_table(loaded: modeling.LoadedModel) -> pd.DataFrame:
@@ -385,7 +386,21 @@ def show_training_arguments(params: NotebookParameters, loaded: modeling.LoadedM
     fields a recipe sets; the rest keep transformers' defaults."""
     args = training.training_arguments(loaded, train_config(params, len(train_rows), loaded.total_params))
     values = {name: getattr(args, name) for name in _SHOWN_ARGUMENTS}
-    return pd.DataFrame({"value": {name: repr(getattr(value, "value", value)) for name, value in values.items()}})
+    values = {name: repr(getattr(value, "value", value)) for name, value in values.items()}
+    values["warmup_steps"] = _warmup(args, len(train_rows))
+    return FullText({"value": values})
+
+
+def _warmup(args, train_examples: int) -> str:
+    """warmup_steps as transformers 5 reads it: a number below 1 is a share of the optimizer steps, which
+    `warmup_steps 0.06` alone does not say."""
+    share = args.warmup_steps
+    if share >= 1:
+        return f"{int(share)} steps"
+    steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * math.ceil(
+        math.ceil(train_examples / args.per_device_train_batch_size) / args.gradient_accumulation_steps))
+    warmup = args.get_warmup_steps(steps)
+    return f"{share!r} ({share:.0%} of the {steps:,} steps: {warmup:,} step{'' if warmup == 1 else 's'})"
 
 
 def train_model(params: NotebookParameters, loaded: modeling.LoadedModel, train_rows) -> training.TrainStats:
@@ -491,7 +506,7 @@ def try_examples(loaded: modeling.LoadedModel, bank: data.Banking77, params: Not
                       "I was charged twice for the same coffee", "My card got swallowed by the ATM"]
     predicted = evaluation.predict_texts(loaded.model, loaded.tokenizer, texts, bank.label_names,
                                          max_length=params.max_length)
-    return pd.DataFrame({"text": texts, "predicted intent": predicted})
+    return FullText({"text": texts, "predicted intent": predicted})
 
 
 # Results --------------------------------------------------------------------------------------

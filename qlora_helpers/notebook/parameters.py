@@ -102,6 +102,10 @@ class NotebookParameters:
     seed: int = 42
 
     def __post_init__(self) -> None:
+        # Which knobs were left None, before they are filled in: table() says so, since papermill's
+        # injected cell still shows None for them. Not a field: it is no knob.
+        object.__setattr__(self, "left_none", frozenset(
+            name for name in (*defaults.NOTEBOOK_KNOBS, "gradient_checkpointing") if getattr(self, name) is None))
         if self.method in METHODS:  # an unknown method is reported below, with the other problems
             chosen = defaults.for_method(self.method)
             for name in defaults.NOTEBOOK_KNOBS:
@@ -210,14 +214,22 @@ class NotebookParameters:
         return {item.name: getattr(self, item.name) for item in dataclasses.fields(self)}
 
     def table(self):
-        """The knobs as a two-column table, for the notebook to show what it runs with; a learning rate
-        left None shows the rule that sets it once the model's size is known."""
-        import pandas as pd
+        """The knobs the notebook runs with and where each value comes from: a knob left None (which
+        papermill's injected cell shows as None) gets the method's default, and a learning rate the rule
+        that sets it once the model's size is known."""
+        from .tables import FullText
 
         values = {k: repr(v) for k, v in self.as_dict().items()}
-        if self.learning_rate is None and self.method in METHODS:
+        source = dict.fromkeys(values, "notebook")
+        for name in self.left_none:
+            source[name] = f"None: {self.method}'s default"
+        if "gradient_checkpointing" in self.left_none:
+            values["gradient_checkpointing"] = repr(defaults.for_method(self.method).gradient_checkpointing)
+        if self.learning_rate is None:
             values["learning_rate"] = defaults.learning_rate_rule(self.method)
-        return pd.DataFrame({"value": values})
+            if self.method in defaults.SIZED_METHODS:
+                source["learning_rate"] = "None: by the model's size"
+        return FullText({"value": values, "from": source})
 
     def learning_rate_for(self, parameters: int) -> float:
         """The peak learning rate this run trains with: the knob, or by the model's size
