@@ -246,8 +246,9 @@ class DivergenceGuard(TrainerCallback):
     learning rate, says so in one line, and the Trainer's loop goes on (the step count does not go
     back: the steps since the snapshot are lost, and the schedule runs that far behind the step count).
     A second divergence rolls back to the state training began from instead: weights that a too high
-    rate grew can diverge again at a rate that trains well from the start. Under DDP every process decides from the same value (mean_across_processes of the logged loss),
-    so all roll back at the same step to the same snapshot; only the main process prints.
+    rate grew can diverge again at a rate that trains well from the start. Under DDP every process
+    decides from the same value (mean_across_processes of the logged loss), so all roll back at the
+    same step to the same snapshot; only the main process prints.
 
     Each recovery is also recorded in the Trainer's log history, so checkpoints carry it: a resumed run
     still counts its tries and reports its recoveries, and its optimizer and schedule state carry the
@@ -322,9 +323,7 @@ class DivergenceGuard(TrainerCallback):
 
     def _take_snapshot(self, step: int, model, optimizer, lr_scheduler) -> _Snapshot:
         return _Snapshot(
-            step, {name: param.detach().to("cpu", copy=True) for name, param in model.named_parameters()
-                   if param.requires_grad},
-            _cpu_copy(optimizer.state_dict()), copy.deepcopy(lr_scheduler.state_dict()),
+            step, trainable_weights(model), _cpu_copy(optimizer.state_dict()), copy.deepcopy(lr_scheduler.state_dict()),
             self.trainer._total_loss_scalar)
 
     @torch.no_grad()
@@ -501,9 +500,7 @@ def train(loaded: LoadedModel, train_dataset, config: TrainConfig) -> TrainStats
     from the trainable weights the first attempt started with (or from a checkpoint it saved);
     otherwise raise an error that says which knob to turn.
     """
-    start = ({name: param.detach().to("cpu", copy=True)
-              for name, param in loaded.model.named_parameters() if param.requires_grad}
-             if config.retry_on_oom else {})
+    start = trainable_weights(loaded.model) if config.retry_on_oom else {}
     while True:
         try:
             return _train_once(loaded, train_dataset, config)
@@ -521,6 +518,13 @@ def train(loaded: LoadedModel, train_dataset, config: TrainConfig) -> TrainStats
             _restore(loaded.model, start)  # the failed attempt may have taken optimizer steps already
             gc.collect()
             torch.cuda.empty_cache()
+
+
+def trainable_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of `model`'s trainable parameters by name: what `_restore` puts back (an OOM retry, a
+    divergence rollback)."""
+    return {name: param.detach().to("cpu", copy=True) for name, param in model.named_parameters()
+            if param.requires_grad}
 
 
 @torch.no_grad()

@@ -40,8 +40,9 @@ def train_in_processes(params: NotebookParameters, loaded: LoadedModel, processe
     weights included), torchrun starts the notebook's steps with a spec file (the parameters and the
     model's own quantization and LoRA configs), each process (experiment.train_from_spec) loads and
     trains its copy, the main one writes the trainable weights, and they are loaded into
-    `loaded.model`, which moves back to its GPU. The processes' output streams into the cell. Raises RuntimeError if they fail (their output
-    above says why); the notebook's model is back on its GPU, untrained, either way.
+    `loaded.model`, which moves back to its GPU. The processes' output streams into the cell. Raises
+    RuntimeError if they fail (their output above says why); the notebook's model is back on its GPU,
+    untrained, either way.
     """
     folder = params.output_dir / LAUNCH_FOLDER
     shutil.rmtree(folder, ignore_errors=True)
