@@ -49,6 +49,9 @@ CANDIDATES: dict[str, dict] = {
     "qlora_b32_lr2e-4": dict(method="qlora", batch_size=32, learning_rate=2e-4),
     "qlora_b32_lr1e-3": dict(method="qlora", batch_size=32, learning_rate=1e-3),
     "qlora_b64_lr2e-3": dict(method="qlora", batch_size=64, learning_rate=2e-3),
+    # the notebooks' defaults (defaults.py) with learning_rate None: set by the model's size, as 02/03 do
+    "lora_default": dict(method="lora", batch_size=64, learning_rate=None),
+    "qlora_default": dict(method="qlora", batch_size=64, learning_rate=None),
     # the step-cost levers together (bench/speed.py setups: "lever_all"): does accuracy hold?
     "qlora_b64_lr2e-3_levers": dict(method="qlora", batch_size=64, learning_rate=2e-3, compile_layers=True,
                                     optimizer="adamw_torch_fused", gradient_checkpointing=False),
@@ -94,7 +97,7 @@ def _worker(args) -> None:
     import torch
     from transformers import TrainerCallback
 
-    from qlora_helpers import data, emulation, evaluation, modeling, training
+    from qlora_helpers import data, defaults, emulation, evaluation, modeling, training
     from qlora_helpers.notebook import results
 
     knobs = candidate(args.candidate, args.seed)
@@ -117,7 +120,8 @@ def _worker(args) -> None:
     config = training.default_train_config(
         knobs["method"], output_dir=str(Path(args.work_dir) / knobs["name"]), epochs=knobs["epochs"],
         batch_size=knobs["batch_size"], gradient_accumulation=knobs["gradient_accumulation"],
-        learning_rate=knobs["learning_rate"], max_length=max_length, save_steps=10**9, logging_steps=10,
+        learning_rate=knobs["learning_rate"] or defaults.learning_rate(knobs["method"], loaded.total_params),
+        max_length=max_length, save_steps=10**9, logging_steps=10,
         seed=knobs["seed"],
         group_by_length=not knobs["tutorial"], retry_on_oom=False, compile_layers=knobs["compile_layers"],
         cuda_graphs=knobs["cuda_graphs"],
@@ -128,7 +132,7 @@ def _worker(args) -> None:
                                                                 max_length=128)
     effective = knobs["batch_size"] * knobs["gradient_accumulation"]
     eval_steps = max(1, round(args.eval_every / effective))
-    record = {"candidate": knobs, "model": args.model, "profile": args.profile, "device": args.device,
+    record = {"candidate": knobs, "learning_rate": config.learning_rate, "model": args.model, "profile": args.profile, "device": args.device,
               "train_rows": len(train_rows), "validation_rows": len(val_rows), "eval_every_steps": eval_steps,
               "hardware": results.hardware(), "versions": results.library_versions(), "commit": args.commit,
               "curve": [], "solo": None, "status": "running"}

@@ -333,3 +333,17 @@ def test_the_real_qwen_table_is_what_its_results_say(tmp_path):
     text = summarize.notebook_results_table(copy)
     assert text == committed.with_suffix(".md").read_text()
     assert "| nb02_seed42 | 02 | lora | 42 | 0.00104 (by size) | 92.66% |" in text
+
+
+def test_sweep_default_candidates_take_the_learning_rate_by_model_size(tmp_path):
+    """`lora_default` leaves the learning rate None as the notebooks do: the worker sets it by the model's
+    size (defaults.learning_rate) and records the rate it trained with."""
+    from qlora_helpers import defaults
+
+    sweep = _load("sweep")
+    sweep.main(["run", "--device", "cpu", "--model", "offline:tiny-qwen2", "--candidates", "lora_default",
+                "--max-train", "154", "--max-validation", "77", "--eval-every", "64", "--solo-steps", "1",
+                "--solo-warmup", "1", "--tag", "cpu", "--out-dir", str(tmp_path), "--work-dir", str(tmp_path / "work")])
+    (record,) = sweep.load_sweep(tmp_path / "sweep_cpu")
+    assert record["status"] == "done" and record["candidate"]["learning_rate"] is None
+    assert record["learning_rate"] == defaults.learning_rate("lora", 1)  # tiny: the rate is never raised
