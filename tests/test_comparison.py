@@ -120,3 +120,22 @@ def test_a_gpu_emulating_a_t4_is_labelled_so():
     h200 = {"device": "cuda", "name": "NVIDIA H200", "count": 1, "memory_bytes": 150_000_000_000}
     assert comparison.hardware_label({"hardware": {**h200, "emulating": "t4"}}) == "1x NVIDIA H200 emulating a T4"
     assert comparison.hardware_label({"hardware": h200}) == "1x NVIDIA H200"  # results from before the field
+
+
+def test_the_comparison_shows_as_two_tables_that_each_fit_the_page():
+    """One table of every column ran to 1,444 px (234 characters a line) in the reference render at a
+    1280 px page, hiding train time, peak memory and hardware; split in two, each fits."""
+    records = [_record(name, method, "offline:smollm2-135m", accuracy=0.9321, speed=242.5, peak_gib=3.69,
+                       footprint_gb=0.538) for name, method in [("01_full_precision_baseline", "full"),
+                                                                ("03_qlora_qwen2.5_7b", "qlora")]]
+    for record in records:
+        record["trainable_params"] = record["total_params"] = 134_559_360
+        record["hardware"].update(name="NVIDIA H200", emulating="t4")
+    table = comparison.comparison_table(records)
+    quality, cost = comparison.quality_and_cost(table)
+    assert list(quality.columns) == ["model", "kind", "method", "accuracy", "macro_f1"]
+    assert set(quality.columns) | set(cost.columns) == set(table.columns)  # every column shows in one of them
+    assert list(quality.index) == list(cost.index) == list(table.index)
+    px_per_character = 1444 / 234  # measured on the reference render
+    for part in (quality, cost):
+        assert max(map(len, part.to_string().splitlines())) * px_per_character < 1150  # the output column

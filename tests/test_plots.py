@@ -1,4 +1,5 @@
 import matplotlib.image
+import matplotlib.pyplot
 import numpy as np
 
 from qlora_helpers import data
@@ -12,13 +13,38 @@ def _confusion(seed=0):
     return confusion
 
 
-def test_confusion_matrix_png_is_large_enough_to_read_every_label(tmp_path):
+PAGE_PX = 1280  # the page a rendered notebook is read on; its output column is about 1170 px of it
+
+
+def _page_px(png_path, dpi) -> int:
+    """A saved figure's width on the page: its pixels at `dpi`, shown at plots.DPI."""
+    return round(matplotlib.image.imread(png_path).shape[1] * plots.DPI / dpi)
+
+
+def test_confusion_matrix_fits_the_page_and_is_sharp_enough_to_zoom_into(tmp_path):
+    """It was 1,600 px wide at 100 dpi: a 1280 px page shrank it, its 6 pt labels with it."""
     path = tmp_path / "cm.png"
-    fig = plots.plot_confusion_matrix(_confusion(), list(data.BANKING77_INTENTS), path=path)
+    title = "01_full_precision_baseline: full offline:smollm2-135m (rows normalised)"
+    fig = plots.plot_confusion_matrix(_confusion(), list(data.BANKING77_INTENTS), title=title, path=path)
+    assert _page_px(path, plots.SHARP_DPI) <= plots.PAGE_INCHES * plots.DPI < PAGE_PX - 100
     height, width, _ = matplotlib.image.imread(path).shape
-    assert width >= 1_400 and height >= 1_400  # ~18 px per label row and column at 77 labels
+    assert width >= 2_000 and height >= 2_000  # ~27 px per label row and column at 77 labels, when zoomed
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert labels == list(data.BANKING77_INTENTS)
+
+
+def test_in_a_notebook_the_confusion_matrix_shows_sharp_at_page_size(monkeypatch):
+    """Drawn at twice the pixels, displayed at half (retina): a sharp figure that fits."""
+    import IPython
+    import IPython.display
+
+    shown = []
+    monkeypatch.setattr(IPython, "get_ipython", lambda: object())
+    monkeypatch.setattr(IPython.display, "display", shown.append)
+    fig = plots.plot_confusion_matrix(_confusion(), list(data.BANKING77_INTENTS))
+    [image] = shown
+    assert image.retina and image.width <= plots.PAGE_INCHES * plots.DPI
+    assert not matplotlib.pyplot.fignum_exists(fig.number)  # closed: the inline backend does not show it twice
 
 
 def test_zoom_shows_the_most_confused_intents(tmp_path):
@@ -32,9 +58,9 @@ def test_zoom_shows_the_most_confused_intents(tmp_path):
     assert "9" in [t.get_text() for t in fig.axes[0].texts]
 
 
-def test_comparison_plots_write_pngs(tmp_path):
+def test_comparison_plots_write_pngs_that_fit_the_page(tmp_path):
     records = [{"run_name": name, "method": method, "model_id": "offline:tiny-qwen2",
-                "footprint_bytes": size, "metrics": {"accuracy": acc},
+                "footprint_bytes": size, "metrics": {"accuracy": acc}, "data": {"test_examples": 3080},
                 "training": {"examples_per_second": eps, "peak_memory_bytes": 2**30, "losses": [4.0, 3.0],
                              "loss_examples_seen": [160, 320]},
                 "label_names": list(data.BANKING77_INTENTS), "confusion_matrix": _confusion(i).tolist()}
@@ -43,15 +69,15 @@ def test_comparison_plots_write_pngs(tmp_path):
     for make, name in [(plots.plot_accuracy_vs_memory, "acc.png"), (plots.plot_throughput, "tp.png"),
                        (plots.plot_loss_curves, "loss.png")]:
         make(records, path=tmp_path / name)
-        assert matplotlib.image.imread(tmp_path / name).shape[1] > 500
-    plots.plot_confusion_zooms_side_by_side(records, ["card_arrival", "card_delivery_estimate"],
-                                            path=tmp_path / "side.png")
-    assert matplotlib.image.imread(tmp_path / "side.png").shape[1] > 3 * 400
+        assert 500 < _page_px(tmp_path / name, plots.DPI) <= plots.PAGE_INCHES * plots.DPI
+    plots.plot_confusion_zooms_side_by_side(records, list(data.BANKING77_INTENTS[:10]), path=tmp_path / "side.png")
+    assert 3 * 300 < _page_px(tmp_path / "side.png", plots.DPI) <= plots.PAGE_INCHES * plots.DPI  # was 2,083 px
 
 
-def _run(name, method, footprint, accuracy, losses=(4.0, 3.0), seen=(100, 200)):
+def _run(name, method, footprint, accuracy, losses=(4.0, 3.0), seen=(100, 200), test_examples=3080):
     return {"run_name": name, "method": method, "model_id": "offline:all-MiniLM-L6-v2", "footprint_bytes": footprint,
-            "metrics": {"accuracy": accuracy},
+            "metrics": {"accuracy": accuracy}, "data": {"test_examples": test_examples},
+            "label_names": list(data.BANKING77_INTENTS),
             "training": {"losses": list(losses), "loss_examples_seen": None if seen is None else list(seen)}}
 
 
@@ -75,6 +101,21 @@ def test_accuracy_vs_memory_labels_do_not_overlap_for_close_runs():
     assert all(figure.x0 <= b.x0 and b.x1 <= figure.x1 and figure.y0 <= b.y0 and b.y1 <= figure.y1 for b in boxes)
     again = plots.plot_accuracy_vs_memory(records).axes[0].texts  # deterministic
     assert [t.xyann for t in again] == [t.xyann for t in labels]
+
+
+def test_accuracy_axis_starts_at_zero_with_chance_and_standard_errors():
+    """Accuracies of 0.932 and 0.924 on 3,080 rows differ by less than two standard errors; an axis
+    from 0.924 to 0.932 drew that gap across the whole plot."""
+    records = [_run("01_full_precision_baseline", "full", 540_000_000, 0.932),
+               _run("03_qlora_qwen2.5_7b", "qlora", 110_000_000, 0.924, test_examples=200)]
+    ax = plots.plot_accuracy_vs_memory(records).axes[0]
+    low, high = ax.get_ylim()
+    assert low == 0 and high >= 1
+    assert [line.get_ydata()[0] for line in ax.lines if line.get_linestyle() == "--"] == [1 / 77]  # chance
+    bars = [segments[0] for collection in ax.collections for segments in [collection.get_segments()]]
+    spans = sorted(round(segment[1][1] - segment[0][1], 4) for segment in bars)  # each bar: 2 standard errors
+    assert spans == [round(2 * (0.932 * 0.068 / 3080) ** 0.5, 4), round(2 * (0.924 * 0.076 / 200) ** 0.5, 4)]
+    assert "standard error" in ax.get_title() and "from 0" in ax.get_title()
 
 
 def test_loss_curves_share_the_examples_seen_axis(capsys):

@@ -74,6 +74,17 @@ def comparison_table(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("run")
 
 
+# comparison_table's columns in two tables that each fit a page 1280 px wide (all of them in one did not).
+QUALITY_COLUMNS = ["model", "kind", "method", "accuracy", "macro_f1"]
+COST_COLUMNS = ["method", "footprint_gb", "trainable_params", "trainable_share", "peak_memory_gib", "train_time_s",
+                "examples_per_s", "hardware"]
+
+
+def quality_and_cost(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """comparison_table split in two, one row per run in each: what each run reached, and what it cost."""
+    return table[QUALITY_COLUMNS], table[COST_COLUMNS]
+
+
 _KIND_NOTES = {
     "hub model": "",
     "local folder": " What these weights are, the results cannot tell: a folder may hold a pretrained, a "
@@ -125,8 +136,7 @@ def _accuracy_spread(records: list[dict]) -> str:
     accuracy = lambda r: r["metrics"]["accuracy"]  # noqa: E731
     ranked = sorted(records, key=accuracy, reverse=True)
     top, bottom = ranked[0], ranked[-1]
-    test_rows = lambda r: r.get("data", {}).get("test_examples") or int(np.sum(r["confusion_matrix"]))  # noqa: E731
-    (p1, n1), (p2, n2) = [(accuracy(r), test_rows(r)) for r in (top, bottom)]
+    (p1, n1), (p2, n2) = [(accuracy(r), plots.test_set_size(r)) for r in (top, bottom)]
     two_se = 2 * math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2)
     if p1 - p2 <= two_se:
         return (f"Most accurate: none that the test set can tell apart; {p2:.1%} to {p1:.1%} accuracy, a gap within "
