@@ -263,9 +263,11 @@ def freeze_base(params: NotebookParameters, model):
 
 
 # transformers 5.24 renamed gradient checkpointing to activation checkpointing; peft and modeling.py
-# still call the old names, which work until transformers 6.
+# still call the old names, which work until transformers 6. peft's get_peft_model, which the notebooks
+# call in a cell, asks `is_gradient_checkpointing`: that notice is hidden for the whole kernel.
 _CHECKPOINTING_RENAMED = ((FutureWarning, "`gradient_checkpointing_enable` is deprecated"),
                           (FutureWarning, "`is_gradient_checkpointing` is deprecated"))
+warnings.filterwarnings("ignore", message=re.escape(_CHECKPOINTING_RENAMED[1][1]), category=FutureWarning)
 
 
 @contextmanager
