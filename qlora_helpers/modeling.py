@@ -249,7 +249,7 @@ def load_model(
         loaded.model = _add_lora(loaded.model, method, config, gradient_checkpointing=gradient_checkpointing,
                                  upcast_all_to_fp32=upcast_all_to_fp32)
     elif gradient_checkpointing:
-        loaded.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        loaded.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS)
     loaded.trainable_params, loaded.total_params = count_parameters(loaded.model)
     return loaded
 
@@ -449,18 +449,15 @@ def _gated_model_advice(model_id: str, status: int) -> str:
 
 def _add_lora(model, method: str, config: LoraConfig, *, gradient_checkpointing: bool, upcast_all_to_fp32: bool):
     """Wrap `model` with peft's LoRA (a copy of `config`, the model's head added to modules_to_save so
-    it trains), trainable weights in fp32. Raises ModelSetupError for a task_type other than SEQ_CLS."""
+    it trains), trainable weights in fp32: the steps notebooks 02 and 03 show in their cells. Raises
+    ModelSetupError for a task_type other than SEQ_CLS."""
     from peft import TaskType, get_peft_model, prepare_model_for_kbit_training
 
-    checkpointing_kwargs = {"use_reentrant": False}
     if method == "qlora" and upcast_all_to_fp32:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
-                                                gradient_checkpointing_kwargs=checkpointing_kwargs)
+                                                gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS)
     else:
-        for param in model.parameters():
-            param.requires_grad = False
-        if gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing_kwargs)
+        model = freeze_base(model, gradient_checkpointing=gradient_checkpointing)
     if config.task_type not in (None, TaskType.SEQ_CLS):
         raise ModelSetupError(f"LoraConfig(task_type={config.task_type!r}) for a sequence classifier: use "
                               "task_type=TaskType.SEQ_CLS (peft then trains the head and computes its loss).")
@@ -469,11 +466,32 @@ def _add_lora(model, method: str, config: LoraConfig, *, gradient_checkpointing:
     heads = [name for name in HEAD_NAMES if hasattr(model, name)]
     config.modules_to_save = list(dict.fromkeys([*(config.modules_to_save or []), *heads]))
     model = get_peft_model(model, config)
-    # Trainable weights in fp32: the optimizer needs fp32 masters, and fp16 AMP refuses fp16 grads.
+    trainable_weights_to_fp32(model)
+    return model
+
+
+# Non-reentrant checkpointing: the reentrant kind needs an input that requires grad, which a frozen
+# embedding's output does not.
+CHECKPOINTING_KWARGS = {"use_reentrant": False}
+
+
+def freeze_base(model: torch.nn.Module, *, gradient_checkpointing: bool) -> torch.nn.Module:
+    """What peft's `prepare_model_for_kbit_training` does, without its fp32 copy of every frozen
+    non-4-bit weight (embeddings, norms: ~1.1 GB on a 7B model): freeze every weight and turn on
+    gradient checkpointing if asked. Returns `model`, ready for `get_peft_model`."""
+    for param in model.parameters():
+        param.requires_grad = False
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS)
+    return model
+
+
+def trainable_weights_to_fp32(model: torch.nn.Module) -> None:
+    """Hold the trainable weights (adapters, head) in fp32: the optimizer needs fp32 masters, and fp16
+    mixed precision refuses fp16 gradients ("Attempting to unscale FP16 gradients")."""
     for param in model.parameters():
         if param.requires_grad and param.dtype != torch.float32:
             param.data = param.data.float()
-    return model
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

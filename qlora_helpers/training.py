@@ -348,11 +348,18 @@ def peak_memory() -> tuple[int, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process_peak_rss"
 
 
+def mixed_precision(loaded: LoadedModel) -> dict:
+    """`TrainingArguments`' fp16, bf16 and use_cpu for the model's compute dtype: fp16 autocast on a T4
+    (no native bf16), bf16 on Ampere and newer, none on a CPU or where fp16 would overflow (fp32 compute)."""
+    on_gpu = torch.cuda.is_available()
+    return {"fp16": on_gpu and loaded.compute_dtype == torch.float16,
+            "bf16": on_gpu and loaded.compute_dtype == torch.bfloat16, "use_cpu": not on_gpu}
+
+
 def training_arguments(loaded: LoadedModel, config: TrainConfig) -> TrainingArguments:
     """The `TrainingArguments` build_trainer gives the Trainer: `config`'s knobs, mixed precision
-    matched to the model's compute dtype (fp16 or bf16 autocast on a GPU, none on CPU), batches
-    grouped by length, a checkpoint every `save_steps` optimizer steps."""
-    on_gpu = torch.cuda.is_available()
+    matched to the model's compute dtype, batches grouped by length, a checkpoint every `save_steps`
+    optimizer steps. Notebooks 01-03 write the same call out in a cell (a test keeps them equal)."""
     return TrainingArguments(
         output_dir=config.output_dir,
         num_train_epochs=config.epochs,
@@ -363,8 +370,7 @@ def training_arguments(loaded: LoadedModel, config: TrainConfig) -> TrainingArgu
         warmup_steps=config.warmup_ratio,  # a float < 1 is a share of the steps in transformers 5
         weight_decay=config.weight_decay,
         optim=config.optimizer,
-        fp16=on_gpu and loaded.compute_dtype == torch.float16,
-        bf16=on_gpu and loaded.compute_dtype == torch.bfloat16,
+        **mixed_precision(loaded),
         seed=config.seed,
         train_sampling_strategy="group_by_length" if config.group_by_length else "random",
         logging_steps=config.logging_steps,
@@ -374,7 +380,6 @@ def training_arguments(loaded: LoadedModel, config: TrainConfig) -> TrainingArgu
         save_total_limit=1,
         eval_strategy="no",
         report_to="none",
-        use_cpu=not on_gpu,
         ddp_find_unused_parameters=False,
         dataloader_num_workers=0,
     )
@@ -450,26 +455,40 @@ def release_training_state(model: torch.nn.Module) -> None:
     limit_checkpointing(model, None)
 
 
-def build_trainer(loaded: LoadedModel, train_dataset, config: TrainConfig) -> tuple[Trainer, MeasureCallback]:
-    """A Trainer with `training_arguments`, our collator, the measuring callback and the DivergenceGuard."""
+def prepare_for_training(model: torch.nn.Module, config: TrainConfig) -> None:
+    """Before the Trainer is built: the seed, then the step-cost knobs `config` turns on (a checkpointing
+    limit, compiled decoder layers, CUDA graphs; all off by default). ValueError, before any work,
+    where a knob cannot run."""
     set_seed(config.seed)
     if config.checkpoint_above_tokens is not None:
-        limit_checkpointing(loaded.model, config.checkpoint_above_tokens)  # ValueError without checkpointing
+        limit_checkpointing(model, config.checkpoint_above_tokens)  # ValueError without checkpointing
     if config.compile_layers:
-        compile_decoder_layers(loaded.model)
+        compile_decoder_layers(model)
     if config.cuda_graphs:
-        graphs.enable(loaded.model)  # ValueError before any work where graphs cannot run
-    args = training_arguments(loaded, config)
-    collator = LengthDroppingCollator(loaded.tokenizer, pad_to_multiple_of=config.pad_to_multiple_of)
-    measure = MeasureCallback(loaded.model)
-    trainer = Trainer(model=loaded.model, args=args, train_dataset=train_dataset,
-                      data_collator=collator, callbacks=[measure])
+        graphs.enable(model)  # ValueError before any work where graphs cannot run
+
+
+def finish_trainer(trainer: Trainer, config: TrainConfig) -> None:
+    """What the series adds to a plain `Trainer`: the DivergenceGuard (roll back a diverging loss at a
+    lower learning rate), the progress bar without its per-log table, and the loss scaled right under
+    gradient accumulation."""
     trainer.add_callback(DivergenceGuard(trainer, config.divergence_retries, config.divergence_lr_factor))
     _progress_bar_only(trainer)
     # transformers 5 takes a forward with **kwargs to mean "normalises its loss by num_items_in_batch"
     # and then skips dividing by gradient_accumulation. Sequence classifiers return a plain mean, so
     # with accumulation N the logged loss and the gradients came out N times too large.
     trainer.model_accepts_loss_kwargs = False
+
+
+def build_trainer(loaded: LoadedModel, train_dataset, config: TrainConfig) -> tuple[Trainer, MeasureCallback]:
+    """The Trainer notebooks 01-03 build in their cells, for code that has no notebook (scripts, benchmarks,
+    the launched processes): `training_arguments`, our collator, the measuring callback, `finish_trainer`."""
+    prepare_for_training(loaded.model, config)
+    measure = MeasureCallback(loaded.model)
+    trainer = Trainer(model=loaded.model, args=training_arguments(loaded, config), train_dataset=train_dataset,
+                      data_collator=LengthDroppingCollator(loaded.tokenizer, pad_to_multiple_of=config.pad_to_multiple_of),
+                      callbacks=[measure])
+    finish_trainer(trainer, config)
     return trainer, measure
 
 
@@ -491,20 +510,26 @@ def _progress_bar_only(trainer: Trainer) -> None:
         trainer.add_callback(BarOnly())
 
 
-def train(loaded: LoadedModel, train_dataset, config: TrainConfig) -> TrainStats:
-    """Train, resuming from the newest complete checkpoint in `config.output_dir` that was made with
-    the same settings (see checkpoint_to_resume).
+def train(loaded: LoadedModel, train_dataset, config: TrainConfig, trainer: Trainer | None = None) -> TrainStats:
+    """Train `trainer` (a notebook's, built on `loaded.model` and `train_dataset` with a MeasureCallback
+    and `finish_trainer`; None: `build_trainer` builds it), resuming from the newest complete checkpoint
+    in `config.output_dir` that was made with the same settings (see checkpoint_to_resume).
 
     On CUDA out-of-memory, retry with half the micro-batch and twice the accumulation (the
     effective batch, and so the optimizer steps, stay the same) while `config.retry_on_oom`,
-    from the trainable weights the first attempt started with (or from a checkpoint it saved);
-    otherwise raise an error that says which knob to turn.
+    on a Trainer `build_trainer` builds for the smaller micro-batch, from the trainable weights the
+    first attempt started with (or from a checkpoint it saved); otherwise raise an error that says
+    which knob to turn.
     """
     start = trainable_weights(loaded.model) if config.retry_on_oom else {}
     while True:
         try:
-            return _train_once(loaded, train_dataset, config)
+            if trainer is None:
+                trainer = build_trainer(loaded, train_dataset, config)[0]
+            return _train_once(trainer, loaded, train_dataset, config)
         except torch.OutOfMemoryError as error:
+            if trainer is not None:
+                release(trainer)
             if not config.retry_on_oom or config.batch_size == 1:
                 raise OutOfMemoryAdvice(
                     f"CUDA out of memory at batch_size={config.batch_size}: halve batch_size and double "
@@ -514,10 +539,27 @@ def train(loaded: LoadedModel, train_dataset, config: TrainConfig) -> TrainStats
             config = replace(config, batch_size=config.batch_size // 2,
                              gradient_accumulation=config.gradient_accumulation * 2)
             print(f"CUDA out of memory: retrying with batch_size={config.batch_size}, "
-                  f"gradient_accumulation={config.gradient_accumulation} (same effective batch)")
+                  f"gradient_accumulation={config.gradient_accumulation} (same effective batch) on a new Trainer")
+            trainer = None
             _restore(loaded.model, start)  # the failed attempt may have taken optimizer steps already
             gc.collect()
             torch.cuda.empty_cache()
+
+
+def measure_callback(trainer: Trainer) -> MeasureCallback:
+    """The trainer's MeasureCallback; ValueError, naming the fix, if it has none."""
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, MeasureCallback):
+            return callback
+    raise ValueError("the Trainer has no MeasureCallback to measure the run with: build it with "
+                     "callbacks=[training.MeasureCallback(model)].")
+
+
+def release(trainer: Trainer) -> None:
+    """After training (or instead of it): stop counting batches, and undo what prepare_for_training
+    changed on the model (see release_training_state)."""
+    measure_callback(trainer).hook.remove()  # a retry builds a new callback; never count a batch twice
+    release_training_state(trainer.model)  # e.g. the graphs' memory back before evaluation
 
 
 def trainable_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -535,8 +577,8 @@ def _restore(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
             param.grad = None
 
 
-def _train_once(loaded: LoadedModel, train_dataset, config: TrainConfig) -> TrainStats:
-    trainer, measure = build_trainer(loaded, train_dataset, config)
+def _train_once(trainer: Trainer, loaded: LoadedModel, train_dataset, config: TrainConfig) -> TrainStats:
+    measure = measure_callback(trainer)
     with trainer.args.main_process_first(local=False, desc="checkpoint choice"):
         last = checkpoint_to_resume(config.output_dir, run_settings(loaded, train_dataset, config))
     if last:
@@ -544,8 +586,7 @@ def _train_once(loaded: LoadedModel, train_dataset, config: TrainConfig) -> Trai
     try:
         trainer.train(resume_from_checkpoint=str(last) if last else None)
     finally:
-        measure.hook.remove()  # a retry builds a new callback; never count a batch twice
-        release_training_state(loaded.model)  # e.g. the graphs' memory back before evaluation
+        release(trainer)
     peak, kind = peak_memory()
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
     losses = [entry["loss"] for entry in logged]

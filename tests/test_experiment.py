@@ -140,7 +140,7 @@ def test_the_training_summary_says_what_divergences_were_rolled_back(tmp_path, m
                 "old_learning_rate": 2e-3, "new_learning_rate": 1e-3}
     stats = TrainStats(2.0, 200, 3200, 40000, 50000, 2**30, "process_peak_rss", 1.2, [4.3, 1.4, 4.41, 1.2],
                        [800, 1600, 2400, 3200], recoveries=[recovery], peak_learning_rate=1e-3)
-    monkeypatch.setattr(experiment, "train_in_this_process", lambda params, loaded, rows: stats)
+    monkeypatch.setattr(experiment, "train_in_this_process", lambda params, loaded, rows, trainer: stats)
     params = NotebookParameters(notebook="02_lora_qwen2.5_1.5b", model_id="offline:tiny-qwen2", method="lora",
                                 run_dir=str(tmp_path), use_all_gpus=False)
     loaded = modeling.LoadedModel(None, None, "offline:tiny-qwen2", "lora", None, 0, 0, 0)
@@ -228,18 +228,17 @@ def test_the_quantization_tables_why_shows_whole_in_the_notebook():
 
 
 @pytest.mark.parametrize("max_steps, steps, warmup", [(-1, 314, "19 steps"), (100, 100, "6 steps"), (15, 15, "1 step")])
-def test_the_arguments_table_says_what_a_warmup_share_means(monkeypatch, max_steps, steps, warmup):
-    """transformers 5 reads warmup_steps=0.06 as 6% of the steps; the table showed a bare 0.06."""
+def test_the_warmup_line_says_what_a_warmup_share_means(max_steps, steps, warmup, capsys):
+    """transformers 5 reads warmup_steps=0.06 as 6% of the steps; the arguments showed a bare 0.06."""
     from types import SimpleNamespace
 
     import torch
 
     from qlora_helpers import training
 
-    config = experiment.train_config
-    monkeypatch.setattr(experiment, "train_config", lambda *a: dataclasses.replace(config(*a), max_steps=max_steps))
     params = NotebookParameters(notebook="03_qlora_qwen2.5_7b", method="qlora", batch_size=64, epochs=2.0)
     loaded = SimpleNamespace(compute_dtype=torch.float32, total_params=135_000_000)
-    table = experiment.show_training_arguments(params, loaded, range(10_003))
+    config = dataclasses.replace(experiment.train_config(params, 10_003, loaded.total_params), max_steps=max_steps)
     assert training.default_train_config("qlora").warmup_ratio == 0.06
-    assert table.loc["warmup_steps", "value"] == f"0.06 (6% of the {steps} steps: {warmup})"
+    experiment.show_warmup(training.training_arguments(loaded, config), 10_003)
+    assert f"warmup_steps=0.06 (6% of the {steps} steps: {warmup})" in capsys.readouterr().out

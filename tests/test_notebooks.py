@@ -105,9 +105,9 @@ def test_qlora_notebook_explains_quantization():
 
 
 def recipe_cells(stem: str) -> list[str]:
-    """The cells of a training notebook that build its method: BitsAndBytesConfig, LoraConfig, the
-    TrainingArguments shown before training."""
-    markers = ("BitsAndBytesConfig(", "LoraConfig(", "experiment.show_training_arguments(")
+    """The cells of a training notebook that build its method: BitsAndBytesConfig, LoraConfig, peft's
+    calls on the model, the TrainingArguments and the Trainer."""
+    markers = ("BitsAndBytesConfig(", "LoraConfig(", "get_peft_model(", "TrainingArguments(", "Trainer(")
     return [c.source for c in read(ROOT / "notebooks" / f"{stem}.ipynb").cells
             if c.cell_type == "code" and any(m in c.source for m in markers)]
 
@@ -121,15 +121,83 @@ def run_recipe(stem: str, params) -> dict:
     return namespace
 
 
+def calls(sources: list[str], name: str) -> bool:
+    """True if a line of code (not a comment) in `sources` calls `name`."""
+    return any(f"{name}(" in line.split("#", 1)[0] for source in sources for line in source.splitlines())
+
+
 def test_the_notebooks_show_their_recipe():
-    found = {stem: "\n".join(recipe_cells(stem)) for stem in profiles.TRAINING_NOTEBOOKS}
-    for stem, text in found.items():
+    """The recipe a reader can paste into a notebook of their own, in plain transformers and peft calls."""
+    for stem in profiles.TRAINING_NOTEBOOKS:
+        cells = recipe_cells(stem)
         method = profiles.KAGGLE_T4.parameters(stem)["method"]
-        assert "experiment.show_training_arguments(" in text, f"{stem} does not show its TrainingArguments"
-        assert ("LoraConfig(" in text) == (method != "full"), f"{stem}: a LoraConfig cell iff LoRA"
-        assert ("BitsAndBytesConfig(" in text) == (method == "qlora"), f"{stem}: a BitsAndBytesConfig cell iff QLoRA"
+        assert calls(cells, "TrainingArguments") and calls(cells, "Trainer"), f"{stem} hides its Trainer"
+        assert calls(cells, "LoraConfig") == calls(cells, "get_peft_model") == (method != "full"), \
+            f"{stem}: a LoraConfig and get_peft_model cell iff LoRA"
+        assert calls(cells, "BitsAndBytesConfig") == (method == "qlora"), f"{stem}: a BitsAndBytesConfig cell iff QLoRA"
+        assert calls(cells, "prepare_model_for_kbit_training") == (method == "qlora"), stem
     lora_cell = [[s for s in recipe_cells(stem) if "LoraConfig(" in s] for stem in profiles.TRAINING_NOTEBOOKS[1:]]
     assert lora_cell[0] == lora_cell[1], "02 and 03 differ in the LoRA cell: the diff should show the method only"
+    training_cells = [[s for s in recipe_cells(stem) if "Trainer" in s] for stem in profiles.TRAINING_NOTEBOOKS]
+    assert training_cells[0] == training_cells[1] == training_cells[2], "01-03 differ in their training cells"
+
+
+@pytest.mark.parametrize("stem", profiles.TRAINING_NOTEBOOKS)
+def test_the_notebook_training_arguments_are_the_factorys(stem):
+    """The TrainingArguments cell and training.training_arguments (what scripts, benchmarks and the
+    launched processes train with) are one recipe: the same arguments, value for value."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from qlora_helpers import training
+    from qlora_helpers.notebook import experiment
+    from qlora_helpers.notebook.parameters import NotebookParameters
+
+    params = NotebookParameters(notebook=stem, **profiles.KAGGLE_T4.parameters(stem))
+    loaded = SimpleNamespace(compute_dtype=torch.float32, total_params=1_540_000_000)
+    namespace = {"experiment": experiment, "params": params, "loaded": loaded, "train_rows": range(10_003)}
+    exec(next(s for s in recipe_cells(stem) if "TrainingArguments(" in s), namespace)
+    expected = training.training_arguments(loaded, experiment.train_config(params, 10_003, loaded.total_params))
+    assert namespace["args"].to_dict() == expected.to_dict()
+
+
+@pytest.mark.parametrize("stem", profiles.TRAINING_NOTEBOOKS[1:])
+def test_training_runs_on_the_notebooks_own_trainer(stem, tiny_qwen2, banking77_dir, tmp_path, monkeypatch):
+    """The notebook's cells, run in this process on the tiny model up to training: the Trainer whose
+    train() ran is the cell's `Trainer`, built from the cell's `TrainingArguments`, on the peft model
+    get_peft_model returned, and its trainable weights moved. Fails if the package trains a Trainer of its own."""
+    import torch
+    from transformers import Trainer
+
+    for name, value in profiles.SMOKE.env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    trained = []
+    real_train = Trainer.train
+
+    def train(self, *args, **kwargs):
+        trained.append((self, {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}))
+        return real_train(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "train", train)
+    code = [c.source for c in read(ROOT / "notebooks" / f"{stem}.ipynb").cells if c.cell_type == "code"]
+    namespace: dict = {}
+    exec(code[1], namespace)  # the parameters cell, then the smoke profile's values, as papermill injects them
+    namespace.update(profiles.SMOKE.parameters(stem), run_dir=str(tmp_path), data_source="local",
+                     data_dir=str(banking77_dir), use_all_gpus=False)
+    namespace["model_id"] = tiny_qwen2
+    for source in code[2:]:
+        exec(source, namespace)
+        if "train_model(" in source:
+            break
+    (trainer, before), = trained
+    model = namespace["model"]
+    assert trainer is namespace["trainer"] and trainer.args is namespace["args"]
+    assert trainer.model is model is namespace["loaded"].model and hasattr(model, "peft_config")
+    assert namespace["stats"].steps == trainer.state.global_step > 0
+    moved = {n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p.detach(), before[n])}
+    assert any("lora_" in n for n in moved) and any("score" in n for n in moved), sorted(moved)[:5]
 
 
 @pytest.mark.parametrize("stem", profiles.TRAINING_NOTEBOOKS[1:])

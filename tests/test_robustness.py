@@ -54,11 +54,11 @@ def test_cuda_oom_retries_with_half_the_micro_batch(tiny_qwen2, small_split, tmp
     seen = []
     real_train_once = training._train_once
 
-    def oom_above_8(loaded, rows, config):
+    def oom_above_8(trainer, loaded, rows, config):
         seen.append((config.batch_size, config.gradient_accumulation))
         if config.batch_size > 8:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_train_once(loaded, rows, config)
+        return real_train_once(trainer, loaded, rows, config)
 
     monkeypatch.setattr(training, "_train_once", oom_above_8)
     config = training.default_train_config("lora", output_dir=str(tmp_path), batch_size=32, max_steps=3,

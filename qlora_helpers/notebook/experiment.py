@@ -215,36 +215,76 @@ def titled_model_estimate(params: NotebookParameters) -> pd.DataFrame:
 # Model ----------------------------------------------------------------------------------------
 def build_model(params: NotebookParameters, bank: data.Banking77, *, quantization_config=None,
                 lora_config=None) -> modeling.LoadedModel:
-    """The classifier set up for params.method, its head sized to the data's intents.
+    """The classifier set up for params.method, its head sized to the data's intents, in one call
+    (modeling.load_model): what notebooks 02 and 03 do in their cells with load_base, peft's
+    get_peft_model and set_model, for code without a notebook (a launched process, a script).
 
-    quantization_config (a `BitsAndBytesConfig`, 03) and lora_config (a peft `LoraConfig`, 02 and 03)
-    are the notebook's recipe cells; None builds the same defaults (modeling.load_model). Raises
-    modeling.ModelSetupError (the message says the fix)."""
-    report = _LoadReport(params.model_id)
-    # transformers 5.24 renamed gradient checkpointing to activation checkpointing; peft and
-    # modeling.py still call the old names, which work until transformers 6. An offline GGUF model
-    # is dequantized once into a 16-bit folder: advice on the speed of GGUF matmuls does not apply.
-    with _quiet(logs=(("transformers.quantizers.quantizer_gguf",
-                       "Loading a GGUF checkpoint with its weights packed is fastest in float32"),),
-                warns=((FutureWarning, "`gradient_checkpointing_enable` is deprecated"),
-                       (FutureWarning, "`is_gradient_checkpointing` is deprecated")),
-                filters=(("transformers.modeling_utils", report),)):
+    quantization_config (a `BitsAndBytesConfig`) and lora_config (a peft `LoraConfig`) are the
+    notebook's recipe cells; None builds the same defaults. Raises modeling.ModelSetupError (the
+    message says the fix)."""
+    lora_knobs = ({} if lora_config is not None or params.method == "full" else
+                  {"lora_r": params.lora_r, "lora_alpha": params.lora_alpha, "lora_dropout": params.lora_dropout})
+    with _loading(params.model_id):
         loaded = modeling.load_model(
             params.model_id, params.method, num_labels=bank.num_labels,
-            quantization_config=quantization_config, lora_config=lora_config,
-            **({} if lora_config is not None or params.method == "full" else
-               {"lora_r": params.lora_r, "lora_alpha": params.lora_alpha, "lora_dropout": params.lora_dropout}),
+            quantization_config=quantization_config, lora_config=lora_config, **lora_knobs,
             gradient_checkpointing=params.gradient_checkpointing,
             upcast_all_to_fp32=params.upcast_all_to_fp32, seed=params.seed,
             label_names=bank.label_names,
         )
+    print(loaded.summary())
+    return loaded
+
+
+def load_base(params: NotebookParameters, bank: data.Banking77, *, quantization_config=None) -> modeling.LoadedModel:
+    """`AutoModelForSequenceClassification.from_pretrained(model_id, num_labels=..., dtype=compute dtype,
+    quantization_config=...)` with the pitfalls handled (modeling.load_base): the tokenizer's pad token
+    (Qwen2 has none: EOS), the new head kept out of the 4-bit quantization and named after the
+    intents, a T4's fp16 compute, a Kaggle Model's folder. Raises modeling.ModelSetupError."""
+    with _loading(params.model_id):
+        return modeling.load_base(params.model_id, params.method, bank.num_labels,
+                                  quantization_config=quantization_config, seed=params.seed,
+                                  label_names=bank.label_names)
+
+
+def set_model(loaded: modeling.LoadedModel, model) -> modeling.LoadedModel:
+    """`loaded` holding `model` (the peft model the cells built on its base) and counting what trains;
+    prints the summary line."""
+    loaded.model = model
+    loaded.trainable_params, loaded.total_params = modeling.count_parameters(model)
+    print(loaded.summary())
+    return loaded
+
+
+def freeze_base(params: NotebookParameters, model):
+    """modeling.freeze_base with the notebook's gradient checkpointing (None: the method's default)."""
+    with _quiet(warns=_CHECKPOINTING_RENAMED):
+        return modeling.freeze_base(model, gradient_checkpointing=params.uses_gradient_checkpointing)
+
+
+# transformers 5.24 renamed gradient checkpointing to activation checkpointing; peft and modeling.py
+# still call the old names, which work until transformers 6. peft's get_peft_model, which the notebooks
+# call in a cell, asks `is_gradient_checkpointing`: that notice is hidden for the whole kernel.
+_CHECKPOINTING_RENAMED = ((FutureWarning, "`gradient_checkpointing_enable` is deprecated"),
+                          (FutureWarning, "`is_gradient_checkpointing` is deprecated"))
+warnings.filterwarnings("ignore", message=re.escape(_CHECKPOINTING_RENAMED[1][1]), category=FutureWarning)
+
+
+@contextmanager
+def _loading(model_id: str):
+    """Loading a model, its library notices a reader can do nothing about hidden (an offline GGUF model
+    is dequantized once into a 16-bit folder: advice on the speed of GGUF matmuls does not apply), and
+    transformers' LOAD REPORT said in a sentence when all it lists is the new head."""
+    report = _LoadReport(model_id)
+    with _quiet(logs=(("transformers.quantizers.quantizer_gguf",
+                       "Loading a GGUF checkpoint with its weights packed is fastest in float32"),),
+                warns=_CHECKPOINTING_RENAMED, filters=(("transformers.modeling_utils", report),)):
+        yield
     if report.new_heads:
         print(f"The classification head ({', '.join(f'`{h}`' for h in sorted(report.new_heads))}) is not in the "
               "checkpoint: it is new and starts untrained.")
     if report.unused_lm_head:
         print("The checkpoint's language-model head (`lm_head`) is not loaded: a classifier does not use it.")
-    print(loaded.summary())
-    return loaded
 
 
 class _LoadReport(logging.Filter):
@@ -376,19 +416,10 @@ def train_config(params: NotebookParameters, train_examples: int, model_paramete
     )
 
 
-_SHOWN_ARGUMENTS = ("num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
-                    "learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "optim", "fp16", "bf16",
-                    "train_sampling_strategy", "save_steps", "seed")
-
-
-def show_training_arguments(params: NotebookParameters, loaded: modeling.LoadedModel, train_rows) -> pd.DataFrame:
-    """The `TrainingArguments` that `train_model` will give the Trainer (training.training_arguments), the
-    fields a recipe sets; the rest keep transformers' defaults."""
-    args = training.training_arguments(loaded, train_config(params, len(train_rows), loaded.total_params))
-    values = {name: getattr(args, name) for name in _SHOWN_ARGUMENTS}
-    values = {name: repr(getattr(value, "value", value)) for name, value in values.items()}
-    values["warmup_steps"] = _warmup(args, len(train_rows))
-    return FullText({"value": values})
+def show_warmup(args, train_examples: int) -> None:
+    """Print what `warmup_steps` means for these arguments: transformers 5 reads a number below 1 as
+    a share of the optimizer steps, which `warmup_steps=0.06` alone does not say."""
+    print(f"warmup_steps={_warmup(args, train_examples)}, then linear decay to 0")
 
 
 def _warmup(args, train_examples: int) -> str:
@@ -403,17 +434,22 @@ def _warmup(args, train_examples: int) -> str:
     return f"{share!r} ({share:.0%} of the {steps:,} steps: {warmup:,} step{'' if warmup == 1 else 's'})"
 
 
-def train_model(params: NotebookParameters, loaded: modeling.LoadedModel, train_rows) -> training.TrainStats:
-    """Train (resuming an interrupted run from its last checkpoint), then show what was measured.
-    With several GPUs visible and params.use_all_gpus, train data-parallel on all of them
-    (all_gpus.train_in_processes) at the same effective batch."""
+def train_model(params: NotebookParameters, loaded: modeling.LoadedModel, train_rows,
+                trainer=None) -> training.TrainStats:
+    """Train `trainer` (the notebook's; None: training.build_trainer builds one) with what the series
+    adds around `trainer.train()`: resuming an interrupted run from its last checkpoint, the OOM retry
+    or advice, the measurements; then show them and the loss curve. With several GPUs visible and
+    params.use_all_gpus, train data-parallel on all of them instead (all_gpus.train_in_processes: each
+    process builds its Trainer from the same factories) at the same effective batch."""
     processes = gpus_to_train_on(params.use_all_gpus)
     if processes > 1:
         from .all_gpus import train_in_processes
 
+        if trainer is not None:
+            training.release(trainer)  # the launched processes train; this one's Trainer stays unused
         stats = train_in_processes(params, loaded, processes)
     else:
-        stats = train_in_this_process(params, loaded, train_rows)
+        stats = train_in_this_process(params, loaded, train_rows, trainer)
     steps = (f"steps {stats.resumed_from_step + 1}-{stats.steps} (resumed from checkpoint-{stats.resumed_from_step})"
              if stats.resumed_from_step else f"{stats.steps} steps")
     print(f"trained {steps} in {stats.train_seconds:.0f} s on {stats.processes} "
@@ -430,15 +466,16 @@ def train_model(params: NotebookParameters, loaded: modeling.LoadedModel, train_
     return stats
 
 
-def train_in_this_process(params: NotebookParameters, loaded: modeling.LoadedModel, train_rows) -> training.TrainStats:
-    """training.train with the notebook's knobs: one process, or one of a launcher's."""
+def train_in_this_process(params: NotebookParameters, loaded: modeling.LoadedModel, train_rows,
+                          trainer=None) -> training.TrainStats:
+    """training.train with the notebook's knobs and Trainer: one process, or one of a launcher's."""
     config = train_config(params, len(train_rows), loaded.total_params)
     _drop_finished_checkpoints(config.output_dir)
     # On CPU bitsandbytes runs a paged optimizer unpaged (paging only moves state out of GPU memory);
     # checkpoints saved less than a second apart make transformers doubt the file system's clock.
     with _quiet(logs=(("transformers.trainer_utils", "mtime may not be reliable on this filesystem"),),
                 warns=((UserWarning, "Paged optimizers are not supported on CPU"),)):
-        return training.train(loaded, train_rows, config)
+        return training.train(loaded, train_rows, config, trainer)
 
 
 def train_from_spec(spec_path: Path) -> None:

@@ -231,6 +231,13 @@ class NotebookParameters:
                 source["learning_rate"] = "None: by the model's size"
         return FullText({"value": values, "from": source})
 
+    @property
+    def uses_gradient_checkpointing(self) -> bool:
+        """gradient_checkpointing, or the method's default (defaults.py: on for qlora) where it is None."""
+        if self.gradient_checkpointing is not None:
+            return self.gradient_checkpointing
+        return defaults.for_method(self.method).gradient_checkpointing
+
     def learning_rate_for(self, parameters: int) -> float:
         """The peak learning rate this run trains with: the knob, or by the model's size
         (defaults.learning_rate) where it is None."""
