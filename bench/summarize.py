@@ -183,7 +183,8 @@ def notebook_results_table(folder: Path) -> str:
         if asked is None:
             by_notebook.setdefault(r["run_name"], []).append(r["metrics"]["accuracy"])
         rows.append((name, r["run_name"][:2], r["method"], r["config"]["parameters"]["seed"],
-                     f"{t['peak_learning_rate']:.3g}" + (" (by size)" if asked is None else " (set)"),
+                     f"{t['peak_learning_rate']:.3g} (by size)" if asked is None else f"{asked:.3g} (set)" + (
+                         f", ended {t['peak_learning_rate']:.3g}" if t['peak_learning_rate'] != asked else ""),
                      f"{r['metrics']['accuracy']:.2%}", f"{r['metrics']['macro_f1']:.3f}", f"{t['train_seconds']:.0f}",
                      f"{t['examples_per_second']:.1f}", f"{t['peak_memory_bytes'] / GIB:.2f}", len(t.get("recoveries", []))))
     lines = [f"# {folder.name}: notebooks on {first['model_id']} ({first['model_kind']})", "",

@@ -383,11 +383,11 @@ def test_a_truncated_results_file_reruns_that_notebook_for_real(smoke):
     assert json.loads(path.read_text())["run_name"] == "01_full_precision_baseline"
 
 
-REFERENCE = ROOT / "reference" / "smollm2-t4"
+REFERENCE = ROOT / "reference" / "qwen-t4"
 
 
 def test_the_committed_reference_render_is_complete_and_clean():
-    """reference/smollm2-t4, the render people read on GitHub (`make reference` on a GPU refreshes it):
+    """reference/qwen-t4, the render people read on GitHub (`make reference` on a GPU refreshes it):
     all four notebooks executed with valid results, no path of this machine or of the GPU machine
     that ran it, no library noise, and a README that says when, where and on which commit."""
     assert render_problems(REFERENCE) == []
@@ -399,7 +399,24 @@ def test_the_committed_reference_render_is_complete_and_clean():
     records = results.read_results(REFERENCE)
     assert [r["run_name"] for r in records] == list(profiles.TRAINING_NOTEBOOKS)
     readme = (REFERENCE / "README.md").read_text()
-    assert all(r["commit"] in readme and r["model_id"] == "offline:smollm2-135m" for r in records)
+    assert all(r["commit"] in readme for r in records)
+    assert [r["model_id"] for r in records] == [profiles.QWEN_T4.parameters(n)["model_id"] for n in profiles.TRAINING_NOTEBOOKS]
+
+
+def test_the_readme_results_table_is_the_reference_run():
+    """README.md's headline table is typed from the reference render: each row must say what that run's
+    results.json says (accuracy, macro-F1, training seconds, peak memory, trainable parameters)."""
+    readme = (ROOT / "README.md").read_text()
+    rows = re.findall(r"^\| (0[123]) \| [^|]+ \| [^|]+ \| \*\*([\d.]+)%\*\* \| ([\d.]+) \| (\d+) s \| ([\d.]+) GiB \| "
+                      r"([\d.]+) M \(([\d.]+)%\) \|$", readme, re.M)
+    records = results.read_results(REFERENCE)
+    assert [row[0] for row in rows] == [r["run_name"][:2] for r in records]
+    for (_, accuracy, macro_f1, seconds, gib, millions, share), r in zip(rows, records):
+        t = r["training"]
+        assert (accuracy, macro_f1) == (f"{100 * r['metrics']['accuracy']:.1f}", f"{r['metrics']['macro_f1']:.3f}")
+        assert (seconds, gib) == (f"{t['train_seconds']:.0f}", f"{t['peak_memory_bytes'] / 2**30:.2f}")
+        assert millions == f"{r['trainable_params'] / 1e6:.1f}"
+        assert share == f"{100 * r['trainable_params'] / r['total_params']:.{0 if share == '100' else 2}f}"
 
 
 def test_will_it_fit_shows_each_method_at_its_own_default_batch(smoke):

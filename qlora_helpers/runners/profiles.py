@@ -5,7 +5,8 @@
   accuracy in about a quarter of an hour on 2 CPU cores.
 - demo-decoder: offline on CPU with a real decoder LM, SmolLM2-135M (from PyPI), in all three notebooks
   at each method's defaults, on 3,080 stratified training rows for one epoch.
-- smollm2-t4: the reference run, SmolLM2-135M with kaggle-t4's settings on a GPU emulating a T4.
+- smollm2-t4: SmolLM2-135M in every notebook with kaggle-t4's settings on a GPU emulating a T4 (the
+  reference render until qwen-t4 replaced it).
 - qwen-t4: the series' own family with kaggle-t4's settings on a GPU emulating a T4: Gemma 3 270M (01),
   real Qwen2.5-Coder-1.5B-Instruct weights standing in for Qwen2.5-1.5B and 7B (02, 03).
 - smoke: the same pipeline on a tiny random Qwen2 and a few hundred rows, for CI: minutes.
