@@ -13,7 +13,7 @@ fi
 export JUPYTER_PATH=/tmp/site/share/jupyter PYTHONPATH=/tmp/site:$PWD QLORA_CACHE=/tmp/qcache BANKING77_DIR=/tmp/carry/banking77 \
   HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1 QLORA_COMMIT=${QLORA_COMMIT:?the commit that runs}
 mkdir -p /tmp/qcache/gguf
-for file in $(ls /tmp/carry/gguf/ 2>/dev/null | sed 's/\.part[0-9]*$//' | sort -u); do
-  [ -f /tmp/qcache/gguf/$file ] || cat $(ls /tmp/carry/gguf/$file.part* | sort) > /tmp/qcache/gguf/$file
+for file in $(ls /tmp/carry/gguf/ 2>/dev/null | grep '\.part[0-9]*$' | sed 's/\.part[0-9]*$//' | sort -u); do  # joined whole, then renamed:
+  [ -f /tmp/qcache/gguf/$file ] || { cat $(ls /tmp/carry/gguf/$file.part* | sort -V) > /tmp/qcache/gguf/$file.$$ && mv /tmp/qcache/gguf/$file.$$ /tmp/qcache/gguf/$file; }
 done
 set +e

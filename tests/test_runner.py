@@ -325,3 +325,17 @@ def test_a_relative_data_folder_is_found_by_the_kernels_too(tmp_path, monkeypatc
     monkeypatch.setenv("BANKING77_DIR", "mydata")
     assert data.default_data_dir() == tmp_path / "mydata"
     assert runner.local_data_dir(profiles.SMOKE, {}) == tmp_path / "mydata"
+
+
+def test_a_folder_of_one_notebook_run_with_a_set_says_how_to_remake_it(tmp_path):
+    """reference/qwen-t4-lr2e-3 (02 alone, learning_rate=0.002) got a README linking a 04 it did not have and a
+    refresh command that would have rerun the whole series at the default rate."""
+    import shutil
+
+    stem = "02_lora_qwen2.5_1.5b"
+    source = Path(__file__).resolve().parents[1] / "reference" / "qwen-t4-lr2e-3" / stem / "results.json"
+    (tmp_path / "lr" / stem).mkdir(parents=True)
+    shutil.copy(source, tmp_path / "lr" / stem / "results.json")
+    readme = runner.write_readme(tmp_path / "lr", profiles.get_profile("qwen-t4"), {"learning_rate": 0.002}).read_text()
+    assert "04_comparison.ipynb" not in readme
+    assert "--run-dir lr --notebooks 02 --set learning_rate=0.002 --force" in readme

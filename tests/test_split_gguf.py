@@ -68,7 +68,7 @@ def placed_copy(tmp_path, monkeypatch, payload: bytes) -> tuple[offline_models.G
     `$QLORA_CACHE/gguf/`, and the files `_dequantize` was given (recorded instead of read)."""
     published = b"".join(PARTS)
     model = offline_models.GgufModel("no_such_gguf_package", "carried.gguf", "pip install no-such-gguf-package",
-                                     len(published), hashlib.sha256(published).hexdigest())
+                                     len(published), hashlib.sha256(published).hexdigest(), "a carried model")
     monkeypatch.setenv("QLORA_CACHE", str(tmp_path / "cache"))
     (tmp_path / "cache" / "gguf").mkdir(parents=True)
     (tmp_path / "cache" / "gguf" / "carried.gguf").write_bytes(payload)
@@ -86,6 +86,6 @@ def test_a_carried_copy_of_a_package_shipped_gguf_is_used_without_the_package(tm
 
 def test_a_carried_copy_unlike_the_published_file_is_refused_before_converting(tmp_path, monkeypatch):
     model, read = placed_copy(tmp_path, monkeypatch, b"".join(PARTS)[:-1])  # one byte short: a piece cut off
-    with pytest.raises(OfflineModelError, match=r"carried.gguf is not carried.gguf: .* delete it and load again"):
+    with pytest.raises(OfflineModelError, match=r"carried.gguf is not a carried model: .* delete it and load again"):
         offline_models.convert_gguf(model, tmp_path / "converted")
     assert read == [] and not (tmp_path / "converted").exists()

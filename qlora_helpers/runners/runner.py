@@ -446,14 +446,14 @@ def run(profile_name: str, run_dir: str | Path | None = None, force: bool = Fals
             echo(f"{prefix}: done in {seconds:.0f} s: {summary}")
             outcomes.append(Outcome(notebook, "ran", seconds, summary))
     if results.read_results(run_dir):
-        write_readme(run_dir, profile)
+        write_readme(run_dir, profile, overrides)
     return outcomes
 
 
 README_FILE = "README.md"
 
 
-def write_readme(run_dir: str | Path, profile: profiles.Profile) -> Path:
+def write_readme(run_dir: str | Path, profile: profiles.Profile, overrides: dict | None = None) -> Path:
     """`<run_dir>/README.md`: what a reader of the run folder (e.g. on GitHub) sees first: the
     profile, when and on what hardware and code each notebook ran (read from its results.json),
     the comparison table, 04's findings, and the command that refreshes the folder."""
@@ -470,12 +470,16 @@ def write_readme(run_dir: str | Path, profile: profiles.Profile) -> Path:
     lines += [f"| [{r['run_name']}]({r['run_name']}.ipynb) | {r['created_at'][:16].replace('T', ' ')} | "
               f"{hardware_label(r)} | {r.get('commit', 'not recorded')} |" for r in records]
     comparison = profiles.COMPARISON_NOTEBOOK
+    ran = [r["run_name"] for r in records] + ([comparison] if (run_dir / f"{comparison}.ipynb").is_file() else [])
+    # the command that remakes this folder: its notebooks when not the whole series, and the --set it ran with
+    options = "".join([" --notebooks " + " ".join(name[:2] for name in ran) if len(ran) < len(profiles.NOTEBOOKS) else "",
+                       *(f" --set {key}={value!r}" for key, value in (overrides or {}).items())])
     lines += ["", "Libraries: " + ", ".join(f"{name} {version}" for name, version in versions.items() if version) + ".",
-              "", f"## Results ([{comparison}]({comparison}.ipynb))", "",
+              "", f"## Results ([{comparison}]({comparison}.ipynb))" if comparison in ran else "## Results", "",
               "| " + " | ".join(table.columns) + " |", "|" + " --- |" * len(table.columns)]
     lines += ["| " + " | ".join(str(value) for value in row) + " |" for row in table.itertuples(index=False)]
     lines += ["", findings(records), "", "## Refresh", "", "From the folder that holds this one:", "", "```bash",
-              f"python -m qlora_helpers.runners.run --profile {profile.name} --run-dir {run_dir.name} --force",
+              f"python -m qlora_helpers.runners.run --profile {profile.name} --run-dir {run_dir.name}{options} --force",
               "```", ""]
     return atomic.write_text(run_dir / README_FILE, "\n".join(lines))
 
