@@ -130,14 +130,14 @@ def _spread(records: list[dict], value, unit: str, best: str, worst: str, low_is
 
 def _accuracy_spread(records: list[dict]) -> str:
     """The most and least accurate runs, or that the test set cannot tell them apart: a gap within
-    two standard errors of the difference of two accuracies, sqrt(p1(1-p1)/n1 + p2(1-p2)/n2) (the
-    normal approximation to two binomial proportions, n the test rows), could reverse on another
-    test set of the same size."""
+    two standard errors of the difference of two accuracies, the root of the sum of their squared
+    standard errors (plots.accuracy_standard_error: the normal approximation to two binomial
+    proportions, n the test rows), could reverse on another test set of the same size."""
     accuracy = lambda r: r["metrics"]["accuracy"]  # noqa: E731
     ranked = sorted(records, key=accuracy, reverse=True)
     top, bottom = ranked[0], ranked[-1]
     (p1, n1), (p2, n2) = [(accuracy(r), plots.test_set_size(r)) for r in (top, bottom)]
-    two_se = 2 * math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2)
+    two_se = 2 * math.hypot(plots.accuracy_standard_error(top), plots.accuracy_standard_error(bottom))
     if p1 - p2 <= two_se:
         return (f"Most accurate: none that the test set can tell apart; {p2:.1%} to {p1:.1%} accuracy, a gap within "
                 f"two standard errors ({100 * two_se:.1f} points on {min(n1, n2):,} test rows).")
