@@ -37,30 +37,34 @@ class Setup:
 
 
 def setups(method: str) -> list[Setup]:
-    """A tutorial-like recipe, the method's defaults (what the notebooks train) and issue 12's levers at the
-    default batch, each against the default in the same run: fused fp32 AdamW, compiled decoder layers, less
-    or no checkpointing, CUDA graphs, and graphs checkpointing only batches a T4 cannot train without it."""
+    """A tutorial-like recipe, the method's defaults (what the notebooks train: CUDA graphs and the checkpointing
+    limit where they can run, fused AdamW outside QLoRA), the same with every step-cost lever off (the defaults
+    before issue 27), and issue 12's levers one by one on top of that: fused fp32 AdamW, compiled decoder layers,
+    less or no checkpointing, CUDA graphs, and graphs checkpointing only batches a T4 cannot train without it."""
     chosen, base = defaults.for_method(method), training.default_train_config(method)
     ckpt, dropout = chosen.gradient_checkpointing, chosen.lora_dropout
-    tutorial = replace(base, batch_size=8, gradient_accumulation=1, max_length=128, group_by_length=False,
-                       pad_to_multiple_of=None, optimizer="paged_adamw_8bit" if method == "qlora" else "adamw_torch")
+    off = replace(base, cuda_graphs=False, checkpoint_above_tokens=None,
+                  optimizer="paged_adamw_8bit" if method == "qlora" else "adamw_torch")
+    tutorial = replace(off, batch_size=8, gradient_accumulation=1, max_length=128, group_by_length=False,
+                       pad_to_multiple_of=None)
     found = [Setup("tutorial", tutorial, method == "qlora", 0.05, padded_to_128=True),
-             Setup("library_default", base, ckpt, dropout)]
+             Setup("library_default", base, ckpt, dropout), Setup("levers_off", off, ckpt, dropout)]
     if method == "full":
         return found
-    fused = replace(base, optimizer="adamw_torch_fused")
+    fused = replace(off, optimizer="adamw_torch_fused")
     compiled_fused = replace(fused, compile_layers=True)
-    levers = {"fused_adamw": (fused, ckpt, 1), "compiled_layers": (replace(base, compile_layers=True), ckpt, 1)}
+    levers = {"fused_adamw": (fused, ckpt, 1), "compiled_layers": (replace(off, compile_layers=True), ckpt, 1)}
     if ckpt:
-        levers.update(compiled_fused_adamw=(compiled_fused, True, 1), no_checkpointing=(base, False, 1),
-                      half_checkpointing=(base, True, 2), all_half_checkpointing=(compiled_fused, True, 2))
-    levers.update(all=(compiled_fused, False, 1), cuda_graphs=(replace(base, cuda_graphs=True), ckpt, 1),
+        levers.update(compiled_fused_adamw=(compiled_fused, True, 1), no_checkpointing=(off, False, 1),
+                      half_checkpointing=(off, True, 2), all_half_checkpointing=(compiled_fused, True, 2))
+    levers.update(all=(compiled_fused, False, 1), cuda_graphs=(replace(off, cuda_graphs=True), ckpt, 1),
                   cuda_graphs_fused_adamw=(replace(fused, cuda_graphs=True), ckpt, 1))
     if ckpt:
         long_only = memory.tokens_without_checkpointing("7B", method, "T4", batch_size=chosen.batch_size,
                                                         max_length=chosen.max_length)
         levers["cuda_graphs_fused_adamw_ckpt_long"] = (
             replace(fused, cuda_graphs=True, checkpoint_above_tokens=long_only), True, 1)
+        levers["default_fused_adamw"] = (replace(base, optimizer="adamw_torch_fused"), True, 1)
     return found + [Setup(f"lever_{name}", train, on, dropout, checkpoint_every=every)
                     for name, (train, on, every) in levers.items()]
 
@@ -244,7 +248,7 @@ def measure_cell(args, cap: MemoryCap, results: dict, key: str, method: str, tim
         profiled = args.device != "cpu" and setup.name in ("tutorial", "library_default", "lever_cuda_graphs")
         record = run_setup(cell, datasets[length, pad], setup, steps=args.steps, warmup=args.warmup, cap=cap,
                            out_dir=Path(args.work_dir), peak_tflops=results.get("env", {}).get("fp16_matmul_tflops"),
-                           profile_step=(args.steps - 3 if setup.train.cuda_graphs else args.warmup + 2) if profiled else None)
+                           profile_step=(args.steps - 3 if setup.train.cuda_graphs is not False else args.warmup + 2) if profiled else None)
         results.setdefault("speed", []).append({**record, "config": setup.name, "profile_kind": args.profile})
         write(args, results)
     results.setdefault("estimator", []).append(estimator_row(args, cap, cell))

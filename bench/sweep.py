@@ -36,11 +36,12 @@ sys.path.insert(0, str(REPO))
 # name -> knobs. method; batch x accumulation; learning rate; LoRA dropout; "tutorial" = the common
 # tutorial recipe: micro-batch 8, every row padded to 128 tokens, random batches (no length grouping).
 CANDIDATES: dict[str, dict] = {
-    "full_tutorial": dict(method="full", batch_size=8, learning_rate=2e-5, tutorial=True),
+    "full_tutorial": dict(method="full", batch_size=8, learning_rate=2e-5, optimizer="adamw_torch", tutorial=True),
     "full_b32_lr2e-5": dict(method="full", batch_size=32, learning_rate=2e-5),
     "full_b32_lr1e-4": dict(method="full", batch_size=32, learning_rate=1e-4),
     "full_b32_lr2e-4": dict(method="full", batch_size=32, learning_rate=2e-4),
-    "lora_tutorial": dict(method="lora", batch_size=8, learning_rate=2e-4, lora_dropout=0.05, tutorial=True),
+    "lora_tutorial": dict(method="lora", batch_size=8, learning_rate=2e-4, lora_dropout=0.05, optimizer="adamw_torch",
+                          tutorial=True),
     "lora_b32_lr2e-4": dict(method="lora", batch_size=32, learning_rate=2e-4),
     "lora_b32_lr1e-3": dict(method="lora", batch_size=32, learning_rate=1e-3),
     "lora_b64_lr2e-3": dict(method="lora", batch_size=64, learning_rate=2e-3),
@@ -52,6 +53,13 @@ CANDIDATES: dict[str, dict] = {
     # the notebooks' defaults (defaults.py) with learning_rate None: set by the model's size, as 02/03 do
     "lora_default": dict(method="lora", batch_size=64, learning_rate=None),
     "qlora_default": dict(method="qlora", batch_size=64, learning_rate=None),
+    # ... with every step-cost lever off (the defaults before issue 27: no graphs, checkpointing every
+    # micro-batch, AdamW without the fused kernel), and QLoRA's with fused fp32 AdamW for the 8-bit one
+    "lora_default_levers_off": dict(method="lora", batch_size=64, learning_rate=None, cuda_graphs=False,
+                                    optimizer="adamw_torch"),
+    "qlora_default_levers_off": dict(method="qlora", batch_size=64, learning_rate=None, cuda_graphs=False,
+                                     checkpoint_above_tokens=None),
+    "qlora_default_fused": dict(method="qlora", batch_size=64, learning_rate=None, optimizer="adamw_torch_fused"),
     # the step-cost levers together (bench/speed.py setups: "lever_all"): does accuracy hold?
     "qlora_b64_lr2e-3_levers": dict(method="qlora", batch_size=64, learning_rate=2e-3, compile_layers=True,
                                     optimizer="adamw_torch_fused", gradient_checkpointing=False),
@@ -61,9 +69,12 @@ CANDIDATES: dict[str, dict] = {
     "qlora_b64_lr2e-3_graphs_fused": dict(method="qlora", batch_size=64, learning_rate=2e-3, cuda_graphs=True,
                                           optimizer="adamw_torch_fused"),
 }
-# optimizer / gradient_checkpointing None: the method's default (qlora_helpers/defaults.py)
+# optimizer / gradient_checkpointing None: the method's default (qlora_helpers/defaults.py); cuda_graphs None
+# and checkpoint_above_tokens "auto": on where they can run, as training.TrainConfig's defaults. A tutorial
+# recipe turns both off (it checkpoints every micro-batch, as the tutorials do).
 SHARED = dict(epochs=2.0, gradient_accumulation=1, lora_r=16, lora_alpha=32, lora_dropout=0.0, max_length=64,
-              tutorial=False, compile_layers=False, cuda_graphs=False, optimizer=None, gradient_checkpointing=None)
+              tutorial=False, compile_layers=False, cuda_graphs=None, checkpoint_above_tokens="auto", optimizer=None,
+              gradient_checkpointing=None)
 
 
 DEFAULT_SEED = 42  # training.TrainConfig's: a worker of another seed is named <candidate>_seed<seed>
@@ -75,7 +86,8 @@ def candidate(name: str, seed: int = DEFAULT_SEED) -> dict:
     if name not in CANDIDATES:
         raise SystemExit(f"unknown candidate {name!r}: choose from {', '.join(CANDIDATES)}")
     label = name if seed == DEFAULT_SEED else f"{name}_seed{seed}"
-    return {**SHARED, **CANDIDATES[name], "name": label, "base": name, "seed": seed}
+    tutorial = dict(cuda_graphs=False, checkpoint_above_tokens=None) if CANDIDATES[name].get("tutorial") else {}
+    return {**SHARED, **tutorial, **CANDIDATES[name], "name": label, "base": name, "seed": seed}
 
 
 # Worker ---------------------------------------------------------------------------------------
@@ -124,7 +136,7 @@ def _worker(args) -> None:
         max_length=max_length, save_steps=10**9, logging_steps=10,
         seed=knobs["seed"],
         group_by_length=not knobs["tutorial"], retry_on_oom=False, compile_layers=knobs["compile_layers"],
-        cuda_graphs=knobs["cuda_graphs"],
+        cuda_graphs=knobs["cuda_graphs"], checkpoint_above_tokens=knobs["checkpoint_above_tokens"],
         **({"optimizer": knobs["optimizer"]} if knobs["optimizer"] else {}))
     trainer, measure = training.build_trainer(loaded, train_rows, config)
     if knobs["tutorial"]:  # padding="max_length": every row 128 tokens, as the tutorials tokenize
@@ -215,6 +227,7 @@ def _worker(args) -> None:
         raise
     finally:
         sweep._release(wait=False)
+        record["step_levers"] = training.step_levers(loaded.model, config.optimizer)  # what trained (graphs may fall back)
         measure.hook.remove()
         peak, kind = training.peak_memory()
         record.update(peak_memory_bytes=peak, peak_memory_kind=kind)

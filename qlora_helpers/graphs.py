@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .distributed import world_size
+from .distributed import is_main_process, world_size
 from .modeling import base_model, decoder_layers
 
 
@@ -38,6 +38,7 @@ class GraphedStack:
     stream: object = None  # the side stream the warm-up and every capture run on
     warmed_up: bool = False  # the stream has run one eager pass (its lazy initialisation is done)
     checkpoint_functions: dict[torch.nn.Module, object] = field(default_factory=dict)  # layer -> its own
+    fall_back: bool = False  # a failed recording turns the graphs off (one printed line) instead of raising
 
 
 class _StackCall(torch.nn.Module):
@@ -81,26 +82,38 @@ def _random_modules(model: torch.nn.Module) -> list[str]:
     return found
 
 
-def enable(model: torch.nn.Module) -> GraphedStack:
-    """Make `model`'s decoder stack replay CUDA graphs in training (idempotent: graphs recorded
-    earlier are dropped). Evaluation, inference and unusual calls (embeddings passed in, a cache)
-    run the stack eagerly.
-
-    Raises ValueError, naming the fix, for a model `decoder_stack` does not support, with dropout
-    anywhere in the model, on CPU, or under several processes.
-    """
-    stack = decoder_stack(model)
+def unavailable(model: torch.nn.Module) -> str | None:
+    """Why `enable` would refuse `model` here (its message, naming the fix), or None if graphs can run:
+    a model `decoder_stack` does not support, dropout anywhere in it, no CUDA GPU, several processes."""
+    try:
+        decoder_stack(model)
+    except ValueError as error:
+        return str(error)
     random = _random_modules(model)
     if random:
-        raise ValueError(f"cuda_graphs needs a model without dropout (a replayed graph would drop the same "
-                         f"units every time); found {', '.join(random[:3])}: set lora_dropout=0.")
+        return (f"cuda_graphs needs a model without dropout (a replayed graph would drop the same units every "
+                f"time); found {', '.join(random[:3])}: set lora_dropout=0.")
     if not torch.cuda.is_available():
-        raise ValueError("cuda_graphs needs a CUDA GPU: train with cuda_graphs=False on CPU.")
+        return "cuda_graphs needs a CUDA GPU: train with cuda_graphs=False on CPU."
     if world_size() > 1:
-        raise ValueError(f"cuda_graphs runs in one process, not {world_size()}: train with cuda_graphs=False, "
-                         "or on one GPU.")
+        return f"cuda_graphs runs in one process, not {world_size()}: train with cuda_graphs=False, or on one GPU."
+    return None
+
+
+def enable(model: torch.nn.Module, *, fall_back: bool = False) -> GraphedStack:
+    """Make `model`'s decoder stack replay CUDA graphs in training (idempotent: graphs recorded
+    earlier are dropped). Evaluation, inference and unusual calls (embeddings passed in, a cache)
+    run the stack eagerly. `fall_back`: if a recording fails (not for lack of memory), print one
+    line, turn the graphs off and train on eagerly, instead of raising RuntimeError.
+
+    Raises ValueError, naming the fix, where `unavailable` gives a reason.
+    """
+    reason = unavailable(model)
+    if reason is not None:
+        raise ValueError(reason)
+    stack = decoder_stack(model)
     disable(model)
-    state = GraphedStack(stack, pool=torch.cuda.graph_pool_handle(), stream=torch.cuda.Stream())
+    state = GraphedStack(stack, pool=torch.cuda.graph_pool_handle(), stream=torch.cuda.Stream(), fall_back=fall_back)
     # torch.utils.checkpoint saves and restores the CUDA RNG state around a recomputed layer, which a
     # capture cannot do (pytorch#162504); with nothing random inside, there is nothing to restore.
     for layer in decoder_layers(stack):
@@ -114,18 +127,32 @@ def enable(model: torch.nn.Module) -> GraphedStack:
     return state
 
 
+def active(model: torch.nn.Module) -> bool:
+    """True while `model`'s decoder stack replays graphs (enable, and no fall-back since)."""
+    try:
+        return "_qlora_graphs" in decoder_stack(model).__dict__
+    except ValueError:
+        return False
+
+
 def disable(model: torch.nn.Module) -> None:
     """Undo `enable` (nothing to undo: no-op); the graphs and their memory pool are released."""
     try:
         stack = decoder_stack(model)
     except ValueError:
         return
+    _turn_off(stack)
+
+
+def _turn_off(stack: torch.nn.Module) -> None:
     state = stack.__dict__.pop("_qlora_graphs", None)
     if state is None:
         return
     del stack.forward  # the instance attribute: the class's forward is back
     for layer, own in state.checkpoint_functions.items():
         layer._gradient_checkpointing_func = own
+    # gradients accumulated from a replay may still be the backward graphs' own buffers: copies first
+    _unalias_gradients([p for p in stack.parameters() if p.requires_grad])
     for recorded in state.graphs.values():
         recorded.release()
     state.graphs.clear()
@@ -155,7 +182,15 @@ def _dispatch(state: GraphedStack, *args, **kwargs):
     key = tuple(input_ids.shape)
     graphed = state.graphs.get(key)
     if graphed is None:
-        graphed = state.graphs[key] = _record(state, input_ids, mask)
+        try:
+            graphed = state.graphs[key] = _record(state, input_ids, mask)
+        except RuntimeError as error:
+            if not state.fall_back or isinstance(error, torch.OutOfMemoryError):
+                raise
+            if is_main_process():
+                print(f"CUDA graphs: off from here on, training goes on without them ({str(error).split(': train')[0]})")
+            _turn_off(stack)
+            return type(stack).forward(stack, input_ids, *args[1:], attention_mask=mask, **kwargs)
     _unalias_gradients(graphed.params)
     return BaseModelOutputWithPast(last_hidden_state=_Replay.apply(graphed, input_ids, mask, *graphed.params))
 

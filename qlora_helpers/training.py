@@ -74,16 +74,18 @@ class TrainConfig:
     # Replay the decoder stack's forward and backward as CUDA graphs (graphs.py): one launch instead of
     # thousands where a step waits on kernel launches (H200, T4 profile, one epoch with every recording:
     # 2.16x the 7B QLoRA examples/s, 4.19x SmolLM2's; the same validation accuracy under three seeds).
-    # CUDA only, one process, no dropout. Off by default, untried on a real T4:
-    # bench/results/SUMMARY.md ("Step cost") has what it bought.
-    cuda_graphs: bool = False
+    # None (the default): on where graphs can run (a CUDA GPU, one process, no dropout, a decoder
+    # classifier), otherwise off, and one printed line says why; a recording that fails turns them off
+    # the same way and training goes on. True: on, or ValueError before any work; False: off.
+    cuda_graphs: bool | None = None
     # With gradient checkpointing: recompute activations only for micro-batches of more than this many
     # padded tokens (batch x length); smaller ones keep theirs and skip the recomputed forward, a third
-    # of a frozen base's matmuls (limit_checkpointing). None: every micro-batch recomputes. Size it with
-    # memory.tokens_without_checkpointing (7B QLoRA, T4: 1024). With graphs and fused AdamW it took the
-    # 7B to 3.10x the default's examples/s over an epoch at 11.7 GiB (H200, T4 profile, run 10); off by
-    # default, measured there only: bench/results/SUMMARY.md ("Step cost").
-    checkpoint_above_tokens: int | None = None
+    # of a frozen base's matmuls (limit_checkpointing). None: every micro-batch recomputes. "auto" (the
+    # default): on a CUDA GPU, the most tokens memory.tokens_without_checkpointing says this model can
+    # keep with 1 GiB of the GPU (or of the T4 it emulates) to spare (7B QLoRA, T4: 1024); None on CPU.
+    # With graphs and fused AdamW it took the 7B to 3.10x the old default's examples/s over an epoch at
+    # 11.7 GiB (H200, T4 profile, run 10): bench/results/SUMMARY.md ("Step cost").
+    checkpoint_above_tokens: int | str | None = "auto"
     # When the logged training loss turns NaN/inf, or climbs back to chance after having learned
     # (`divergence`): roll back to the last healthy logging step (trainable weights, optimizer state and
     # schedule, kept in CPU memory meanwhile: for `full`, a copy of the whole model and its optimizer
@@ -129,6 +131,9 @@ class TrainStats:
     # results from before it existed
     recoveries: list[dict] = field(default_factory=list)
     peak_learning_rate: float | None = None  # the schedule's peak the run ended with; None: not recorded
+    # the step-cost levers the run ended with (training.step_levers): cuda_graphs, checkpoint_above_tokens,
+    # optimizer; empty in results from before it existed
+    step_levers: dict = field(default_factory=dict)
 
     @property
     def examples_per_second(self) -> float:
@@ -414,6 +419,7 @@ class _CheckpointLimit:
     """What limit_checkpointing changed: the layers that checkpointed, and the hook that decides."""
     layers: list[torch.nn.Module]
     hook: torch.utils.hooks.RemovableHandle
+    above_tokens: int
 
 
 def limit_checkpointing(model: torch.nn.Module, above_tokens: int | None) -> None:
@@ -445,7 +451,16 @@ def limit_checkpointing(model: torch.nn.Module, above_tokens: int | None) -> Non
             for layer in layers:
                 layer.gradient_checkpointing = recompute
 
-    holder._qlora_checkpoint_limit = _CheckpointLimit(layers, holder.register_forward_pre_hook(choose, with_kwargs=True))
+    holder._qlora_checkpoint_limit = _CheckpointLimit(layers, holder.register_forward_pre_hook(choose, with_kwargs=True),
+                                                      above_tokens)
+
+
+def step_levers(model: torch.nn.Module, optimizer: str) -> dict:
+    """The step-cost levers on `model` now (before release_training_state): {"cuda_graphs": whether its
+    stack still replays graphs, "checkpoint_above_tokens": the limit (None: none), "optimizer": ...}."""
+    limit = modeling.base_model(model).__dict__.get("_qlora_checkpoint_limit")
+    return {"cuda_graphs": graphs.active(model), "checkpoint_above_tokens": limit.above_tokens if limit else None,
+            "optimizer": optimizer}
 
 
 def release_training_state(model: torch.nn.Module) -> None:
@@ -456,16 +471,58 @@ def release_training_state(model: torch.nn.Module) -> None:
 
 
 def prepare_for_training(model: torch.nn.Module, config: TrainConfig) -> None:
-    """Before the Trainer is built: the seed, then the step-cost knobs `config` turns on (a checkpointing
-    limit, compiled decoder layers, CUDA graphs; all off by default). ValueError, before any work,
-    where a knob cannot run."""
+    """Before the Trainer is built: the seed, then the step-cost levers (a checkpointing limit, compiled
+    decoder layers, CUDA graphs). A lever left to choose (cuda_graphs None, checkpoint_above_tokens
+    "auto") is on where it can run and says so in one printed line, or why not; one asked for that
+    cannot run raises ValueError before any work. What ran is in TrainStats.step_levers."""
     set_seed(config.seed)
-    if config.checkpoint_above_tokens is not None:
-        limit_checkpointing(model, config.checkpoint_above_tokens)  # ValueError without checkpointing
+    above = checkpoint_limit(model, config)
+    if above is not None:
+        limit_checkpointing(model, above)  # ValueError without checkpointing
     if config.compile_layers:
         compile_decoder_layers(model)
-    if config.cuda_graphs:
-        graphs.enable(model)  # ValueError before any work where graphs cannot run
+    use_graphs = bool(config.cuda_graphs)
+    if config.cuda_graphs is None:
+        reason = graphs.unavailable(model)
+        use_graphs = reason is None
+        _say(f"CUDA graphs: {'on (the decoder stack replays as two graphs per batch shape)' if use_graphs else 'off: ' + reason.split(': ')[0]}")
+    if use_graphs:
+        graphs.enable(model, fall_back=config.cuda_graphs is None)  # ValueError before any work where they cannot run
+
+
+def checkpoint_limit(model: torch.nn.Module, config: TrainConfig) -> int | None:
+    """config.checkpoint_above_tokens, with "auto" resolved for `model` (see TrainConfig): None on CPU and
+    where no decoder layer checkpoints; else the tokens memory.tokens_without_checkpointing allows on this
+    GPU, or on the T4 it emulates, with 1 GiB to spare (printed in one line). ValueError for another string."""
+    above = config.checkpoint_above_tokens
+    if not isinstance(above, str):
+        return above
+    if above != "auto":
+        raise ValueError(f"checkpoint_above_tokens={above!r}: use a number of tokens, None or 'auto'.")
+    checkpointing = [layer for layer in modeling.decoder_layers(model) if getattr(layer, "gradient_checkpointing", False)]
+    device = next(model.parameters()).device
+    if not checkpointing or device.type != "cuda":
+        return None
+    from . import emulation, memory
+
+    base = modeling.base_model(model)
+    peft_config = getattr(model, "peft_config", {}).get("default")
+    gpu = (memory.GPUS["T4"] if emulation.emulated_gpu() == "t4" else
+           memory.GPU(torch.cuda.get_device_name(device), torch.cuda.get_device_properties(device).total_memory // 2**20,
+                      bf16=torch.cuda.is_bf16_supported()))
+    method = "qlora" if getattr(base, "is_loaded_in_4bit", False) else ("lora" if peft_config else "full")
+    tokens = memory.tokens_without_checkpointing(
+        memory.ModelShape.from_config(base.config), method, gpu, batch_size=config.batch_size,
+        max_length=config.max_length, optimizer=config.optimizer, lora_r=getattr(peft_config, "r", 16),
+        lora_dropout=getattr(peft_config, "lora_dropout", 0.0))
+    _say(f"gradient checkpointing: only micro-batches over {tokens:,} padded tokens recompute their activations "
+         f"(smaller ones fit {gpu.name}'s memory with 1 GiB to spare; checkpoint_above_tokens='auto')")
+    return tokens
+
+
+def _say(line: str) -> None:
+    if is_main_process():
+        print(line)
 
 
 def finish_trainer(trainer: Trainer, config: TrainConfig) -> None:
@@ -585,6 +642,7 @@ def _train_once(trainer: Trainer, loaded: LoadedModel, train_dataset, config: Tr
         print(f"resuming from {last.name}")
     try:
         trainer.train(resume_from_checkpoint=str(last) if last else None)
+        levers = step_levers(trainer.model, str(getattr(trainer.args.optim, "value", trainer.args.optim)))
     finally:
         release(trainer)
     peak, kind = peak_memory()
@@ -595,7 +653,7 @@ def _train_once(trainer: Trainer, loaded: LoadedModel, train_dataset, config: Tr
     return TrainStats(measure.seconds, trainer.state.global_step, measure.examples, measure.real_tokens,
                       measure.padded_tokens, peak, kind, final, losses, seen, config.batch_size,
                       config.gradient_accumulation, _step(last) if last else 0, world_size(),
-                      DivergenceGuard.recoveries(trainer.state), max(trainer.lr_scheduler.base_lrs))
+                      DivergenceGuard.recoveries(trainer.state), max(trainer.lr_scheduler.base_lrs), levers)
 
 
 # Which checkpoint may resume this run --------------------------------------------------------------

@@ -4,6 +4,7 @@ import importlib.util
 import json
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -84,21 +85,31 @@ def test_step_flops_follow_the_stated_formula():
 
 
 def test_each_lever_changes_the_default_as_its_name_says():
-    """The levers are timed against `library_default` in the same run: each must be the default with
-    its own change and nothing else (a lever once trained another batch than the default's)."""
+    """The levers are timed in the same run against `levers_off`, the defaults before issue 27 (no graphs,
+    every micro-batch checkpointed, AdamW without the fused kernel outside QLoRA): each must be that with its
+    own change and nothing else (a lever once trained another batch than the default's); `library_default`
+    is what the notebooks train."""
     _load("cli")
     from bench.speed import setups
 
     qlora = {s.name: s for s in setups("qlora")}
-    default = qlora["library_default"]
+    default, off = qlora["library_default"], qlora["levers_off"]
     assert default.train == training.default_train_config("qlora")
-    assert {s.train.batch_size for s in qlora.values() if s.name != "tutorial"} == {default.train.batch_size}
-    assert qlora["lever_fused_adamw"].train.optimizer == "adamw_torch_fused"
+    assert default.train.cuda_graphs is None and default.train.checkpoint_above_tokens == "auto"
+    assert off.train.cuda_graphs is False and off.train.checkpoint_above_tokens is None
+    assert off.train.optimizer == default.train.optimizer == "paged_adamw_8bit"
+    assert {s.name: s.train.batch_size for s in qlora.values() if s.name != "tutorial"} == {
+        name: default.train.batch_size for name in qlora if name != "tutorial"}
+    assert qlora["lever_fused_adamw"].train == replace(off.train, optimizer="adamw_torch_fused")
     assert not qlora["lever_no_checkpointing"].checkpointing and qlora["lever_half_checkpointing"].checkpoint_every == 2
-    assert qlora["lever_cuda_graphs"].train.cuda_graphs and not default.train.cuda_graphs
+    assert qlora["lever_cuda_graphs"].train == replace(off.train, cuda_graphs=True)
     assert qlora["lever_cuda_graphs_fused_adamw_ckpt_long"].train.checkpoint_above_tokens == 64 * 16  # 7B on a T4
+    assert qlora["lever_default_fused_adamw"].train == replace(default.train, optimizer="adamw_torch_fused")
     assert qlora["tutorial"].padded_to_128 and qlora["tutorial"].train.batch_size == 8
-    assert [s.name for s in setups("full")] == ["tutorial", "library_default"]
+    assert qlora["tutorial"].train.cuda_graphs is False and qlora["tutorial"].train.checkpoint_above_tokens is None
+    full = {s.name: s for s in setups("full")}
+    assert list(full) == ["tutorial", "library_default", "levers_off"]
+    assert full["levers_off"].train.optimizer == "adamw_torch" and full["library_default"].train.optimizer == "adamw_torch_fused"
 
 
 def test_summary_rebuilds_from_committed_results(tmp_path):
@@ -351,3 +362,31 @@ def test_sweep_default_candidates_take_the_learning_rate_by_model_size(tmp_path)
     (record,) = sweep.load_sweep(tmp_path / "sweep_cpu")
     assert record["status"] == "done" and record["candidate"]["learning_rate"] is None
     assert record["learning_rate"] == defaults.learning_rate("lora", 1)  # tiny: the rate is never raised
+
+
+def test_unsloth_row_records_a_failure_with_its_commit_and_versions(tmp_path):
+    """bench/unsloth_row.py, run as on a lent GPU but with an Unsloth that fails to import (a stand-in module), still
+    writes its JSON: status "error" at that stage with the error text, the commit ($QLORA_COMMIT), the libraries found
+    and the defaults' batch and length; and nothing it imports first loads transformers or peft (Unsloth patches them
+    as it is imported, and runs with the device's transformers 5.17, not the project's)."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    (tmp_path / "unsloth.py").write_text("raise ImportError('Unsloth stand-in: not installed')\n")
+    out = tmp_path / "results" / "row.json"
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}", "QLORA_COMMIT": "abc1234", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "unsloth_row.py"), "--out", str(out),
+                           "--models-dir", str(tmp_path / "models")], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1, done.stderr[-3000:]
+    record = json.loads(out.read_text())
+    assert record["status"] == "error" and record["stage"] == "import_unsloth", record
+    assert "ImportError: Unsloth stand-in: not installed" in record["error"] and "Traceback" in record["traceback"]
+    assert record["commit"] == "abc1234" and record["imported_before_unsloth"] == []
+    assert record["versions"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
+    assert {"unsloth", "unsloth_zoo", "trl", "transformers", "peft", "bitsandbytes"} <= set(record["versions"])
+    qlora = defaults.DEFAULTS["qlora"]
+    assert (record["args"]["batch_size"], record["args"]["max_length"]) == (qlora.batch_size, qlora.max_length)
+    assert record["profile"] == "t4" and not (tmp_path / "models").exists()  # it stopped before building the 7B

@@ -174,6 +174,53 @@ def test_only_the_first_recording_on_a_stream_runs_an_eager_warm_up(qwen2_lora, 
     assert asked == [((3, 8), True), ((4, 8), True), ((2, 8), False), ((4, 8), False)]
 
 
+def test_auto_graphs_that_fail_to_record_turn_off_with_one_line_and_training_goes_on(qwen2_lora, pretend_gpu,
+                                                                                     monkeypatch, capsys):
+    """cuda_graphs=None (the default) must never crash a run: a recording that fails (not for memory)
+    turns the graphs off, says so once, and that forward and every later one run eagerly; asked for
+    explicitly (fall_back=False) the same failure stops the run with the fix."""
+    monkeypatch.setattr(graphs, "_on_gpu", lambda tensor: True)
+    monkeypatch.setattr(graphs, "_record", lambda *args: (_ for _ in ()).throw(
+        RuntimeError("recording the CUDA graphs of Qwen2Model for batch shape (4, 8) failed (boom): train with "
+                     "cuda_graphs=False.")))
+    model, batch = qwen2_lora.model, _batch()
+    eager = model(**batch).loss
+    graphs.enable(model, fall_back=True)
+    assert graphs.active(model)
+    loss = model(**batch).loss
+    loss.backward()
+    assert torch.allclose(loss, eager) and not graphs.active(model)
+    assert capsys.readouterr().out.count("CUDA graphs: off from here on") == 1
+    model(**batch).loss.backward()  # eager from now on: nothing recorded, nothing printed
+    assert capsys.readouterr().out == ""
+    graphs.enable(model)  # explicitly asked for: the failure is an error naming the fix
+    with pytest.raises(RuntimeError, match="train with cuda_graphs=False"):
+        model(**batch)
+    graphs.disable(model)
+
+
+def test_default_levers_on_cpu_are_off_each_with_its_line_and_recorded_in_the_stats(qwen2_lora, tmp_path, capsys):
+    """The defaults choose the levers themselves (TrainConfig.cuda_graphs None, checkpoint_above_tokens
+    "auto"): on a CPU both are off, one printed line says why the graphs are, and TrainStats records what
+    trained, LoRA with torch's fused AdamW."""
+    from datasets import Dataset
+
+    config = training.default_train_config("lora", output_dir=str(tmp_path), max_steps=2, batch_size=4,
+                                           save_steps=10**9, retry_on_oom=False)
+    assert config.cuda_graphs is None and config.checkpoint_above_tokens == "auto"
+    assert config.optimizer == "adamw_torch_fused"
+    rows = Dataset.from_list([{"input_ids": [5 + i, 6, 7], "attention_mask": [1, 1, 1], "label": i % 3}
+                              for i in range(8)])
+    stats = training.train(qwen2_lora, rows, config)
+    assert "CUDA graphs: off: cuda_graphs needs a CUDA GPU" in capsys.readouterr().out
+    assert stats.step_levers == {"cuda_graphs": False, "checkpoint_above_tokens": None,
+                                 "optimizer": "adamw_torch_fused"}
+    assert training.checkpoint_limit(qwen2_lora.model, config) is None  # CPU: every micro-batch recomputes
+    with pytest.raises(ValueError, match="use a number of tokens, None or 'auto'"):
+        training.checkpoint_limit(qwen2_lora.model, training.TrainConfig(**{**config.__dict__,
+                                                                             "checkpoint_above_tokens": "all"}))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs record and replay on a GPU")
 def test_graphs_train_as_the_eager_stack_does_and_leave_no_memory_behind(tiny_qwen2):
     """The same micro-batches from the same weights, eagerly then with graphs: two steps of three

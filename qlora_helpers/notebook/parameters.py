@@ -94,9 +94,10 @@ class NotebookParameters:
     save_steps: int = 200  # a checkpoint every this many optimizer steps (resumable runs)
     keep_checkpoints: bool = False  # keep <run_dir>/<notebook>/checkpoints after a finished run
     use_all_gpus: bool = True  # several GPUs (Kaggle's T4 x2): train data-parallel on all, same effective batch
-    # lora / qlora on one GPU with lora_dropout 0: replay the decoder stack as CUDA graphs (graphs.py);
+    # replay the decoder stack as CUDA graphs (graphs.py; lora / qlora, one GPU, lora_dropout 0). None: on
+    # where they can run, else off with a line saying why; True: on or an error before anything loads;
     # training.TrainConfig.cuda_graphs, whose default this must be (a test checks)
-    cuda_graphs: bool = False
+    cuda_graphs: bool | None = None
     run_dir: str = "runs/kaggle-t4"  # results go to <run_dir>/<notebook>/
     profile: str = "kaggle-t4"  # a label recorded in the results
     seed: int = 42
@@ -280,7 +281,7 @@ _FIELD_TYPES = {
     "learning_rate": (float, True), "max_length": (int, False), "lora_r": (int, False),
     "lora_alpha": (int, False), "lora_dropout": (float, False), "gradient_checkpointing": (bool, True),
     "upcast_all_to_fp32": (bool, False), "save_steps": (int, False), "keep_checkpoints": (bool, False),
-    "use_all_gpus": (bool, False), "cuda_graphs": (bool, False),
+    "use_all_gpus": (bool, False), "cuda_graphs": (bool, True),
     "run_dir": (str, False), "profile": (str, False), "seed": (int, False),
 }
 
