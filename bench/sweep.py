@@ -57,6 +57,10 @@ CANDIDATES: dict[str, dict] = {
     # micro-batch, AdamW without the fused kernel), and QLoRA's with fused fp32 AdamW for the 8-bit one
     "lora_default_levers_off": dict(method="lora", batch_size=64, learning_rate=None, cuda_graphs=False,
                                     optimizer="adamw_torch"),
+    # ... at kaggle-t4's micro-batch for 02 (32 x 2): a 1.5B's LoRA at 64 x 1 runs out of a T4's memory
+    "lora_default_b32x2": dict(method="lora", batch_size=32, gradient_accumulation=2, learning_rate=None),
+    "lora_default_levers_off_b32x2": dict(method="lora", batch_size=32, gradient_accumulation=2, learning_rate=None,
+                                          cuda_graphs=False, optimizer="adamw_torch"),
     "qlora_default_levers_off": dict(method="qlora", batch_size=64, learning_rate=None, cuda_graphs=False,
                                      checkpoint_above_tokens=None),
     "qlora_default_fused": dict(method="qlora", batch_size=64, learning_rate=None, optimizer="adamw_torch_fused"),
