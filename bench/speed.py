@@ -263,12 +263,15 @@ def estimator_row(args, cap: MemoryCap, cell: Cell) -> dict:
     data = synthetic_dataset(max(batch * (args.est_steps + 1), 64), shape.vocab_size, max_length=seq,
                              fixed_length=seq, seed=1)
     record = run_setup(cell, data, setup, steps=args.est_steps, warmup=1, cap=cap, out_dir=Path(args.work_dir))
-    est = memory.estimate(shape, method, batch_size=batch, seq_len=seq, gradient_checkpointing=setup.checkpointing,
+    # with checkpointing, the default's limit ("auto") lets micro-batches of up to `limit` tokens skip it
+    limit = training.checkpoint_limit(cell.loaded.model, setup.train) if setup.checkpointing else None
+    checkpointed = setup.checkpointing and (limit is None or batch * seq > limit)
+    est = memory.estimate(shape, method, batch_size=batch, seq_len=seq, gradient_checkpointing=checkpointed,
                           optimizer=setup.train.optimizer, lora_dropout=setup.lora_dropout,
                           compute_dtype=modeling.choose_compute_dtype(args.device).itemsize)
     footprint, peak = cell.load_info["footprint_bytes"], record["peak_bytes"]
     return {"model": shape.name, "method": method, "batch_size": batch, "seq_len": seq, "status": record["status"],
-            "optimizer": setup.train.optimizer, "gradient_checkpointing": setup.checkpointing,
+            "optimizer": setup.train.optimizer, "gradient_checkpointing": checkpointed, "checkpoint_above_tokens": limit,
             "lora_dropout": setup.lora_dropout, "measured_footprint_bytes": footprint,
             "estimated_footprint_bytes": est.footprint_bytes, "footprint_error": est.footprint_bytes / footprint - 1,
             "measured_peak_bytes": peak, "estimated_peak_bytes": est.peak_bytes,

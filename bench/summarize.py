@@ -139,6 +139,7 @@ def step_cost_section(current: dict[str, dict], results_dir: Path) -> list[str]:
     lines += ["", "Each lever against `library_default` of the same run and model:", "", *table(
         "run | model | config | timed steps | shapes | ex/s | x library_default | steady ex/s | "
         "x library_default (steady) | peak GiB | status", levers), "", *speed_table(rows), "", *profile_table(rows)]
+    lines += unsloth_table(current, results_dir)
     # records of code that is gone (bench/README.md): graphs against eager, Unsloth, runs whose files were lost
     for record in [results_dir / "graphs_check.md", results_dir / "unsloth_h200_t4.md",
                    *sorted(results_dir.glob("run*_transcript.md"))]:
@@ -199,6 +200,25 @@ def notebook_results_table(folder: Path) -> str:
     text = "\n".join(lines) + "\n"
     folder.with_suffix(".md").write_text(text)
     return text
+
+
+def unsloth_table(current: dict[str, dict], results_dir: Path) -> list[str]:
+    """Issue 27: the QLoRA defaults before it (`levers_off`), today's and today's with fused AdamW against Unsloth's
+    row (bench/unsloth_row.py) measured in the same lease at the same commit, GPU and micro-batch."""
+    rows = []
+    for path in sorted(results_dir.glob("unsloth_*.json")):
+        peer = _read(path)
+        run = next((tag for tag, r in current.items() if r["env"].get("commit") == peer.get("commit")
+                    and r["env"].get("gpu") == peer.get("hardware", {}).get("name") and any(s["config"] == "levers_off" for s in r["speed"])), None)
+        if run is None or peer.get("status") != "ok":
+            continue
+        ours = {s["config"]: s for s in current[run]["speed"] if s["method"] == "qlora" and s["status"] == "ok"}
+        old = ours["levers_off"]["examples_per_second"]
+        for name, eps, peak in [*((c, ours[c]["examples_per_second"], ours[c]["peak_bytes"] / GIB) for c in ours),
+                                (f"Unsloth {peer['versions']['unsloth']} ({path.name})", peer["examples_per_s"],
+                                 peer["peak_memory_gib"])]:
+            rows.append((run, name, f"{eps:.1f}", f"{eps / old:.2f}x", f"{eps / peer['examples_per_s']:.2f}x", f"{peak:.2f}"))
+    return ["", NOTES["unsloth_same_run"], "", *table("run | setup | ex/s | x levers_off | x Unsloth | peak GiB", rows), ""] if rows else []
 
 
 def main(results_dir: Path = RESULTS, out_path: Path | None = None) -> str:

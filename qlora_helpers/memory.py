@@ -372,9 +372,27 @@ def tokens_without_checkpointing(shape: ModelShape | str, method: str, gpu: GPU 
     return fitting
 
 
+def default_peak_bytes(shape: ModelShape | str, method: str, gpu: GPU | str, *, batch_size: int, seq_len: int = 64,
+                       **kwargs) -> int:
+    """The allocator peak of `method`'s defaults on `gpu` (bytes): where the method checkpoints, micro-batches of up
+    to `tokens_without_checkpointing` tokens keep their activations instead (TrainConfig.checkpoint_above_tokens
+    "auto"), so the peak is the larger of that micro-batch without checkpointing and the longest one with it.
+    The 7B's QLoRA on a T4: 11.2 GiB predicted, 11.45 measured (bench/results/run11_h100_t4.json); with every
+    micro-batch checkpointed, 6.2. kwargs go to `estimate`."""
+    kwargs.pop("gradient_checkpointing", None)
+    every = estimate(shape, method, batch_size=batch_size, seq_len=seq_len, **kwargs)
+    tokens = tokens_without_checkpointing(shape, method, gpu, batch_size=batch_size, max_length=seq_len, **kwargs)
+    if not every.gradient_checkpointing or tokens == 0:
+        return every.peak_bytes
+    kept = estimate(shape, method, batch_size=batch_size, seq_len=tokens // batch_size, gradient_checkpointing=False,
+                    **kwargs)
+    return max(every.peak_bytes, kept.peak_bytes)
+
+
 def fit_table(models=("0.5B", "1.5B", "7B"), methods=("full", "lora", "qlora"), gpus=("T4", "L4", "A100-40GB", "A100-80GB"),
               *, batch_size: int | None = None, seq_len: int = 64, **kwargs):
-    """One row per model x method: footprint, predicted peak, and whether it fits each GPU.
+    """One row per model x method: footprint, predicted peak, the peak on a T4 where the default's checkpointing limit
+    lets small micro-batches keep their activations (default_peak_bytes), and whether it fits each GPU.
 
     batch_size None means each method's default micro-batch (DEFAULT_BATCH_SIZE, from defaults.py);
     seq_len is the padded length of the longest batch (the notebooks truncate at 64 tokens).
@@ -393,6 +411,9 @@ def fit_table(models=("0.5B", "1.5B", "7B"), methods=("full", "lora", "qlora"), 
             row = {"model": shape.name, "method": method, "batch": batch,
                    "checkpointing": "on" if est.gradient_checkpointing else "off", "optimizer": est.optimizer,
                    "footprint_gb": round(est.footprint_bytes / GB, 2), "peak_gib": round(est.peak_bytes / GIB, 1)}
+            # on a T4 the default spends memory left over on keeping small micro-batches' activations
+            row["t4_default_peak_gib"] = round((default_peak_bytes(shape, method, "T4", batch_size=batch, seq_len=seq_len,
+                                                                   **kwargs) if est.fits("T4") else est.peak_bytes) / GIB, 1)
             for gpu in gpus:
                 row[gpu] = "yes" if est.fits(gpu) else "no"
             rows.append(row)

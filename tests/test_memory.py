@@ -130,3 +130,17 @@ def test_estimator_error_against_the_h200_measurements():
     measured = json.loads((RESULTS / "run2_h200_t4.json").read_text())["loads"]["Qwen2.5-7B:qlora"]
     assert memory.estimate("7B", "qlora").footprint_bytes == measured["footprint_bytes"] == 4_353_858_048
     assert measured["allocated_after_bytes"] / GIB < 4.4
+
+
+def test_default_peak_on_a_t4_keeps_small_micro_batches_activations_and_matches_the_measured_run():
+    """QLoRA's default checkpoints only micro-batches above the limit that leaves 1 GiB of a T4 spare: its peak is
+    that limit's micro-batch without checkpointing, within 5% of the new default measured on the 7B shape."""
+    every = memory.estimate("7B", "qlora", batch_size=64, seq_len=64)
+    kept = memory.estimate("7B", "qlora", batch_size=64, seq_len=16, gradient_checkpointing=False)  # 1,024 tokens
+    peak = memory.default_peak_bytes("7B", "qlora", "T4", batch_size=64, seq_len=64)
+    assert peak == kept.peak_bytes > every.peak_bytes
+    run = json.loads((RESULTS / "run11_h100_t4.json").read_text())
+    measured = next(r["peak_bytes"] for r in run["speed"] if r["config"] == "library_default")
+    assert abs(peak / measured - 1) < 0.05, (peak / 2**30, measured / 2**30)
+    lora = memory.estimate("1.5B", "lora", batch_size=32)  # no checkpointing: nothing to limit
+    assert memory.default_peak_bytes("1.5B", "lora", "T4", batch_size=32) == lora.peak_bytes
