@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The benchmark's one entry point, `python bench/cli.py COMMAND` (see --help): speed (speed.py; `--device cpu` is
-the tiny pipeline check tests/test_bench.py runs), two-gpus (two_gpus.py), sweep (sweep.py), t4-estimate
-(t4_estimate.py) and summarize (summarize.py: every table and results/SUMMARY.md from the results' JSON)."""
+the tiny pipeline check tests/test_bench.py runs), sweep (sweep.py), t4-estimate (t4_estimate.py) and summarize
+(summarize.py: every table and results/SUMMARY.md from the results' JSON)."""
 from __future__ import annotations
 
 import argparse
@@ -40,12 +40,6 @@ def parser() -> argparse.ArgumentParser:
     speed.add_argument("--tag", help="default: cpu_smoke on CPU, h200_<profile> on a GPU")
     speed.add_argument("--models-dir", default="/tmp/qlora_bench_models")
     speed.add_argument("--work-dir", default="/tmp/qlora_bench_runs")
-    two = commands.add_parser("two-gpus", help="one GPU against two through runners.train_all_gpus")
-    for option, default in (("tag", "h200x2_t4"), ("out-dir", RESULTS), ("work-dir", "/tmp/qlora_two_gpus"),
-                            ("speed-train-samples", 3000), ("accuracy-train-samples", 2000)):
-        two.add_argument("--" + option, default=default, type=type(default))
-    two.add_argument("--parts", type=names, default="speed,accuracy")
-    two.add_argument("--gpu-counts", type=names, default="1,2", help="e.g. 1 (while the other GPU is busy), then 2")
     commands.add_parser("summarize", help="every table and results/SUMMARY.md from the results' JSON")
     commands.add_parser("sweep", help="defaults chosen by validation accuracy per second: run, report, choose",
                         add_help=False)
@@ -62,8 +56,7 @@ def main(argv: list[str] | None = None):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     if args.command != "speed":
-        module = importlib.import_module("bench." + args.command.replace("-", "_"))
-        return module.main(args) if args.command == "two-gpus" else module.main()
+        return importlib.import_module("bench." + args.command.replace("-", "_")).main()
     if unknown := set(args.sections) - {"env", "speed", "estimator"}:
         command_line.error(f"unknown section(s) {', '.join(sorted(unknown))}: use env, speed, estimator")
     import torch

@@ -1,7 +1,6 @@
-"""The benchmark proper: full / LoRA / QLoRA training of Qwen2.5-shaped classifiers through the library's own
-code paths (`modeling.load_model`, `training.build_trainer`: the notebooks'), timed step by step. Sections:
-`env` (versions, GPU, the fp16 matmul rate: the MFU ceiling), `speed` (per cell, the setups asked, then the
-estimator's shape) and `estimator` (that shape only). Writes <out>/<tag>.json after every measurement."""
+"""The benchmark proper: Qwen2.5-shaped classifiers trained through the notebooks' code paths (`modeling.load_model`,
+`training.build_trainer`), timed step by step. Sections `env` (versions, GPU, the MFU ceiling), `speed` (each cell's
+setups, then the estimator's shape) and `estimator` (that shape only); <out>/<tag>.json is written after each."""
 from __future__ import annotations
 
 import json
@@ -37,10 +36,9 @@ class Setup:
 
 
 def setups(method: str) -> list[Setup]:
-    """A tutorial-like recipe, the method's defaults (what the notebooks train: CUDA graphs and the checkpointing
-    limit where they can run, fused AdamW outside QLoRA), the same with every step-cost lever off (the defaults
-    before issue 27), and issue 12's levers one by one on top of that: fused fp32 AdamW, compiled decoder layers,
-    less or no checkpointing, CUDA graphs, and graphs checkpointing only batches a T4 cannot train without it."""
+    """A tutorial-like recipe, the method's defaults (what the notebooks train), the same with every step-cost lever
+    off (the defaults before issue 27), and each lever on top of that: fused fp32 AdamW, compiled decoder layers,
+    less or no checkpointing, CUDA graphs, graphs checkpointing only batches a T4 cannot train without it."""
     chosen, base = defaults.for_method(method), training.default_train_config(method)
     ckpt, dropout = chosen.gradient_checkpointing, chosen.lora_dropout
     off = replace(base, cuda_graphs=False, checkpoint_above_tokens=None,

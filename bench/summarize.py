@@ -1,6 +1,6 @@
-"""Every table of the benchmark from the results' JSON (no GPU): one GPU against two (two_gpus.py's), and
-bench/results/SUMMARY.md, which gathers the runs' own with the markdown beside them (sweeps, notebooks, two
-GPUs, T4 estimate, and records of code that is gone). Its fixed prose is bench/summary_text.md's."""
+"""Every table of the benchmark from the results' JSON (no GPU): bench/results/SUMMARY.md, which gathers the runs'
+own with the markdown beside them (sweeps, notebooks, two GPUs, T4 estimate, and records of code that is gone), and
+the real-weights notebook tables (qwen_*.md). Its fixed prose is bench/summary_text.md's."""
 from __future__ import annotations
 
 import json
@@ -147,31 +147,6 @@ def step_cost_section(current: dict[str, dict], results_dir: Path) -> list[str]:
     return lines
 
 
-def two_gpus_markdown(report: dict) -> str:
-    """two_gpus.py's report: what ran, then per part each run against the part's one-GPU run. A run that did
-    not run as asked (status other than ok) shows its status and no speed-up, nor serves as the baseline."""
-    about = [NOTES["two_gpus"].format(**{"batch_size": "?", "gradient_accumulation": "?", "learning_rate": "?",
-                                         "epochs": "?", **report.get("notebook_knobs", {})})]
-    for part in ("speed", "accuracy"):
-        if ran := [r for r in report[part].values() if "examples" in r]:
-            about.append(NOTES[f"two_gpus_{part}"].format(examples=ran[0]["examples"],
-                                                          epochs=report.get("notebook_knobs", {}).get("epochs", "?")))
-    about.append("Libraries: " + ", ".join(f"{k} {v}" for k, v in report.get("versions", {}).items()) + ".")
-    rows = []
-    for part in ("speed", "accuracy"):
-        one = report[part].get("1", {})
-        one_eps = one.get("examples_per_second") if one.get("status") == "ok" else None
-        for n, r in sorted(report[part].items()):
-            rows.append((part, n, *[""] * 9, r["status"]) if "examples_per_second" not in r else (
-                part, n, r.get("processes", "?"), r["per_gpu_batch"], f"{r['examples_per_second']:.1f}",
-                f"{r['examples_per_second'] / one_eps:.2f}x" if one_eps and r["status"] == "ok" else "-",
-                f"{r['train_seconds']:.0f}", r["steps"], f"{r['peak_memory_gib']:.2f}", f"{r['accuracy']:.2%}",
-                f"{r['macro_f1']:.3f}", r["status"]))
-    return "\n".join([f"# One vs two GPUs ({report['tag']}, commit {report['commit']})", "", " ".join(about), "", *table(
-        "part | GPUs asked | GPUs used | per-GPU batch | examples/s | speed-up | train s | steps | peak GiB/GPU | "
-        "test acc | macro-F1 | status", rows)]) + "\n"
-
-
 def notebook_results_table(folder: Path) -> str:
     """`<folder>.md`: the notebooks' own results.json files in `folder` (one per run, `<name>.json`), with the
     mean test accuracy of each notebook's runs at its default learning rate; returns the text."""
@@ -230,10 +205,8 @@ def main(results_dir: Path = RESULTS, out_path: Path | None = None) -> str:
              "## Current code: defaults chosen on real weights", "", NOTES["header"], ""]
     for folder in sorted(p for p in results_dir.glob("qwen_*") if p.is_dir()):
         notebook_results_table(folder)
-    for generated in [*sorted(results_dir.glob("qwen_*.md")), *sorted(results_dir.glob("sweep_*.md")),
-                      *sorted(results_dir.glob("notebooks_*.md")),
-                      *sorted(results_dir.glob("two_gpus_*.md")), *sorted(results_dir.glob("t4_estimate.md"))]:
-        lines += _demoted(generated)
+    for pattern in ("qwen_*.md", "sweep_*.md", "notebooks_*.md", "two_gpus_*.md", "t4_estimate.md"):
+        lines += [line for generated in sorted(results_dir.glob(pattern)) for line in _demoted(generated)]
     lines += step_cost_section(current, results_dir) if current else []
     lines += _demoted(results_dir / "older_runs_1-3.md") + ["## 7B QLoRA footprint", ""]  # a record: code that is gone
     shape = memory.QWEN2_5["7B"]

@@ -1,23 +1,16 @@
-"""Choose training defaults by validation accuracy per minute, on real decoder weights.
+"""Choose training defaults by validation accuracy per second, on real decoder weights (SmolLM2-135M).
 
-Each candidate (a method and its knobs, CANDIDATES below) trains SmolLM2-135M (real weights, see
-qlora_helpers/offline_models.py) on Banking77's training split less a stratified 10% validation
-split (data.train_validation_split; the test set is never read here), and every ~`--eval-every`
-examples its validation accuracy is measured with the clock stopped. One worker process per
-candidate; the candidates share the GPUs so that a sweep fits a short lease.
+Each candidate (CANDIDATES) trains on Banking77's training split less a stratified 10% validation split (the
+test set is never read), its validation accuracy measured every ~--eval-every examples with the clock stopped.
+One worker process per candidate; they share the GPUs so that a sweep fits a short lease. Sharing slows each by
+a varying amount, so each worker first trains --solo-steps steps ALONE on its GPU (a GPU's workers take turns
+under a file lock, and none goes on until all have had theirs): the examples seen over that window's examples/s
+are "solo seconds", the time it would have needed by itself, which speed claims compare.
 
-Time: sharing a GPU slows each process by a varying amount, so a curve's time axis is not its
-wall clock. Each worker first trains `--solo-steps` steps ALONE on its GPU (the workers of one GPU
-take turns under a file lock, and none goes on until all have had their turn); its examples/s in
-that window, times the examples seen, gives "solo seconds": the time that candidate would have
-needed by itself. Speed claims compare solo seconds to a given validation accuracy.
+    python bench/sweep.py run --gpus 0,1 --tag h200_t4          # on a CUDA machine, T4 profile
+    python bench/sweep.py report bench/results/sweep_h200_t4     # the table and the plot; `choose`: the winners
 
-    python bench/sweep.py run --gpus 0,1 --tag h200_t4           # on a CUDA machine, T4 profile
-    python bench/sweep.py report bench/results/sweep_h200_t4.json  # here: the table and the plot
-
-`run --device cpu --candidates lora_b32_lr1e-3 --max-train 400 ...` is the tiny CPU version that
-tests/test_bench.py runs.
-"""
+`run --device cpu --model offline:tiny-qwen2 ...` is the tiny CPU version tests/test_bench.py runs."""
 from __future__ import annotations
 
 import argparse
@@ -46,7 +39,6 @@ CANDIDATES: dict[str, dict] = {
     "lora_b32_lr1e-3": dict(method="lora", batch_size=32, learning_rate=1e-3),
     "lora_b64_lr2e-3": dict(method="lora", batch_size=64, learning_rate=2e-3),
     "qlora_tutorial": dict(method="qlora", batch_size=8, learning_rate=2e-4, lora_dropout=0.05, tutorial=True),
-    "qlora_b128_lr2e-4": dict(method="qlora", batch_size=128, learning_rate=2e-4),
     "qlora_b32_lr2e-4": dict(method="qlora", batch_size=32, learning_rate=2e-4),
     "qlora_b32_lr1e-3": dict(method="qlora", batch_size=32, learning_rate=1e-3),
     "qlora_b64_lr2e-3": dict(method="qlora", batch_size=64, learning_rate=2e-3),
@@ -82,6 +74,10 @@ SHARED = dict(epochs=2.0, gradient_accumulation=1, lora_r=16, lora_alpha=32, lor
 
 
 DEFAULT_SEED = 42  # training.TrainConfig's: a worker of another seed is named <candidate>_seed<seed>
+# options of `run` that each worker gets as given (None: left out)
+WORKER_OPTIONS = dict(model="offline:smollm2-135m", device="cuda", profile="t4", eval_every=1000, max_seconds=480.0,
+                      solo_steps=15, solo_warmup=3, work_dir="/tmp/qlora_sweep", max_train=None, max_validation=None,
+                      data_dir=None)
 
 
 def candidate(name: str, seed: int = DEFAULT_SEED) -> dict:
@@ -113,6 +109,7 @@ def _worker(args) -> None:
     import torch
     from transformers import TrainerCallback
 
+    from bench.timing import sync
     from qlora_helpers import data, defaults, emulation, evaluation, modeling, training
     from qlora_helpers.notebook import results
 
@@ -126,8 +123,7 @@ def _worker(args) -> None:
     train_split, validation = data.train_validation_split(bank.train, 0.1, seed=42)
     train_split = data.stratified_subsample(train_split, args.max_train, seed=0)
     validation = data.stratified_subsample(validation, args.max_validation, seed=0)
-    loaded = modeling.load_model(args.model, knobs["method"], num_labels=bank.num_labels,
-                                 lora_r=knobs["lora_r"],
+    loaded = modeling.load_model(args.model, knobs["method"], num_labels=bank.num_labels, lora_r=knobs["lora_r"],
                                  lora_alpha=knobs["lora_alpha"], lora_dropout=knobs["lora_dropout"],
                                  gradient_checkpointing=knobs["gradient_checkpointing"])
     max_length = 128 if knobs["tutorial"] else knobs["max_length"]
@@ -137,8 +133,7 @@ def _worker(args) -> None:
         knobs["method"], output_dir=str(Path(args.work_dir) / knobs["name"]), epochs=knobs["epochs"],
         batch_size=knobs["batch_size"], gradient_accumulation=knobs["gradient_accumulation"],
         learning_rate=knobs["learning_rate"] or defaults.learning_rate(knobs["method"], loaded.total_params),
-        max_length=max_length, save_steps=10**9, logging_steps=10,
-        seed=knobs["seed"],
+        max_length=max_length, save_steps=10**9, logging_steps=10, seed=knobs["seed"],
         group_by_length=not knobs["tutorial"], retry_on_oom=False, compile_layers=knobs["compile_layers"],
         cuda_graphs=knobs["cuda_graphs"], checkpoint_above_tokens=knobs["checkpoint_above_tokens"],
         **({"optimizer": knobs["optimizer"]} if knobs["optimizer"] else {}))
@@ -148,23 +143,18 @@ def _worker(args) -> None:
                                                                 max_length=128)
     effective = knobs["batch_size"] * knobs["gradient_accumulation"]
     eval_steps = max(1, round(args.eval_every / effective))
-    record = {"candidate": knobs, "learning_rate": config.learning_rate, "model": args.model, "profile": args.profile, "device": args.device,
-              "train_rows": len(train_rows), "validation_rows": len(val_rows), "eval_every_steps": eval_steps,
-              "hardware": results.hardware(), "versions": results.library_versions(), "commit": args.commit,
-              "curve": [], "solo": None, "status": "running"}
+    record = {"candidate": knobs, "learning_rate": config.learning_rate, "model": args.model, "profile": args.profile,
+              "device": args.device, "train_rows": len(train_rows), "validation_rows": len(val_rows),
+              "eval_every_steps": eval_steps, "hardware": results.hardware(), "versions": results.library_versions(),
+              "commit": args.commit, "curve": [], "solo": None, "status": "running"}
     out = Path(args.out)
-
-    def sync():
-        if on_gpu:
-            torch.cuda.synchronize()
 
     class Sweep(TrainerCallback):
         """Solo window, then validation accuracy every eval_steps with the clock stopped."""
 
         def __init__(self):
             self.start = self.paused = 0.0
-            self.lock = None
-            self.solo_start = None
+            self.lock = self.solo_start = None
 
         def on_train_begin(self, a, state, control, **kw):
             if args.lock_dir:
@@ -231,7 +221,7 @@ def _worker(args) -> None:
         raise
     finally:
         sweep._release(wait=False)
-        record["step_levers"] = training.step_levers(loaded.model, config.optimizer)  # what trained (graphs may fall back)
+        record["step_levers"] = training.step_levers(loaded.model, config.optimizer)  # graphs may have fallen back
         measure.hook.remove()
         peak, kind = training.peak_memory()
         record.update(peak_memory_bytes=peak, peak_memory_kind=kind)
@@ -263,23 +253,15 @@ def run(args) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         if args.device == "cuda":
             env["CUDA_VISIBLE_DEVICES"] = gpu
-        cmd = [sys.executable, __file__, "worker", "--candidate", name, "--seed", str(seed),
-               "--out", str(out_dir / f"{label}.json"),
-               "--device", args.device, "--profile", args.profile, "--model", args.model,
-               "--eval-every", str(args.eval_every), "--max-seconds", str(args.max_seconds),
-               "--solo-steps", str(args.solo_steps), "--solo-warmup", str(args.solo_warmup),
-               "--work-dir", args.work_dir, "--commit", commit, "--lock-dir", str(lock_dir),
+        cmd = [sys.executable, __file__, "worker", "--candidate", name, "--seed", str(seed), "--out",
+               str(out_dir / f"{label}.json"), "--commit", commit, "--lock-dir", str(lock_dir),
                "--workers-on-gpu", str(sum(1 for g in assignment.values() if g == gpu))]
-        for flag in ("max_train", "max_validation", "data_dir"):
-            if getattr(args, flag) is not None:
-                cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+        cmd += [arg for key in WORKER_OPTIONS if getattr(args, key) is not None
+                for arg in (f"--{key.replace('_', '-')}", str(getattr(args, key)))]
         log = open(out_dir / f"{label}.log", "w")
         procs.append((label, subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)))
         print(f"started {label} on {gpu}", flush=True)
-    failed = []
-    for name, proc in procs:
-        if proc.wait() != 0:
-            failed.append(name)
+    failed = [label for label, proc in procs if proc.wait() != 0]
     print(f"sweep {args.tag}: {len(procs) - len(failed)} finished, failed: {failed or 'none'}; "
           f"results in {out_dir}", flush=True)
 
@@ -320,9 +302,8 @@ def choose(folder: Path) -> dict[str, dict]:
 
 
 def seed_summary(group: list[dict], target: float) -> list[str]:
-    """Per candidate trained with several seeds: its final validation accuracy under each seed, their
-    mean, and the mean solo seconds to `target` (the spread of one candidate across seeds is the noise
-    a difference between candidates must exceed)."""
+    """Per candidate trained with several seeds: final validation accuracy under each, their mean, and the mean
+    solo seconds to `target` (a candidate's spread across seeds is the noise a difference must exceed)."""
     by_base: dict[str, list[dict]] = {}
     for record in group:
         by_base.setdefault(record["candidate"].get("base", record["candidate"]["name"]), []).append(record)
@@ -351,14 +332,12 @@ def report(args) -> str:
     records = load_sweep(folder)
     lines = [f"# Sweep {folder.name}: validation accuracy per solo second", ""]
     first = records[0]
-    hw = first["hardware"]
-    versions = first["versions"]
-    lines.append(f"Model {first['model']}; {hw.get('name')} x{hw.get('count')}, profile {first['profile']}; "
-                 f"commit {first['commit']}; torch {versions.get('torch')}, transformers "
-                 f"{versions.get('transformers')}, peft {versions.get('peft')}, bitsandbytes "
-                 f"{versions.get('bitsandbytes')}. Train rows {first['train_rows']}, validation rows "
-                 f"{first['validation_rows']} (carved from train; the test set is not read).")
-    lines.append("")
+    hw, versions = first["hardware"], first["versions"]
+    lines += [f"Model {first['model']}; {hw.get('name')} x{hw.get('count')}, profile {first['profile']}; "
+              f"commit {first['commit']}; torch {versions.get('torch')}, transformers "
+              f"{versions.get('transformers')}, peft {versions.get('peft')}, bitsandbytes "
+              f"{versions.get('bitsandbytes')}. Train rows {first['train_rows']}, validation rows "
+              f"{first['validation_rows']} (carved from train; the test set is not read).", ""]
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5), sharey=True)
     for ax, method in zip(axes, ("full", "lora", "qlora")):
         group = [r for r in records if r["candidate"]["method"] == method and r["curve"]]
@@ -408,14 +387,11 @@ def report(args) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    common = dict(model="offline:smollm2-135m", device="cuda", profile="t4", eval_every=1000, max_seconds=480.0,
-                  solo_steps=15, solo_warmup=3, work_dir="/tmp/qlora_sweep", max_train=None, max_validation=None,
-                  data_dir=None)
     for name in ("run", "worker"):
         p = sub.add_parser(name)
-        for key, value in common.items():
-            p.add_argument(f"--{key.replace('_', '-')}", type=type(value) if value is not None else None,
-                           default=value)
+        for key, value in WORKER_OPTIONS.items():
+            kind = int if key in ("max_train", "max_validation") else str if value is None else type(value)
+            p.add_argument(f"--{key.replace('_', '-')}", type=kind, default=value)
     sub.choices["run"].add_argument("--candidates", default="", help="comma-separated names; default all")
     sub.choices["run"].add_argument("--gpus", default="0")
     sub.choices["run"].add_argument("--seeds", default=str(DEFAULT_SEED),
@@ -427,18 +403,12 @@ def main(argv=None) -> None:
         w.add_argument(flag, default=None)
     w.add_argument("--workers-on-gpu", type=int, default=1)
     w.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    r = sub.add_parser("report")
-    r.add_argument("folder")
-    c = sub.add_parser("choose", help="print the chosen knobs per method as JSON")
-    c.add_argument("folder")
+    sub.add_parser("report", help="the table (<folder>.md) and the plot (<folder>.png)").add_argument("folder")
+    sub.add_parser("choose", help="print the chosen knobs per method as JSON").add_argument("folder")
     args = parser.parse_args(argv)
-    if args.command == "choose":
-        print(json.dumps(choose(Path(args.folder)), indent=1))
-        return
-    for key in ("max_train", "max_validation"):
-        if getattr(args, key, None) is not None:
-            setattr(args, key, int(getattr(args, key)))
-    {"run": run, "worker": worker, "report": report}[args.command](args)
+    commands = {"run": run, "worker": worker, "report": report,
+                "choose": lambda a: print(json.dumps(choose(Path(a.folder)), indent=1))}
+    commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1,28 +1,15 @@
-"""An estimate, not a measurement: the examples/s ceiling of each notebook on a real T4, from the
-FLOPs one epoch of Banking77 costs and a T4's peak fp16 tensor rate (65 TFLOP/s, NVIDIA's T4
-datasheet). Real runs reach a fraction of that: a step also waits on kernel launches, the 4-bit
-dequantization, memory traffic and the optimizer, none of which FLOPs count (the MFU columns of
-the H200 runs in results/ show how far below peak a step runs). So read the ratios, tutorial-like
-against default, more than the absolute numbers.
+"""An estimate, not a measurement: each notebook's examples/s ceiling on a real T4, from the FLOPs of one epoch of
+Banking77 (timing.step_flops on the training rows' Qwen2.5 token lengths) at a T4's 65 TFLOP/s fp16 peak. A real
+step also waits on kernel launches, dequantization, memory traffic and the optimizer, which FLOPs do not count
+(the H200 runs' MFU shows how far below peak): read the ratios, tutorial-like against default, more than the
+numbers. Tutorial-like: micro-batch 8, random order, every row padded to 128 tokens. Default: the micro-batch
+each notebook runs on a T4 (profile kaggle-t4, else defaults.py's), rows grouped as transformers'
+LengthGroupedSampler does, each batch padded to its longest row rounded up to 8.
 
-FLOPs per step come from timing.step_flops (forward 2·N per token, backward 2·N or 4·N, the
-adapters', attention's, and the recomputed forward of gradient checkpointing) on the real training
-rows' token lengths under the Qwen2.5 tokenizer (banking77_token_lengths.json), batched as each
-recipe batches them:
-- tutorial-like: micro-batch 8, random order, every row padded to 128 tokens;
-- default: the micro-batch each notebook runs on a T4 (profile kaggle-t4, else the method's default in
-  qlora_helpers/defaults.py; 02 runs 32 x 2 accumulated there), rows grouped by length (the
-  Trainer's LengthGroupedSampler: mega-batches of 50 batches, each sorted longest first), each
-  batch padded to its own longest row rounded up to a multiple of 8.
-
-Kaggle's "GPU T4 x2": each T4 computes half of every step, then DDP all-reduces the trainable fp32
-gradients over PCIe (no NVLink there). `two_t4` assumes NCCL_GBPS: a T4's link is PCIe Gen3 x16, 15.75 GB/s
-a direction (NVIDIA's T4 datasheet), and without peer-to-peer access NCCL copies through host memory, at
-about half that; no overlap with the backward pass (DDP overlaps some: the real gain can be higher). At
-the peak rate the all-reduce weighs most; at MFU_ON_T4 of it, a typical share for these shapes, less.
-
-    python bench/t4_estimate.py          # writes results/t4_estimate.md
-"""
+Kaggle's T4 x2 (`two_t4`): each T4 computes half of every step, then DDP all-reduces the trainable fp32 gradients
+at NCCL_GBPS (PCIe Gen3 x16 is 15.75 GB/s a direction; without peer-to-peer access NCCL copies through host
+memory, at about half), not overlapped with the backward (DDP overlaps some: the real gain can be higher).
+`python bench/t4_estimate.py` writes results/t4_estimate.md."""
 from __future__ import annotations
 
 import sys

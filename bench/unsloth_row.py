@@ -1,11 +1,10 @@
 #!/usr/bin/env python3
-"""One comparison row: Unsloth's QLoRA on the random Qwen2.5-7B-shaped checkpoint of `bench/cli.py speed`'s 7B cell
-(workload.build_checkpoint into --models-dir, built if missing) at the QLoRA defaults' micro-batch and max length,
-emulating a T4 (emulation.apply_t4_profile: fp16, 14.5 GiB). Unsloth loads it (FastLanguageModel, num_labels=77, NF4)
-and adds LoRA (the defaults' r, alpha and dropout, its checkpointing); a plain torch loop trains it (autocast fp16,
-GradScaler, PagedAdamW8bit, batches grouped by length, padded to a multiple of 8): not the library's code path, a
-comparison only. Writes examples/s, peak GiB, commit, versions and status to --out, on failure too. In Unsloth's own
-environment (transformers <= 5.17), after `. bench/lease_setup.sh`: `PYTHONPATH=/tmp/site_unsloth:$PWD python3
+"""One comparison row, not the library's code path: Unsloth's QLoRA (FastLanguageModel, NF4, 77 labels; LoRA at the
+QLoRA defaults' r, alpha and dropout, its own checkpointing) on `bench/cli.py speed`'s random 7B checkpoint (built
+into --models-dir if missing) at the defaults' micro-batch and length, emulating a T4 (fp16, 14.5 GiB), trained by
+a plain torch loop (autocast, GradScaler, PagedAdamW8bit, length-grouped batches padded to a multiple of 8).
+Writes examples/s, peak GiB, commit, versions and status to --out, on failure too. In Unsloth's own environment
+(transformers <= 5.17), after `. bench/lease_setup.sh`: `PYTHONPATH=/tmp/site_unsloth:$PWD python3
 bench/unsloth_row.py --out OUT.json`. bench.timing and .workload load no transformers or peft before Unsloth does."""
 from __future__ import annotations
 

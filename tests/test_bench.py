@@ -236,26 +236,6 @@ def test_partial_checkpointing_recomputes_every_other_layer(tiny_qwen2):
     assert not any(layer.gradient_checkpointing for layer in layers)
 
 
-def test_two_gpus_baseline_runs_on_one_gpu_and_a_run_on_more_is_no_baseline(monkeypatch):
-    """The one-GPU row of bench/two_gpus.py once trained on both GPUs (the notebook's use_all_gpus):
-    a one-process run now sees one GPU and is told not to spread; a run that used another number of
-    GPUs than asked says so and gives no speed-up."""
-    two = _load("two_gpus")
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
-    command, env = two.launch_settings(1, {"epochs": 1.0})
-    assert env["CUDA_VISIBLE_DEVICES"] == "3" and "use_all_gpus=False" in command and "epochs=1.0" in command
-    command, env = two.launch_settings(2, {"epochs": 1.0})
-    assert env["CUDA_VISIBLE_DEVICES"] == "3,5" and "use_all_gpus=False" not in command
-    row = dict(per_gpu_batch=32, examples_per_second=90.0, train_seconds=30, steps=47, peak_memory_gib=5.6,
-               accuracy=0.1, macro_f1=0.1)
-    report = {"tag": "t", "commit": "c", "accuracy": {},
-              "speed": {"1": {**row, "status": "ran on 2 GPUs, not 1", "processes": 2},
-                        "2": {**row, "status": "ok", "processes": 2, "examples_per_second": 180.0}}}
-    rows = [line for line in _load("summarize").two_gpus_markdown(report).splitlines() if line.startswith("| speed |")]
-    assert "| speed | 1 | 2 | 32 | 90.0 | - |" in rows[0] and "ran on 2 GPUs, not 1" in rows[0]
-    assert "| speed | 2 | 2 | 32 | 180.0 | - |" in rows[1]
-
-
 def test_a_lifted_cap_stays_lifted_through_a_model_load(monkeypatch):
     """load_model applies the T4 profile's 14.5 GiB cap itself when $QLORA_EMULATE_GPU=t4: the
     estimator cells that cannot fit a T4 (7B full / LoRA) then ran out of memory at 14.5 GiB on the
