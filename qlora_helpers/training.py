@@ -482,8 +482,9 @@ def prepare_for_training(model: torch.nn.Module, config: TrainConfig) -> None:
     if config.compile_layers:
         compile_decoder_layers(model)
     use_graphs = bool(config.cuda_graphs)
-    if config.cuda_graphs is None:
-        reason = graphs.unavailable(model)
+    if config.cuda_graphs is None:  # the adapter methods only: a full fine-tune's graphs were never measured
+        reason = "full fine-tuning (they are for LoRA and QLoRA)" if not hasattr(model, "peft_config") else \
+            graphs.unavailable(model)
         use_graphs = reason is None
         _say(f"CUDA graphs: {'on (the decoder stack replays as two graphs per batch shape)' if use_graphs else 'off: ' + reason.split(': ')[0]}")
     if use_graphs:

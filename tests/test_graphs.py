@@ -221,6 +221,25 @@ def test_default_levers_on_cpu_are_off_each_with_its_line_and_recorded_in_the_st
                                                                              "checkpoint_above_tokens": "all"}))
 
 
+@pytest.fixture
+def qwen2_full(tiny_qwen2):
+    return modeling.load_model(tiny_qwen2, "full", 77)
+
+
+def test_default_graphs_turn_on_for_adapters_where_they_can_run_and_never_for_full_fine_tuning(
+        qwen2_lora, qwen2_full, pretend_gpu, tmp_path, capsys, monkeypatch):
+    """cuda_graphs None on a (pretended) GPU: LoRA gets graphs, a full fine-tune does not (never measured; the
+    notebooks' parameters refuse it too), each with its line."""
+    monkeypatch.setattr(training, "set_seed", lambda seed: None)  # it would seed the pretended GPU
+    config = training.default_train_config("lora", output_dir=str(tmp_path), checkpoint_above_tokens=None)
+    training.prepare_for_training(qwen2_lora.model, config)
+    assert graphs.active(qwen2_lora.model) and "CUDA graphs: on" in capsys.readouterr().out
+    graphs.disable(qwen2_lora.model)
+    training.prepare_for_training(qwen2_full.model, training.default_train_config("full", output_dir=str(tmp_path)))
+    assert not graphs.active(qwen2_full.model)
+    assert "CUDA graphs: off: full fine-tuning" in capsys.readouterr().out
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs record and replay on a GPU")
 def test_graphs_train_as_the_eager_stack_does_and_leave_no_memory_behind(tiny_qwen2):
     """The same micro-batches from the same weights, eagerly then with graphs: two steps of three
