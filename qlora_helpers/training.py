@@ -506,16 +506,33 @@ def checkpoint_limit(model: torch.nn.Module, config: TrainConfig) -> int | None:
         return None
     from . import emulation, memory
 
-    base = modeling.base_model(model)
-    peft_config = getattr(model, "peft_config", {}).get("default")
     gpu = (memory.GPUS["T4"] if emulation.emulated_gpu() == "t4" else
            memory.GPU(torch.cuda.get_device_name(device), torch.cuda.get_device_properties(device).total_memory // 2**20,
                       bf16=torch.cuda.is_bf16_supported()))
+    return size_checkpoint_limit(model, config, gpu)
+
+
+def size_checkpoint_limit(model: torch.nn.Module, config: TrainConfig, gpu) -> int | None:
+    """checkpoint_above_tokens "auto" for `model` on `gpu` (a memory.GPU), said in one printed line: the most
+    padded tokens memory.tokens_without_checkpointing lets a micro-batch keep activations for with 1 GiB to
+    spare; None (every micro-batch checkpoints) where none fits, or where the model's shape cannot be read."""
+    from . import memory
+
+    base = modeling.base_model(model)
+    peft_config = getattr(model, "peft_config", {}).get("default")
     method = "qlora" if getattr(base, "is_loaded_in_4bit", False) else ("lora" if peft_config else "full")
-    tokens = memory.tokens_without_checkpointing(
-        memory.ModelShape.from_config(base.config), method, gpu, batch_size=config.batch_size,
-        max_length=config.max_length, optimizer=config.optimizer, lora_r=getattr(peft_config, "r", 16),
-        lora_dropout=getattr(peft_config, "lora_dropout", 0.0))
+    try:
+        tokens = memory.tokens_without_checkpointing(
+            memory.ModelShape.from_config(base.config), method, gpu, batch_size=config.batch_size,
+            max_length=config.max_length, optimizer=config.optimizer, lora_r=getattr(peft_config, "r", 16),
+            lora_dropout=getattr(peft_config, "lora_dropout", 0.0))
+    except (AttributeError, KeyError, TypeError, ValueError) as error:  # a config memory.py cannot read
+        _say(f"gradient checkpointing: every micro-batch (the limit could not be sized for "
+             f"{type(base.config).__name__}: {error})")
+        return None
+    if tokens == 0:
+        _say(f"gradient checkpointing: every micro-batch (none fits {gpu.name}'s memory without it)")
+        return None
     _say(f"gradient checkpointing: only micro-batches over {tokens:,} padded tokens recompute their activations "
          f"(smaller ones fit {gpu.name}'s memory with 1 GiB to spare; checkpoint_above_tokens='auto')")
     return tokens

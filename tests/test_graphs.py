@@ -240,6 +240,27 @@ def test_default_graphs_turn_on_for_adapters_where_they_can_run_and_never_for_fu
     assert "CUDA graphs: off: full fine-tuning" in capsys.readouterr().out
 
 
+def test_auto_checkpointing_limit_is_sized_from_the_estimate_and_falls_back_with_a_line(qwen2_lora, monkeypatch,
+                                                                                         capsys):
+    """"auto" gives the tokens memory.tokens_without_checkpointing allows this model (as LoRA, at the config's
+    batch and length) on the GPU with 1 GiB spare; none where nothing fits, or where the shape cannot be read,
+    each said in one line instead of a crash at start."""
+    from qlora_helpers import memory
+
+    config = training.default_train_config("lora", batch_size=8, max_length=32)
+    shape = memory.ModelShape.from_config(modeling.base_model(qwen2_lora.model).config)
+    expected = memory.tokens_without_checkpointing(shape, "lora", "T4", batch_size=8, max_length=32,
+                                                   optimizer=config.optimizer, lora_r=16, lora_dropout=0.0)
+    assert training.size_checkpoint_limit(qwen2_lora.model, config, memory.GPUS["T4"]) == expected == 8 * 32
+    assert "only micro-batches over 256 padded tokens" in capsys.readouterr().out
+    tiny_gpu = memory.GPU("a 1 GiB GPU", 1024, bf16=False)  # nothing fits with 1 GiB to spare
+    assert training.size_checkpoint_limit(qwen2_lora.model, config, tiny_gpu) is None
+    assert "every micro-batch (none fits a 1 GiB GPU's memory" in capsys.readouterr().out
+    monkeypatch.setattr(memory.ModelShape, "from_config", classmethod(lambda cls, config: config.no_such_field))
+    assert training.size_checkpoint_limit(qwen2_lora.model, config, memory.GPUS["T4"]) is None
+    assert "every micro-batch (the limit could not be sized for Qwen2Config" in capsys.readouterr().out
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs record and replay on a GPU")
 def test_graphs_train_as_the_eager_stack_does_and_leave_no_memory_behind(tiny_qwen2):
     """The same micro-batches from the same weights, eagerly then with graphs: two steps of three
