@@ -26,6 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+AUTO_LEVERS = dict(cuda_graphs=None, checkpoint_above_tokens="auto")  # training.TrainConfig's defaults
 # name -> knobs. method; batch x accumulation; learning rate; LoRA dropout; "tutorial" = the common
 # tutorial recipe: micro-batch 8, every row padded to 128 tokens, random batches (no length grouping).
 CANDIDATES: dict[str, dict] = {
@@ -42,20 +43,23 @@ CANDIDATES: dict[str, dict] = {
     "qlora_b32_lr2e-4": dict(method="qlora", batch_size=32, learning_rate=2e-4),
     "qlora_b32_lr1e-3": dict(method="qlora", batch_size=32, learning_rate=1e-3),
     "qlora_b64_lr2e-3": dict(method="qlora", batch_size=64, learning_rate=2e-3),
-    # the notebooks' defaults (defaults.py) with learning_rate None: set by the model's size, as 02/03 do
-    "lora_default": dict(method="lora", batch_size=64, learning_rate=None),
-    "qlora_default": dict(method="qlora", batch_size=64, learning_rate=None),
+    # the notebooks' defaults (defaults.py, and the levers TrainConfig turns on where they can run) with
+    # learning_rate None: set by the model's size, as 02/03 do
+    "lora_default": dict(method="lora", batch_size=64, learning_rate=None, **AUTO_LEVERS),
+    "qlora_default": dict(method="qlora", batch_size=64, learning_rate=None, **AUTO_LEVERS),
     # ... with every step-cost lever off (the defaults before issue 27: no graphs, checkpointing every
     # micro-batch, AdamW without the fused kernel), and QLoRA's with fused fp32 AdamW for the 8-bit one
     "lora_default_levers_off": dict(method="lora", batch_size=64, learning_rate=None, cuda_graphs=False,
                                     optimizer="adamw_torch"),
     # ... at kaggle-t4's micro-batch for 02 (32 x 2): a 1.5B's LoRA at 64 x 1 runs out of a T4's memory
-    "lora_default_b32x2": dict(method="lora", batch_size=32, gradient_accumulation=2, learning_rate=None),
+    "lora_default_b32x2": dict(method="lora", batch_size=32, gradient_accumulation=2, learning_rate=None,
+                               **AUTO_LEVERS),
     "lora_default_levers_off_b32x2": dict(method="lora", batch_size=32, gradient_accumulation=2, learning_rate=None,
                                           cuda_graphs=False, optimizer="adamw_torch"),
     "qlora_default_levers_off": dict(method="qlora", batch_size=64, learning_rate=None, cuda_graphs=False,
                                      checkpoint_above_tokens=None),
-    "qlora_default_fused": dict(method="qlora", batch_size=64, learning_rate=None, optimizer="adamw_torch_fused"),
+    "qlora_default_fused": dict(method="qlora", batch_size=64, learning_rate=None, optimizer="adamw_torch_fused",
+                                **AUTO_LEVERS),
     # the step-cost levers together (bench/speed.py setups: "lever_all"): does accuracy hold?
     "qlora_b64_lr2e-3_levers": dict(method="qlora", batch_size=64, learning_rate=2e-3, compile_layers=True,
                                     optimizer="adamw_torch_fused", gradient_checkpointing=False),
@@ -65,11 +69,11 @@ CANDIDATES: dict[str, dict] = {
     "qlora_b64_lr2e-3_graphs_fused": dict(method="qlora", batch_size=64, learning_rate=2e-3, cuda_graphs=True,
                                           optimizer="adamw_torch_fused"),
 }
-# optimizer / gradient_checkpointing None: the method's default (qlora_helpers/defaults.py); cuda_graphs None
-# and checkpoint_above_tokens "auto": on where they can run, as training.TrainConfig's defaults. A tutorial
-# recipe turns both off (it checkpoints every micro-batch, as the tutorials do).
+# optimizer / gradient_checkpointing None: the method's default (qlora_helpers/defaults.py; LoRA's and full's AdamW
+# is the fused kernel since issue 27, the same update). CUDA graphs and the checkpointing limit stay off, as the
+# candidates measured before issue 27 ran, except where a candidate sets them.
 SHARED = dict(epochs=2.0, gradient_accumulation=1, lora_r=16, lora_alpha=32, lora_dropout=0.0, max_length=64,
-              tutorial=False, compile_layers=False, cuda_graphs=None, checkpoint_above_tokens="auto", optimizer=None,
+              tutorial=False, compile_layers=False, cuda_graphs=False, checkpoint_above_tokens=None, optimizer=None,
               gradient_checkpointing=None)
 
 
@@ -86,8 +90,7 @@ def candidate(name: str, seed: int = DEFAULT_SEED) -> dict:
     if name not in CANDIDATES:
         raise SystemExit(f"unknown candidate {name!r}: choose from {', '.join(CANDIDATES)}")
     label = name if seed == DEFAULT_SEED else f"{name}_seed{seed}"
-    tutorial = dict(cuda_graphs=False, checkpoint_above_tokens=None) if CANDIDATES[name].get("tutorial") else {}
-    return {**SHARED, **tutorial, **CANDIDATES[name], "name": label, "base": name, "seed": seed}
+    return {**SHARED, **CANDIDATES[name], "name": label, "base": name, "seed": seed}
 
 
 # Worker ---------------------------------------------------------------------------------------

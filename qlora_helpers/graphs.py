@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .distributed import is_main_process, world_size
+from .distributed import is_main_process, launched_processes, world_size
 from .modeling import base_model, decoder_layers
 
 
@@ -95,8 +95,9 @@ def unavailable(model: torch.nn.Module) -> str | None:
                 f"time); found {', '.join(random[:3])}: set lora_dropout=0.")
     if not torch.cuda.is_available():
         return "cuda_graphs needs a CUDA GPU: train with cuda_graphs=False on CPU."
-    if world_size() > 1:
-        return f"cuda_graphs runs in one process, not {world_size()}: train with cuda_graphs=False, or on one GPU."
+    processes = max(world_size(), launched_processes())  # a launched process has no process group until the Trainer
+    if processes > 1:
+        return f"cuda_graphs runs in one process, not {processes}: train with cuda_graphs=False, or on one GPU."
     return None
 
 
@@ -188,7 +189,8 @@ def _dispatch(state: GraphedStack, *args, **kwargs):
             if not state.fall_back or isinstance(error, torch.OutOfMemoryError):
                 raise
             if is_main_process():
-                print(f"CUDA graphs: off from here on, training goes on without them ({str(error).split(': train')[0]})")
+                why = str(error).split(": train")[0]
+                print(f"CUDA graphs: off from here on, training goes on without them ({why})")
             _turn_off(stack)
             return type(stack).forward(stack, input_ids, *args[1:], attention_mask=mask, **kwargs)
     _unalias_gradients(graphed.params)

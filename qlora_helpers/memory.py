@@ -412,8 +412,8 @@ def fit_table(models=("0.5B", "1.5B", "7B"), methods=("full", "lora", "qlora"), 
                    "checkpointing": "on" if est.gradient_checkpointing else "off", "optimizer": est.optimizer,
                    "footprint_gb": round(est.footprint_bytes / GB, 2), "peak_gib": round(est.peak_bytes / GIB, 1)}
             # on a T4 the default spends memory left over on keeping small micro-batches' activations
-            row["t4_default_peak_gib"] = round((default_peak_bytes(shape, method, "T4", batch_size=batch, seq_len=seq_len,
-                                                                   **kwargs) if est.fits("T4") else est.peak_bytes) / GIB, 1)
+            t4_peak = default_peak_bytes(shape, method, "T4", batch_size=batch, seq_len=seq_len, **kwargs)
+            row["t4_default_peak_gib"] = round(t4_peak / GIB, 1) if est.fits("T4") else "-"
             for gpu in gpus:
                 row[gpu] = "yes" if est.fits(gpu) else "no"
             rows.append(row)

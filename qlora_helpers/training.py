@@ -451,8 +451,8 @@ def limit_checkpointing(model: torch.nn.Module, above_tokens: int | None) -> Non
             for layer in layers:
                 layer.gradient_checkpointing = recompute
 
-    holder._qlora_checkpoint_limit = _CheckpointLimit(layers, holder.register_forward_pre_hook(choose, with_kwargs=True),
-                                                      above_tokens)
+    hook = holder.register_forward_pre_hook(choose, with_kwargs=True)
+    holder._qlora_checkpoint_limit = _CheckpointLimit(layers, hook, above_tokens)
 
 
 def step_levers(model: torch.nn.Module, optimizer: str) -> dict:
@@ -486,7 +486,8 @@ def prepare_for_training(model: torch.nn.Module, config: TrainConfig) -> None:
         reason = "full fine-tuning (they are for LoRA and QLoRA)" if not hasattr(model, "peft_config") else \
             graphs.unavailable(model)
         use_graphs = reason is None
-        _say(f"CUDA graphs: {'on (the decoder stack replays as two graphs per batch shape)' if use_graphs else 'off: ' + reason.split(': ')[0]}")
+        _say("CUDA graphs: on (the decoder stack replays as two graphs per batch shape)" if use_graphs
+             else f"CUDA graphs: off: {reason.split(': ')[0]}")
     if use_graphs:
         graphs.enable(model, fall_back=config.cuda_graphs is None)  # ValueError before any work where they cannot run
 
@@ -500,15 +501,16 @@ def checkpoint_limit(model: torch.nn.Module, config: TrainConfig) -> int | None:
         return above
     if above != "auto":
         raise ValueError(f"checkpoint_above_tokens={above!r}: use a number of tokens, None or 'auto'.")
-    checkpointing = [layer for layer in modeling.decoder_layers(model) if getattr(layer, "gradient_checkpointing", False)]
+    checkpointing = [layer for layer in modeling.decoder_layers(model)
+                     if getattr(layer, "gradient_checkpointing", False)]
     device = next(model.parameters()).device
     if not checkpointing or device.type != "cuda":
         return None
     from . import emulation, memory
 
+    total_mib = torch.cuda.get_device_properties(device).total_memory // 2**20
     gpu = (memory.GPUS["T4"] if emulation.emulated_gpu() == "t4" else
-           memory.GPU(torch.cuda.get_device_name(device), torch.cuda.get_device_properties(device).total_memory // 2**20,
-                      bf16=torch.cuda.is_bf16_supported()))
+           memory.GPU(torch.cuda.get_device_name(device), total_mib, bf16=torch.cuda.is_bf16_supported()))
     return size_checkpoint_limit(model, config, gpu)
 
 
@@ -533,8 +535,12 @@ def size_checkpoint_limit(model: torch.nn.Module, config: TrainConfig, gpu) -> i
     if tokens == 0:
         _say(f"gradient checkpointing: every micro-batch (none fits {gpu.name}'s memory without it)")
         return None
-    _say(f"gradient checkpointing: only micro-batches over {tokens:,} padded tokens recompute their activations "
-         f"(smaller ones fit {gpu.name}'s memory with 1 GiB to spare; checkpoint_above_tokens='auto')")
+    if tokens >= config.batch_size * config.max_length:
+        _say(f"gradient checkpointing: no micro-batch recomputes its activations (even {config.batch_size} x "
+             f"{config.max_length} tokens fit {gpu.name}'s memory with 1 GiB to spare; checkpoint_above_tokens='auto')")
+    else:
+        _say(f"gradient checkpointing: only micro-batches over {tokens:,} padded tokens recompute their activations "
+             f"(smaller ones fit {gpu.name}'s memory with 1 GiB to spare; checkpoint_above_tokens='auto')")
     return tokens
 
 

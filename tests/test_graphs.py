@@ -49,6 +49,14 @@ def test_enable_refuses_what_graphs_cannot_replay_before_any_work(qwen2_lora, ti
         assert "forward" not in stack.__dict__ and not hasattr(stack, "_qlora_graphs")
 
 
+def test_a_launched_process_refuses_graphs_before_its_process_group_exists(qwen2_lora, pretend_gpu, monkeypatch):
+    """torchrun / the notebooks' launcher start each process with WORLD_SIZE set; the Trainer sets up the process
+    group only later, after prepare_for_training chose the levers: the launch itself must count."""
+    assert graphs.unavailable(qwen2_lora.model) is None  # one process, a (pretended) GPU, no dropout
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert "runs in one process, not 2" in graphs.unavailable(qwen2_lora.model)
+
+
 def test_cuda_graphs_knob_on_cpu_fails_in_build_trainer_with_the_fix(qwen2_lora, tmp_path):
     config = training.default_train_config("qlora", output_dir=str(tmp_path), cuda_graphs=True)
     with pytest.raises(ValueError, match="train with cuda_graphs=False"):
@@ -252,7 +260,7 @@ def test_auto_checkpointing_limit_is_sized_from_the_estimate_and_falls_back_with
     expected = memory.tokens_without_checkpointing(shape, "lora", "T4", batch_size=8, max_length=32,
                                                    optimizer=config.optimizer, lora_r=16, lora_dropout=0.0)
     assert training.size_checkpoint_limit(qwen2_lora.model, config, memory.GPUS["T4"]) == expected == 8 * 32
-    assert "only micro-batches over 256 padded tokens" in capsys.readouterr().out
+    assert "no micro-batch recomputes its activations (even 8 x 32 tokens fit T4" in capsys.readouterr().out
     tiny_gpu = memory.GPU("a 1 GiB GPU", 1024, bf16=False)  # nothing fits with 1 GiB to spare
     assert training.size_checkpoint_limit(qwen2_lora.model, config, tiny_gpu) is None
     assert "every micro-batch (none fits a 1 GiB GPU's memory" in capsys.readouterr().out

@@ -173,7 +173,7 @@ def test_cuda_graphs_is_refused_where_graphs_enable_would_refuse_it_before_anyth
     parameters refuse first, each problem with its fix."""
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     gpus(0)
-    with pytest.raises(ParameterError, match=r"needs a CUDA GPU and this machine has none: set cuda_graphs=False"):
+    with pytest.raises(ParameterError, match=r"needs a CUDA GPU and this machine has none: set cuda_graphs=None"):
         qlora(cuda_graphs=True)
     gpus(1)
     assert qlora(cuda_graphs=True).cuda_graphs  # one GPU, the default dropout of 0: accepted
@@ -198,7 +198,12 @@ def test_cuda_graphs_reaches_the_trainer(gpus, monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     gpus(1)
     assert experiment.train_config(qlora(cuda_graphs=True), 1000, 135_000_000).cuda_graphs
-    assert not experiment.train_config(qlora(), 1000, 135_000_000).cuda_graphs
+    assert experiment.train_config(qlora(), 1000, 135_000_000).cuda_graphs is None  # on where they can run
+    assert experiment.train_config(qlora(cuda_graphs=False), 1000, 135_000_000).cuda_graphs is False
+    gpus(2)  # the notebook hands training to two launched processes: it records no graphs of its own
+    assert experiment.train_config(qlora(), 1000, 135_000_000).cuda_graphs is False
+    monkeypatch.setenv("WORLD_SIZE", "2")  # each launched process decides (graphs.unavailable: off, with its line)
+    assert experiment.train_config(qlora(), 1000, 135_000_000).cuda_graphs is None
 
 
 def test_the_adapter_methods_learning_rate_falls_with_the_model_size():

@@ -406,13 +406,16 @@ def train_config(params: NotebookParameters, train_examples: int, model_paramete
     left None is set by the model's size (defaults.learning_rate). Under a launcher the effective batch
     is split over its processes (distributed.split_batch)."""
     batch_size, accumulation = split_batch(params.batch_size, params.gradient_accumulation, launched_processes())
+    handing_over = launched_processes() == 1 and gpus_to_train_on(params.use_all_gpus) > 1
     steps = math.ceil(math.ceil(train_examples / params.batch_size) / params.gradient_accumulation) * params.epochs
     return training.default_train_config(
         params.method, output_dir=str(params.checkpoint_dir), epochs=params.epochs,
         batch_size=batch_size, gradient_accumulation=accumulation,
         learning_rate=params.learning_rate_for(model_parameters), max_length=params.max_length, seed=params.seed,
         save_steps=params.save_steps, logging_steps=max(1, min(50, int(steps) // 40)),
-        cuda_graphs=params.cuda_graphs,
+        # the notebook's own process only hands training to launched processes when several GPUs train: graphs
+        # there would be recorded for nothing (each launched process decides, and says, for itself)
+        cuda_graphs=False if params.cuda_graphs is None and handing_over else params.cuda_graphs,
     )
 
 

@@ -181,7 +181,8 @@ class NotebookParameters:
             problems.append(f"cuda_graphs=True needs lora_dropout=0 (a replayed graph would drop the same units at "
                             f"every step), not {self.lora_dropout!r}: set lora_dropout=0.0 or cuda_graphs=False.")
         if not torch.cuda.is_available():
-            problems.append("cuda_graphs=True needs a CUDA GPU and this machine has none: set cuda_graphs=False.")
+            problems.append("cuda_graphs=True needs a CUDA GPU and this machine has none: set cuda_graphs=None (on "
+                            "where it can run) or False.")
         elif launched_processes() > 1:
             problems.append(f"cuda_graphs=True trains in one process, and a launcher started "
                             f"{launched_processes()}: set cuda_graphs=False, or launch one process.")
