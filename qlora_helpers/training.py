@@ -63,7 +63,8 @@ class TrainConfig:
     logging_steps: int = 20
     save_steps: int = 200
     max_steps: int = -1  # > 0 overrides epochs (benchmarks, smoke runs)
-    # On CUDA OOM: halve batch_size, double gradient_accumulation, retry from the starting weights
+    # On CUDA OOM: drop a checkpointing limit that was on, else halve batch_size and double
+    # gradient_accumulation; retry from the starting weights
     # (kept in CPU memory meanwhile: for `full`, a copy of the whole model).
     retry_on_oom: bool = True
     # torch.compile each decoder layer (compile_decoder_layers): fewer, fused kernels where a step is
@@ -596,7 +597,8 @@ def train(loaded: LoadedModel, train_dataset, config: TrainConfig, trainer: Trai
     and `finish_trainer`; None: `build_trainer` builds it), resuming from the newest complete checkpoint
     in `config.output_dir` that was made with the same settings (see checkpoint_to_resume).
 
-    On CUDA out-of-memory, retry with half the micro-batch and twice the accumulation (the
+    On CUDA out-of-memory, retry first without the checkpointing limit if one was on (every micro-batch
+    checkpointed), then with half the micro-batch and twice the accumulation (the
     effective batch, and so the optimizer steps, stay the same) while `config.retry_on_oom`,
     on a Trainer `build_trainer` builds for the smaller micro-batch, from the trainable weights the
     first attempt started with (or from a checkpoint it saved); otherwise raise an error that says
@@ -609,18 +611,24 @@ def train(loaded: LoadedModel, train_dataset, config: TrainConfig, trainer: Trai
                 trainer = build_trainer(loaded, train_dataset, config)[0]
             return _train_once(trainer, loaded, train_dataset, config)
         except torch.OutOfMemoryError as error:
+            limited = trainer is not None and "_qlora_checkpoint_limit" in modeling.base_model(trainer.model).__dict__
             if trainer is not None:
                 release(trainer)
-            if not config.retry_on_oom or config.batch_size == 1:
+            if config.retry_on_oom and limited:  # the memory a limit spends comes back first, at the same batch
+                config = replace(config, checkpoint_above_tokens=None)
+                print("CUDA out of memory with micro-batches that skip checkpointing: retrying with every micro-batch "
+                      "checkpointed (checkpoint_above_tokens=None) on a new Trainer")
+            elif not config.retry_on_oom or config.batch_size == 1:
                 raise OutOfMemoryAdvice(
                     f"CUDA out of memory at batch_size={config.batch_size}: halve batch_size and double "
                     "gradient_accumulation (same effective batch), lower max_length, or turn on "
                     "gradient_checkpointing / use method='qlora'."
                 ) from error
-            config = replace(config, batch_size=config.batch_size // 2,
-                             gradient_accumulation=config.gradient_accumulation * 2)
-            print(f"CUDA out of memory: retrying with batch_size={config.batch_size}, "
-                  f"gradient_accumulation={config.gradient_accumulation} (same effective batch) on a new Trainer")
+            else:
+                config = replace(config, batch_size=config.batch_size // 2,
+                                 gradient_accumulation=config.gradient_accumulation * 2)
+                print(f"CUDA out of memory: retrying with batch_size={config.batch_size}, "
+                      f"gradient_accumulation={config.gradient_accumulation} (same effective batch) on a new Trainer")
             trainer = None
             _restore(loaded.model, start)  # the failed attempt may have taken optimizer steps already
             gc.collect()

@@ -72,6 +72,29 @@ def test_cuda_oom_retries_with_half_the_micro_batch(tiny_qwen2, small_split, tmp
             "lora", output_dir=str(tmp_path / "b"), batch_size=32, retry_on_oom=False))
 
 
+def test_cuda_oom_under_a_checkpointing_limit_first_retries_with_every_micro_batch_checkpointed(
+        tiny_qwen2, small_split, tmp_path, monkeypatch, capsys):
+    """The limit spends memory on speed (checkpoint_above_tokens, "auto" by default on a GPU): when that runs
+    out, the same micro-batch checkpointing everything is the first retry, before halving the batch."""
+    loaded = modeling.load_model(tiny_qwen2, "lora", gradient_checkpointing=True)
+    rows = data.tokenize(small_split[0], loaded.tokenizer, max_length=64)
+    seen = []
+    real_train_once = training._train_once
+
+    def oom_with_a_limit(trainer, loaded, rows, config):
+        seen.append((config.batch_size, config.checkpoint_above_tokens))
+        if config.checkpoint_above_tokens is not None:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_train_once(trainer, loaded, rows, config)
+
+    monkeypatch.setattr(training, "_train_once", oom_with_a_limit)
+    config = training.default_train_config("lora", output_dir=str(tmp_path), batch_size=16, max_steps=2,
+                                           save_steps=100, checkpoint_above_tokens=256)
+    stats = training.train(loaded, rows, config)
+    assert seen == [(16, 256), (16, None)] and stats.step_levers["checkpoint_above_tokens"] is None
+    assert "retrying with every micro-batch checkpointed" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("method", ["lora", "qlora", "full"])
 def test_saved_model_reloads_with_identical_predictions(tiny_qwen2, small_split, tmp_path, method):
     loaded = modeling.load_model(tiny_qwen2, method)
