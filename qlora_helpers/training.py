@@ -456,11 +456,16 @@ def limit_checkpointing(model: torch.nn.Module, above_tokens: int | None) -> Non
     holder._qlora_checkpoint_limit = _CheckpointLimit(layers, hook, above_tokens)
 
 
+def active_checkpoint_limit(model: torch.nn.Module) -> int | None:
+    """The tokens above which `model`'s micro-batches checkpoint (limit_checkpointing), or None: no limit on."""
+    limit = modeling.base_model(model).__dict__.get("_qlora_checkpoint_limit")
+    return limit.above_tokens if limit else None
+
+
 def step_levers(model: torch.nn.Module, optimizer: str) -> dict:
     """The step-cost levers on `model` now (before release_training_state): {"cuda_graphs": whether its
     stack still replays graphs, "checkpoint_above_tokens": the limit (None: none), "optimizer": ...}."""
-    limit = modeling.base_model(model).__dict__.get("_qlora_checkpoint_limit")
-    return {"cuda_graphs": graphs.active(model), "checkpoint_above_tokens": limit.above_tokens if limit else None,
+    return {"cuda_graphs": graphs.active(model), "checkpoint_above_tokens": active_checkpoint_limit(model),
             "optimizer": optimizer}
 
 
@@ -611,7 +616,7 @@ def train(loaded: LoadedModel, train_dataset, config: TrainConfig, trainer: Trai
                 trainer = build_trainer(loaded, train_dataset, config)[0]
             return _train_once(trainer, loaded, train_dataset, config)
         except torch.OutOfMemoryError as error:
-            limited = trainer is not None and "_qlora_checkpoint_limit" in modeling.base_model(trainer.model).__dict__
+            limited = trainer is not None and active_checkpoint_limit(trainer.model) is not None
             if trainer is not None:
                 release(trainer)
             if config.retry_on_oom and limited:  # the memory a limit spends comes back first, at the same batch
