@@ -363,7 +363,7 @@ def report(args) -> str:
                          f"> {solo_seconds(tutorial, tutorial['curve'][-1]) / t:.1f}x (tutorial never reached it)")
             solo = r.get("solo") or {}
             lines.append(
-                f"| {c['name']} | {c['batch_size']} x {c['gradient_accumulation']} | {c['learning_rate']:g} | "
+                f"| {c['name']} | {c['batch_size']} x {c['gradient_accumulation']} | {r.get('learning_rate', c['learning_rate']):g} | "
                 f"{c['lora_dropout'] if method != 'full' else '-'} | {solo.get('examples_per_second', float('nan')):.1f} | "
                 f"{max(p['validation_accuracy'] for p in r['curve']):.2%} | {r['curve'][-1]['validation_accuracy']:.2%} | "
                 f"{f'{t:.0f}' if t else 'never'} | {ratio} | {r.get('peak_memory_bytes', 0) / 2**30:.2f} | {r['status'][:40]} |")

@@ -342,6 +342,8 @@ def test_sweep_default_candidates_take_the_learning_rate_by_model_size(tmp_path)
     (record,) = sweep.load_sweep(tmp_path / "sweep_cpu")
     assert record["status"] == "done" and record["candidate"]["learning_rate"] is None
     assert record["learning_rate"] == defaults.learning_rate("lora", 1)  # tiny: the rate is never raised
+    sweep.main(["report", str(tmp_path / "sweep_cpu")])  # the table shows the rate it trained with
+    assert f"| lora_default | 64 x 1 | {record['learning_rate']:g} |" in (tmp_path / "sweep_cpu.md").read_text()
 
 
 def test_unsloth_row_records_a_failure_with_its_commit_and_versions(tmp_path):
