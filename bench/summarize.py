@@ -184,15 +184,16 @@ def unsloth_table(current: dict[str, dict], results_dir: Path) -> list[str]:
     for path in sorted(results_dir.glob("unsloth_*.json")):
         peer = _read(path)
         run = next((tag for tag, r in current.items() if r["env"].get("commit") == peer.get("commit")
-                    and r["env"].get("gpu") == peer.get("hardware", {}).get("name") and any(s["config"] == "levers_off" for s in r["speed"])), None)
+                    and r["env"].get("gpu") == peer.get("hardware", {}).get("name") and r.get("speed")), None)
         if run is None or peer.get("status") != "ok":
             continue
         ours = {s["config"]: s for s in current[run]["speed"] if s["method"] == "qlora" and s["status"] == "ok"}
-        old = ours["levers_off"]["examples_per_second"]
+        old = ours.get("levers_off", {}).get("examples_per_second")  # a run without the old default: no ratio to it
         for name, eps, peak in [*((c, ours[c]["examples_per_second"], ours[c]["peak_bytes"] / GIB) for c in ours),
                                 (f"Unsloth {peer['versions']['unsloth']} ({path.name})", peer["examples_per_s"],
                                  peer["peak_memory_gib"])]:
-            rows.append((run, name, f"{eps:.1f}", f"{eps / old:.2f}x", f"{eps / peer['examples_per_s']:.2f}x", f"{peak:.2f}"))
+            rows.append((run, name, f"{eps:.1f}", f"{eps / old:.2f}x" if old else "-", f"{eps / peer['examples_per_s']:.2f}x",
+                         f"{peak:.2f}"))
     return ["", NOTES["unsloth_same_run"], "", *table("run | setup | ex/s | x levers_off | x Unsloth | peak GiB", rows), ""] if rows else []
 
 
