@@ -64,7 +64,7 @@ def test_a_tokenizer_that_yields_no_tokens_is_refused_at_tokenize(banking77):
 def test_stratified_subsample_keeps_every_class_in_proportion(banking77):
     small = data.stratified_subsample(banking77.train, 1_000, seed=1)
     labels = np.asarray(small["label"])
-    assert 900 <= len(small) <= 1_000
+    assert len(small) == 1_000  # as many as asked, not the sum of each class's rounded-down share
     assert set(labels) == set(range(77))
     full_share = np.bincount(banking77.train["label"], minlength=77) / len(banking77.train)
     small_share = np.bincount(labels, minlength=77) / len(labels)
@@ -74,7 +74,12 @@ def test_stratified_subsample_keeps_every_class_in_proportion(banking77):
 
 def test_subsample_floor_per_class(banking77):
     tiny = data.stratified_subsample(banking77.train, 154, min_per_class=2)
-    assert np.bincount(tiny["label"], minlength=77).min() >= 2
+    assert np.bincount(tiny["label"], minlength=77).min() >= 2 and len(tiny) == 154
+    # one big class and 9 of 3 rows: the floor of 2 each takes 18 of 30 rows, the big class gets the other 12
+    skewed = Dataset.from_dict({"text": [str(i) for i in range(127)],
+                               "label": [0] * 100 + [c for c in range(1, 10) for _ in range(3)]})
+    counts = np.bincount(data.stratified_subsample(skewed, 30, min_per_class=2)["label"])
+    assert counts.tolist() == [12] + [2] * 9
     with pytest.raises(Banking77Error, match="at least 154"):
         data.stratified_subsample(banking77.train, 100, min_per_class=2)
 
