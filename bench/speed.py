@@ -94,8 +94,7 @@ def model_of(args, key: str) -> tuple[Path, ModelShape]:
 
         folder = Path(offline_models.resolve_model_id(REAL_MODELS[key]))
         config = AutoConfig.from_pretrained(folder)
-        shape = ModelShape.from_config(config, REAL_MODELS[key].split(":")[-1])
-        return folder, replace(shape, qkv_bias=getattr(config, "attention_bias", False))
+        return folder, ModelShape.from_config(config, REAL_MODELS[key].split(":")[-1])
     shape = (TINY if args.device == "cpu" else memory.QWEN2_5)[key]
     return build_checkpoint(shape, Path(args.models_dir) / shape.name, args.device), shape
 

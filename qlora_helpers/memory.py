@@ -50,14 +50,20 @@ class ModelShape:
     num_kv_heads: int
     vocab_size: int = 151936
     tie_word_embeddings: bool = False
-    qkv_bias: bool = True  # Qwen2 has biases on q, k and v (none on o and the MLP)
+    qkv_bias: bool = True  # Qwen2 has biases on q, k and v (none on o and the MLP); Llama and Gemma none
+    attention_head_dim: int = 0  # 0: hidden_size / num_heads (Qwen2, Llama); Gemma 3 sets its own (256)
 
     @classmethod
     def from_config(cls, config, name: str | None = None) -> "ModelShape":
+        """The shape of a transformers config: Qwen2's (no attention_bias field: biases on q, k, v), Llama's or
+        Gemma 3's (attention_bias False; Gemma's head_dim is not hidden_size / heads)."""
+        head_dim = getattr(config, "head_dim", None) or 0
         return cls(name or getattr(config, "_name_or_path", "") or config.model_type,
                    config.hidden_size, config.intermediate_size, config.num_hidden_layers,
                    config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads,
-                   config.vocab_size, bool(getattr(config, "tie_word_embeddings", False)))
+                   config.vocab_size, bool(getattr(config, "tie_word_embeddings", False)),
+                   qkv_bias=bool(getattr(config, "attention_bias", config.model_type == "qwen2")),
+                   attention_head_dim=0 if head_dim * config.num_attention_heads == config.hidden_size else head_dim)
 
     def config_kwargs(self) -> dict:
         """Keyword arguments for `transformers.Qwen2Config` (real Qwen2.5 defaults for the rest)."""
@@ -69,7 +75,12 @@ class ModelShape:
 
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
+        return self.attention_head_dim or self.hidden_size // self.num_heads
+
+    @property
+    def q_dim(self) -> int:
+        """Width of q_proj's output and o_proj's input: hidden_size, except where head_dim is set apart."""
+        return self.num_heads * self.head_dim
 
     @property
     def kv_dim(self) -> int:
@@ -77,8 +88,8 @@ class ModelShape:
 
     def layer_linears(self) -> dict[str, tuple[int, int]]:
         """(in_features, out_features) of each linear layer in one decoder layer."""
-        h, i, kv = self.hidden_size, self.intermediate_size, self.kv_dim
-        return {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
+        h, i, q, kv = self.hidden_size, self.intermediate_size, self.q_dim, self.kv_dim
+        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
                 "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
 
     @property
@@ -93,7 +104,7 @@ class ModelShape:
     @property
     def small_params(self) -> int:
         """Biases and norm weights: never quantized."""
-        bias = (self.hidden_size + 2 * self.kv_dim) if self.qkv_bias else 0
+        bias = (self.q_dim + 2 * self.kv_dim) if self.qkv_bias else 0
         return self.num_layers * (bias + 2 * self.hidden_size) + self.hidden_size
 
     def head_params(self, num_labels: int) -> int:
@@ -119,7 +130,7 @@ class ModelShape:
         h, kv = self.hidden_size, self.kv_dim
         layer = [a * b for a, b in self.layer_linears().values()] + [h, h]
         if self.qkv_bias:
-            layer += [h, kv, kv]
+            layer += [self.q_dim, kv, kv]
         return [self.embedding_params, h, num_labels * h] + layer * self.num_layers
 
 
@@ -249,9 +260,9 @@ def activation_bytes_per_token_layer(shape: ModelShape, method: str, *, compute_
     (without dropout the adapters keep their input, shared by q/k/v, by gate/up, and with attention's
     output for o_proj); the base matmuls keep nothing per token.
     """
-    h, i, a = shape.hidden_size, shape.intermediate_size, compute_bytes
-    kv_saved = 2 * a * h if padding_mask else 2 * a * shape.kv_dim
-    attention = 2 * a * h + kv_saved + 4 * shape.num_heads  # q, k, v, output, log-sum-exp
+    h, i, q, a = shape.hidden_size, shape.intermediate_size, shape.q_dim, compute_bytes
+    kv_saved = 2 * a * q if padding_mask else 2 * a * shape.kv_dim
+    attention = 2 * a * q + kv_saved + 4 * shape.num_heads  # q, k, v, output, log-sum-exp
     mlp = 3 * a * i  # gate output, SiLU output, up output
     if method == "full":
         if a == 4:  # fp32 without autocast: q/k/v share one saved input, gate/up another
@@ -260,7 +271,7 @@ def activation_bytes_per_token_layer(shape: ModelShape, method: str, *, compute_
     norms = 2 * 4 * h
     lora_small = 7 * lora_r * a  # lora_A outputs, saved by lora_B
     if lora_dropout > 0:
-        adapted = 3 * (1 + a) * h + (1 + a) * h + 2 * (1 + a) * h + (1 + a) * i
+        adapted = 3 * (1 + a) * h + (1 + a) * q + 2 * (1 + a) * h + (1 + a) * i
     else:
         adapted = a * h + 0 + a * h + a * i
     return norms + adapted + attention + mlp + lora_small

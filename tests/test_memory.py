@@ -63,6 +63,25 @@ def test_upcast_all_to_fp32_is_predicted(checkpoints, shape):
     assert est.adapter_bytes - plain.adapter_bytes == 2 * (shape.total_params() - shape.linear_params)
 
 
+@pytest.mark.parametrize("family", ["qwen2", "llama", "gemma3_text"])
+def test_shape_from_config_counts_the_weights_of_each_family(family):
+    """from_config reads Llama's and Gemma 3's attention (no q/k/v bias; Gemma's head_dim 256 is not hidden / heads,
+    so q_proj is wider than hidden): its linear and bias counts equal the built model's, which the checkpointing
+    limit and the FLOPs rest on. Small configs of each family, random weights."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    sizes = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
+                 vocab_size=256, num_labels=77)
+    config = AutoConfig.for_model(family, **sizes, **({"head_dim": 32} if family == "gemma3_text" else {}))
+    model = AutoModelForSequenceClassification.from_config(config)
+    shape = ModelShape.from_config(config)
+    linears = [m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." in name]
+    assert shape.linear_params == sum(m.weight.numel() for m in linears)
+    qkv_outputs = sum(out for name, (_, out) in shape.layer_linears().items() if name in ("q_proj", "k_proj", "v_proj"))
+    assert shape.num_layers * qkv_outputs * shape.qkv_bias == sum(m.bias.numel() for m in linears if m.bias is not None)
+
+
 def test_shape_from_config_and_real_qwen_sizes():
     from transformers import Qwen2Config
 
