@@ -49,17 +49,18 @@ def test_batched_logits_equal_one_at_a_time(request, name, architecture, padding
 
 
 def test_qlora_on_smollm2_learns_banking77_on_cpu(smollm2_path, banking77, tmp_path):
-    """4-bit NF4 base, LoRA adapters and head, 770 training rows (10 per intent) x 1 epoch at the
-    method's learning rate: a real decoder learns, far above chance (1/77 = 1.3%)."""
+    """4-bit NF4 base, LoRA adapters and head, 770 training rows (10 per intent) x 2 epochs at the
+    method's learning rate: a real decoder learns, far above chance (1/77 = 1.3%). One epoch stops on the
+    steep part of the curve, where the rows drawn decide: 0.23 to 0.44 over four samples; two give 0.68 on the worst."""
     loaded = modeling.load_model(smollm2_path, "qlora", num_labels=banking77.num_labels)
     assert any(modeling.is_packed_4bit(p) for p in loaded.model.parameters())
     train_rows = data.tokenize(data.stratified_subsample(banking77.train, 770, seed=0), loaded.tokenizer)
     test_rows = data.tokenize(data.stratified_subsample(banking77.test, 385, seed=0), loaded.tokenizer)
-    config = training.default_train_config("qlora", output_dir=str(tmp_path), epochs=1, batch_size=16,
+    config = training.default_train_config("qlora", output_dir=str(tmp_path), epochs=2, batch_size=16,
                                            save_steps=10_000)
     stats = training.train(loaded, train_rows, config)
     result = evaluation.evaluate(loaded.model, test_rows, loaded.tokenizer, banking77.label_names)
-    print(f"SmolLM2-135M QLoRA, 770 rows x 1 epoch on CPU: test accuracy {result.accuracy:.3f}, "
+    print(f"SmolLM2-135M QLoRA, 770 rows x 2 epochs on CPU: test accuracy {result.accuracy:.3f}, "
           f"macro-F1 {result.macro_f1:.3f}, {stats.train_seconds:.0f} s training")
     assert result.accuracy > 0.25 and result.macro_f1 > 0.2
 
