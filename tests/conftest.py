@@ -53,7 +53,7 @@ def tiny_qwen2(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def small_split(banking77):
-    """~400 stratified training rows and ~160 test rows: enough for a few optimizer steps."""
+    """400 stratified training rows and 160 test rows: enough for a few optimizer steps."""
     return (data.stratified_subsample(banking77.train, 400, seed=0),
             data.stratified_subsample(banking77.test, 160, seed=0))
 
