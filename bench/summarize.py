@@ -90,7 +90,7 @@ def set_aside_reasons(runs: dict[str, dict]) -> dict[str, str]:
 
 
 def estimator_rows(runs: dict[str, dict]) -> list[dict]:
-    """One measured row per model x method x checkpointing (the latest run's; run 1's cells were the calibration run, and
+    """One measured row per model x method x checkpointing (the latest run's; run 1's cells were the calibration, and
     runs in `set_aside_reasons` measured something else), with the estimator's prediction as it is now."""
     latest: dict[tuple, dict] = {}
     set_aside = set_aside_reasons(runs)
@@ -101,8 +101,8 @@ def estimator_rows(runs: dict[str, dict]) -> list[dict]:
             if r.get("status") == "ok" and r["model"].startswith("Qwen2.5"):
                 latest[(r["model"], r["method"], bool(r["gradient_checkpointing"]))] = {**r, "run": tag}
     rows = []
-    for (model, method, _), r in sorted(latest.items(), key=lambda kv: (memory.QWEN2_5[kv[0][0][8:]].linear_params,
-                                                                         ("full", "lora", "qlora").index(kv[0][1]), kv[0][2])):
+    order = lambda key: (memory.QWEN2_5[key[0][8:]].linear_params, ("full", "lora", "qlora").index(key[1]), key[2])
+    for (model, method, _), r in sorted(latest.items(), key=lambda kv: order(kv[0])):
         dropout = r.get("lora_dropout", 0.05 if method != "full" else 0.0)  # runs 2-3: the default then
         est = memory.estimate(model[8:], method, batch_size=r["batch_size"], seq_len=r["seq_len"],
                               gradient_checkpointing=r["gradient_checkpointing"], optimizer=r["optimizer"],
