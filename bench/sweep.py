@@ -372,7 +372,7 @@ def report(args) -> str:
                     linestyle="--" if c["tutorial"] else "-", label=c["name"])
         lines += seed_summary(group, target)
         ax.axhline(target, color="grey", linewidth=0.8)
-        ax.set_title(f"{method}: SmolLM2-135M")
+        ax.set_title(f"{method}: {first['model']}")  # the model this sweep trained
         ax.set_xlabel("solo training seconds")
         ax.set_ylim(0, 1)
         ax.legend(fontsize=7, loc="lower right")
