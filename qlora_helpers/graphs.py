@@ -84,20 +84,21 @@ def _random_modules(model: torch.nn.Module) -> list[str]:
 
 def unavailable(model: torch.nn.Module) -> str | None:
     """Why `enable` would refuse `model` here (its message, naming the fix), or None if graphs can run:
-    a model `decoder_stack` does not support, dropout anywhere in it, no CUDA GPU, several processes."""
+    a model `decoder_stack` does not support, no CUDA GPU, several processes, dropout anywhere in it.
+    The knob a user can change (dropout) comes last: on a CPU, setting it would not make graphs run."""
     try:
         decoder_stack(model)
     except ValueError as error:
         return str(error)
-    random = _random_modules(model)
-    if random:
-        return (f"cuda_graphs needs a model without dropout (a replayed graph would drop the same units every "
-                f"time); found {', '.join(random[:3])}: set lora_dropout=0.")
     if not torch.cuda.is_available():
         return "cuda_graphs needs a CUDA GPU: train with cuda_graphs=False on CPU."
     processes = max(world_size(), launched_processes())  # a launched process has no process group until the Trainer
     if processes > 1:
         return f"cuda_graphs runs in one process, not {processes}: train with cuda_graphs=False, or on one GPU."
+    random = _random_modules(model)
+    if random:
+        return (f"cuda_graphs needs a model without dropout (a replayed graph would drop the same units every "
+                f"time); found {', '.join(random[:3])}: set lora_dropout=0.")
     return None
 
 

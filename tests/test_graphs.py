@@ -35,11 +35,15 @@ def _batch():
     return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 2, 3])}
 
 
-def test_enable_refuses_what_graphs_cannot_replay_before_any_work(qwen2_lora, tiny_qwen2, minilm_path):
+def test_enable_refuses_what_graphs_cannot_replay_before_any_work(qwen2_lora, tiny_qwen2, minilm_path, monkeypatch):
     with pytest.raises(ValueError, match="cuda_graphs needs a CUDA GPU: train with cuda_graphs=False"):
         graphs.enable(qwen2_lora.model)
     with_dropout = modeling.load_model(tiny_qwen2, "lora", 77, lora_dropout=0.1)
-    with pytest.raises(ValueError, match=r"without dropout .*lora_dropout.*set lora_dropout=0"):
+    # on a CPU the GPU is the reason: setting lora_dropout=0 there would not make graphs run
+    with pytest.raises(ValueError, match="cuda_graphs needs a CUDA GPU"):
+        graphs.enable(with_dropout.model)
+    with monkeypatch.context() as on_a_gpu, pytest.raises(ValueError, match=r"without dropout .*set lora_dropout=0"):
+        on_a_gpu.setattr(torch.cuda, "is_available", lambda: True)  # on a GPU, the dropout
         graphs.enable(with_dropout.model)
     encoder = modeling.load_model(minilm_path, "lora", 77, lora_dropout=0.0)
     with pytest.raises(ValueError, match=r"decoder classifiers .* not BertForSequenceClassification"):
