@@ -133,7 +133,7 @@ class TrainStats:
     recoveries: list[dict] = field(default_factory=list)
     peak_learning_rate: float | None = None  # the schedule's peak the run ended with; None: not recorded
     # the step-cost levers the run ended with (training.step_levers): cuda_graphs, checkpoint_above_tokens,
-    # optimizer; empty in results from before it existed
+    # compile_layers, optimizer; empty in results from before it existed
     step_levers: dict = field(default_factory=dict)
 
     @property
@@ -464,9 +464,12 @@ def active_checkpoint_limit(model: torch.nn.Module) -> int | None:
 
 def step_levers(model: torch.nn.Module, optimizer: str) -> dict:
     """The step-cost levers on `model` now (before release_training_state): {"cuda_graphs": whether its
-    stack still replays graphs, "checkpoint_above_tokens": the limit (None: none), "optimizer": ...}."""
+    stack still replays graphs, "checkpoint_above_tokens": the limit (None: none), "compile_layers":
+    whether its decoder layers run compiled (compile_decoder_layers), "optimizer": ...}."""
+    compiled = any(getattr(module, "_compiled_call_impl", None) is not None
+                   for layer in modeling.decoder_layers(model) for module in (layer, *layer.children()))
     return {"cuda_graphs": graphs.active(model), "checkpoint_above_tokens": active_checkpoint_limit(model),
-            "optimizer": optimizer}
+            "compile_layers": compiled, "optimizer": optimizer}
 
 
 def release_training_state(model: torch.nn.Module) -> None:

@@ -282,7 +282,9 @@ def test_compiled_decoder_layers_train_as_the_eager_ones(tiny_qwen2, small_split
         config = training.default_train_config("qlora", output_dir=str(tmp_path / str(compiled)), max_steps=4,
                                                batch_size=16, logging_steps=1, save_steps=1000,
                                                compile_layers=compiled)
-        losses[compiled] = training.train(loaded, rows, config).losses
+        stats = training.train(loaded, rows, config)
+        losses[compiled] = stats.losses
+        assert stats.step_levers["compile_layers"] is compiled  # what results.json records
         compiled_modules = [m for m in loaded.model.modules() if getattr(m, "_compiled_call_impl", None) is not None]
         # checkpointed layers (QLoRA's default) compile their blocks, so the checkpoint stays eager around them
         assert {type(m).__name__ for m in compiled_modules} == (
