@@ -170,7 +170,8 @@ def notebook_results_table(folder: Path) -> str:
              " so seconds and examples/s are shared-GPU figures.", "",
              *table("run | notebook | method | seed | peak learning rate | test accuracy | macro-F1 | train s | ex/s | "
                     "peak GiB | rollbacks", rows), "",
-             *(f"- {stem} at its default learning rate: mean test accuracy {sum(a) / len(a):.2%} over {len(a)} seeds "
+             *(f"- {stem} at its default learning rate: mean test accuracy {sum(a) / len(a):.2%} over "
+               f"{len(a)} seed{'s' * (len(a) > 1)} "
                f"(lowest {min(a):.2%})." for stem, a in by_notebook.items())]
     text = "\n".join(lines) + "\n"
     folder.with_suffix(".md").write_text(text)

@@ -341,11 +341,11 @@ def report(args) -> str:
               f"{versions.get('transformers')}, peft {versions.get('peft')}, bitsandbytes "
               f"{versions.get('bitsandbytes')}. Train rows {first['train_rows']}, validation rows "
               f"{first['validation_rows']} (carved from train; the test set is not read).", ""]
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5), sharey=True)
-    for ax, method in zip(axes, ("full", "lora", "qlora")):
+    methods = [m for m in ("full", "lora", "qlora") if any(r["candidate"]["method"] == m and r["curve"] for r in records)]
+    fig, axes = plt.subplots(1, len(methods), figsize=(5.4 * len(methods), 4.5), sharey=True, squeeze=False)
+    axes = axes[0]  # one panel per method the sweep trained
+    for ax, method in zip(axes, methods):
         group = [r for r in records if r["candidate"]["method"] == method and r["curve"]]
-        if not group:
-            continue
         best = max(max(p["validation_accuracy"] for p in r["curve"]) for r in group)
         target = best - 0.005
         tutorial = next((r for r in group if r["candidate"]["tutorial"]), None)
