@@ -181,7 +181,10 @@ def run_setup(cell: Cell, data, setup: Setup, *, steps: int, warmup: int, cap: M
                 module._compiled_call_impl = None
         training.release_training_state(loaded.model)  # graphs, checkpointing limit: the next setup starts clean
     layers, losses = cell.shape.num_layers, [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    # peak_reserved_bytes: the allocator's whole reserved peak, the cell's baseline and the graphs' cached pool
+    # included (training.peak_reserved): what the T4 cap counts
     record.update(peak_bytes=training.peak_memory()[0] - cap.baseline_bytes, cell_baseline_bytes=cap.baseline_bytes,
+                  peak_reserved_bytes=training.peak_reserved(),
                   start_allocated_bytes=start_allocated - cap.baseline_bytes, losses=losses,
                   **({"profile": timer.profile} if timer.profile else {}),
                   **timing.summarise_steps(

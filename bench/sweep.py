@@ -227,7 +227,7 @@ def _worker(args) -> None:
         record["step_levers"] = training.step_levers(loaded.model, config.optimizer)  # graphs may have fallen back
         measure.hook.remove()
         peak, kind = training.peak_memory()
-        record.update(peak_memory_bytes=peak, peak_memory_kind=kind)
+        record.update(peak_memory_bytes=peak, peak_memory_kind=kind, peak_reserved_bytes=training.peak_reserved())
         out.write_text(json.dumps(record, indent=1))
 
 

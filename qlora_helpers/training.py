@@ -135,6 +135,10 @@ class TrainStats:
     # the step-cost levers the run ended with (training.step_levers): cuda_graphs, checkpoint_above_tokens,
     # compile_layers, optimizer; empty in results from before it existed
     step_levers: dict = field(default_factory=dict)
+    # the CUDA allocator's reserved peak: peak_memory_bytes plus the blocks it keeps cached, the CUDA graphs'
+    # pool among them (4.6 GiB on Qwen2.5-1.5B QLoRA, bench/README.md): what a GPU, or the T4 cap, must
+    # hold. None on CPU and in results from before it existed
+    peak_reserved_bytes: int | None = None
 
     @property
     def examples_per_second(self) -> float:
@@ -349,9 +353,18 @@ class DivergenceGuard(TrainerCallback):
 
 
 def peak_memory() -> tuple[int, str]:
+    """(bytes, kind) of the peak since the last reset: live tensors on CUDA (max_memory_allocated), the
+    process's resident set on CPU."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated(), "cuda_max_allocated"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process_peak_rss"
+
+
+def peak_reserved() -> int | None:
+    """Bytes the CUDA allocator held at its peak since the last reset (max_memory_reserved): live tensors
+    and the blocks it caches, those of CUDA graphs' private pools among them, which only it can reuse.
+    A GPU's memory limit counts these, so a run fits where this does. None on CPU."""
+    return torch.cuda.max_memory_reserved() if torch.cuda.is_available() else None
 
 
 def mixed_precision(loaded: LoadedModel) -> dict:
@@ -693,7 +706,8 @@ def _train_once(trainer: Trainer, loaded: LoadedModel, train_dataset, config: Tr
     return TrainStats(measure.seconds, trainer.state.global_step, measure.examples, measure.real_tokens,
                       measure.padded_tokens, peak, kind, final, losses, seen, config.batch_size,
                       config.gradient_accumulation, _step(last) if last else 0, world_size(),
-                      DivergenceGuard.recoveries(trainer.state), max(trainer.lr_scheduler.base_lrs), levers)
+                      DivergenceGuard.recoveries(trainer.state), max(trainer.lr_scheduler.base_lrs), levers,
+                      peak_reserved())
 
 
 # Which checkpoint may resume this run --------------------------------------------------------------

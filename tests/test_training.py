@@ -372,3 +372,13 @@ def test_the_progress_bar_writes_no_line_per_logged_loss(tiny_qwen2, tmp_path, m
     assert "1.25" not in capsys.readouterr().out
     if in_notebook:
         assert progress.training_tracker.inner_table is None
+
+
+def test_peak_reserved_is_what_the_allocator_held_and_none_on_cpu(monkeypatch):
+    """A T4's limit counts the allocator's cached blocks too (the CUDA graphs' pool held 4.6 GiB beyond
+    max_memory_allocated when Qwen2.5-1.5B QLoRA ran out of the cap): runs record the reserved peak."""
+    assert training.peak_reserved() is None  # a CPU has no allocator cache to report
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda: 14 * 2**30)
+    assert training.peak_reserved() == 14 * 2**30
+    assert "peak_reserved_bytes" in training.TrainStats.__dataclass_fields__

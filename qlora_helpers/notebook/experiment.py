@@ -458,7 +458,8 @@ def train_model(params: NotebookParameters, loaded: modeling.LoadedModel, train_
     print(f"trained {steps} in {stats.train_seconds:.0f} s on {stats.processes} "
           f"{'process' if stats.processes == 1 else 'GPUs'}: {stats.examples_per_second:.1f} "
           f"examples/s, {stats.tokens_per_second:.0f} real tokens/s, {stats.padding_share:.0%} padding, "
-          f"peak memory {stats.peak_memory_bytes / 2**30:.2f} GiB ({stats.peak_memory_kind}); "
+          f"peak memory {stats.peak_memory_bytes / 2**30:.2f} GiB ({stats.peak_memory_kind}"
+          + (f", {stats.peak_reserved_bytes / 2**30:.2f} GiB reserved" if stats.peak_reserved_bytes else "") + "); "
           f"final loss {stats.final_loss:.3f}" + (
               f"; {len(stats.recoveries)} divergence(s) rolled back, the learning rate lowered "
               f"{training.format_learning_rate(stats.recoveries[0]['old_learning_rate'])} -> "
