@@ -341,8 +341,13 @@ def report(args) -> str:
               f"{versions.get('transformers')}, peft {versions.get('peft')}, bitsandbytes "
               f"{versions.get('bitsandbytes')}. Train rows {first['train_rows']}, validation rows "
               f"{first['validation_rows']} (carved from train; the test set is not read).", ""]
-    methods = [m for m in ("full", "lora", "qlora") if any(r["candidate"]["method"] == m and r["curve"] for r in records)]
-    fig, axes = plt.subplots(1, len(methods), figsize=(5.4 * len(methods), 4.5), sharey=True, squeeze=False)
+    methods = [m for m in ("full", "lora", "qlora") if any(r["candidate"]["method"] == m and r["curve"]
+                                                            for r in records)]
+    if not methods:  # every candidate failed before its first evaluation: the statuses say why
+        failures = ", ".join(f"{r['candidate']['name']} {r['status'][:80]}" for r in records)
+        lines += [f"No candidate recorded a validation point: {failures}", ""]
+    fig, axes = plt.subplots(1, max(1, len(methods)), figsize=(5.4 * max(1, len(methods)), 4.5), sharey=True,
+                             squeeze=False)
     axes = axes[0]  # one panel per method the sweep trained
     for ax, method in zip(axes, methods):
         group = [r for r in records if r["candidate"]["method"] == method and r["curve"]]

@@ -344,6 +344,10 @@ def test_sweep_default_candidates_take_the_learning_rate_by_model_size(tmp_path)
     assert record["learning_rate"] == defaults.learning_rate("lora", 1)  # tiny: the rate is never raised
     sweep.main(["report", str(tmp_path / "sweep_cpu")])  # the table shows the rate it trained with
     assert f"| lora_default | 64 x 1 | {record['learning_rate']:g} |" in (tmp_path / "sweep_cpu.md").read_text()
+    # a candidate that failed before its first evaluation (QLoRA out of a T4's memory can): a report, not a crash
+    (tmp_path / "sweep_cpu" / "lora_default.json").write_text(json.dumps({**record, "curve": [], "status": "failed: X"}))
+    sweep.main(["report", str(tmp_path / "sweep_cpu")])
+    assert "No candidate recorded a validation point: lora_default failed: X" in (tmp_path / "sweep_cpu.md").read_text()
 
 
 def test_unsloth_row_records_a_failure_with_its_commit_and_versions(tmp_path):
