@@ -341,8 +341,9 @@ def report(args) -> str:
               f"{versions.get('transformers')}, peft {versions.get('peft')}, bitsandbytes "
               f"{versions.get('bitsandbytes')}. Train rows {first['train_rows']}, validation rows "
               f"{first['validation_rows']} (carved from train; the test set is not read).", ""]
-    methods = [m for m in ("full", "lora", "qlora") if any(r["candidate"]["method"] == m and r["curve"]
-                                                            for r in records)]
+    groups = {m: [r for r in records if r["candidate"]["method"] == m and r["curve"]]
+              for m in ("full", "lora", "qlora")}  # the candidates with a validation curve, by method
+    methods = [m for m, group in groups.items() if group]
     if not methods:  # every candidate failed before its first evaluation: the statuses say why
         failures = ", ".join(f"{r['candidate']['name']} {r['status'][:80]}" for r in records)
         lines += [f"No candidate recorded a validation point: {failures}", ""]
@@ -350,7 +351,7 @@ def report(args) -> str:
                              squeeze=False)
     axes = axes[0]  # one panel per method the sweep trained
     for ax, method in zip(axes, methods):
-        group = [r for r in records if r["candidate"]["method"] == method and r["curve"]]
+        group = groups[method]
         best = max(max(p["validation_accuracy"] for p in r["curve"]) for r in group)
         target = best - 0.005
         tutorial = next((r for r in group if r["candidate"]["tutorial"]), None)

@@ -423,9 +423,14 @@ def compile_decoder_layers(model: torch.nn.Module) -> int:
                          "train it with compile_layers=False.")
     for layer in layers:
         for module in layer.children() if layer.gradient_checkpointing else [layer]:
-            if getattr(module, "_compiled_call_impl", None) is None:
+            if not _compiled(module):
                 module.compile(dynamic=True)  # symbolic batch and length: one graph for every batch
     return len(layers)
+
+
+def _compiled(module: torch.nn.Module) -> bool:
+    """True once `module.compile()` has run (nn.Module keeps the compiled call there)."""
+    return getattr(module, "_compiled_call_impl", None) is not None
 
 
 @dataclass
@@ -479,8 +484,8 @@ def step_levers(model: torch.nn.Module, optimizer: str) -> dict:
     """The step-cost levers on `model` now (before release_training_state): {"cuda_graphs": whether its
     stack still replays graphs, "checkpoint_above_tokens": the limit (None: none), "compile_layers":
     whether its decoder layers run compiled (compile_decoder_layers), "optimizer": ...}."""
-    compiled = any(getattr(module, "_compiled_call_impl", None) is not None
-                   for layer in modeling.decoder_layers(model) for module in (layer, *layer.children()))
+    compiled = any(_compiled(module) for layer in modeling.decoder_layers(model)
+                   for module in (layer, *layer.children()))
     return {"cuda_graphs": graphs.active(model), "checkpoint_above_tokens": active_checkpoint_limit(model),
             "compile_layers": compiled, "optimizer": optimizer}
 
