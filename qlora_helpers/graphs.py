@@ -14,6 +14,8 @@ one memory pool, which is safe because each micro-batch's backward replays befor
 does, and one side stream, warmed up once, before the first
 capture: a later shape is captured without an eager pass of its own (a new shape's step on the 7B:
 ~0.9-1.2 s in run 9, ~1.4-1.5 s in run 8, which warmed up for every shape; bench/results/SUMMARY.md).
+A shape that runs out of memory while recording beside others drops every recording and starts an
+empty pool (`_record_or_start_afresh`): the shared pool's free blocks serve captures only.
 The graphs compute what the eager stack computes (same kernels, same order), with two limits:
 nothing random may run inside (LoRA dropout 0, no attention dropout), and one process only.
 """
@@ -153,14 +155,20 @@ def _turn_off(stack: torch.nn.Module) -> None:
     del stack.forward  # the instance attribute: the class's forward is back
     for layer, own in state.checkpoint_functions.items():
         layer._gradient_checkpointing_func = own
-    # gradients accumulated from a replay may still be the backward graphs' own buffers: copies first
-    _unalias_gradients([p for p in stack.parameters() if p.requires_grad])
-    for recorded in state.graphs.values():
-        recorded.release()
-    state.graphs.clear()
+    _drop_recordings(state)
     # cuBLAS's workspace for the capture stream outlives the graphs that used it; with every graph of
     # ours reset it can go (it is made again on the next matmul that needs one).
     torch._C._cuda_clearCublasWorkspaces()
+    torch.cuda.empty_cache()
+
+
+def _drop_recordings(state: GraphedStack) -> None:
+    """Release every shape's graphs and the memory their pool holds; the stack stays graphed."""
+    # gradients accumulated from a replay may still be the backward graphs' own buffers: copies first
+    _unalias_gradients([p for p in state.stack.parameters() if p.requires_grad])
+    for recorded in state.graphs.values():
+        recorded.release()
+    state.graphs.clear()
     gc.collect()
     torch.cuda.empty_cache()
 
@@ -185,7 +193,7 @@ def _dispatch(state: GraphedStack, *args, **kwargs):
     graphed = state.graphs.get(key)
     if graphed is None:
         try:
-            graphed = state.graphs[key] = _record(state, input_ids, mask)
+            graphed = state.graphs[key] = _record_or_start_afresh(state, input_ids, mask)
         except RuntimeError as error:
             if not state.fall_back or isinstance(error, torch.OutOfMemoryError):
                 raise
@@ -196,6 +204,28 @@ def _dispatch(state: GraphedStack, *args, **kwargs):
             return type(stack).forward(stack, input_ids, *args[1:], attention_mask=mask, **kwargs)
     _unalias_gradients(graphed.params)
     return BaseModelOutputWithPast(last_hidden_state=_Replay.apply(graphed, input_ids, mask, *graphed.params))
+
+
+def _record_or_start_afresh(state: GraphedStack, input_ids: torch.Tensor, mask: torch.Tensor) -> ShapeGraphs:
+    """`_record`, and once more in an empty pool if it ran out of memory while other shapes' graphs were kept.
+
+    The shared pool keeps the free blocks of every earlier capture, and only a capture can reuse them; a
+    shape longer than those before needs bigger blocks, so the pool grows past what any one shape needs
+    (Qwen2.5-1.5B's QLoRA at 64 rows on a T4: 14.41 GiB held, 4.63 GiB of it free in the pool, at 9.79
+    GiB allocated; bench/results/sweep_h100_t4_qwen15.md). Dropping every recording gives that memory
+    back; the shapes seen again are recorded again (~1 s each on a 7B). An out-of-memory error in an
+    empty pool is a real one: it stays an error (training.train's retry checkpoints every micro-batch)."""
+    try:
+        return _record(state, input_ids, mask)
+    except torch.OutOfMemoryError:
+        if not state.graphs:
+            raise
+    if is_main_process():
+        print(f"CUDA graphs: out of memory recording batch shape {tuple(input_ids.shape)} beside "
+              f"{len(state.graphs)} recorded shapes: dropping their graphs to free their memory pool, recording afresh")
+    _drop_recordings(state)
+    state.pool = torch.cuda.graph_pool_handle()
+    return _record(state, input_ids, mask)
 
 
 def _on_gpu(tensor: torch.Tensor) -> bool:

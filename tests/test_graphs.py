@@ -151,6 +151,70 @@ def test_dispatch_records_one_graph_pair_per_batch_shape(qwen2_lora, pretend_gpu
     assert losses[0] == losses[1] == pytest.approx(expected, abs=1e-6)
 
 
+def test_out_of_memory_recording_beside_other_shapes_drops_them_and_records_afresh(qwen2_lora, pretend_gpu,
+                                                                                   monkeypatch, capsys):
+    """The shared pool keeps every earlier capture's free blocks, which only a capture can reuse: a new
+    shape that runs out of memory beside them gets one more try in an empty pool (every recording
+    released, a new pool, one printed line) and the step goes on with the same loss. Out of memory
+    again, or with nothing recorded to drop, it stays an out-of-memory error (training.train's retry)."""
+    model, batch = qwen2_lora.model, _batch()
+    with torch.no_grad():
+        expected = float(model(**batch).loss)
+    pools = iter(range(100))
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: ("pool", next(pools)))
+
+    class Recorded:
+        def __init__(self, pool):
+            self.params, self.pool, self.released = [], pool, False
+
+        def release(self):
+            self.released = True
+
+    made, attempts, full = [], [], {"left": 0}
+
+    def record(state, ids, mask):
+        attempts.append((tuple(ids.shape), state.pool))
+        if full["left"]:
+            full["left"] -= 1
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        made.append(Recorded(state.pool))
+        return made[-1]
+
+    def replay(graphs_of_shape, ids, mask, *params):
+        stack = graphs.decoder_stack(model)
+        return type(stack).forward(stack, ids, attention_mask=mask, use_cache=False).last_hidden_state
+
+    monkeypatch.setattr(graphs, "_on_gpu", lambda tensor: True)
+    monkeypatch.setattr(graphs, "_record", record)
+    monkeypatch.setattr(graphs._Replay, "apply", replay)
+    half = {k: v[:2] for k, v in batch.items()}
+    state = graphs.enable(model)
+    try:
+        model(**half)  # shape (2, 8) recorded in the first pool
+        full["left"] = 1  # the next recording runs out of memory once
+        loss = float(model(**batch).loss)
+        assert capsys.readouterr().out.count("CUDA graphs: out of memory recording batch shape (4, 8) beside 1 "
+                                             "recorded shapes") == 1
+        assert loss == pytest.approx(expected, abs=1e-6)
+        assert made[0].released and not made[1].released  # the earlier shape's graphs gave their memory back
+        assert attempts == [((2, 8), ("pool", 0)), ((4, 8), ("pool", 0)), ((4, 8), ("pool", 1))]
+        assert list(state.graphs) == [(4, 8)] and state.pool == ("pool", 1)
+        model(**half)  # dropped with the others: recorded again, in the new pool
+        assert attempts[-1] == ((2, 8), ("pool", 1)) and graphs.active(model)
+        full["left"] = 2  # out of memory in the empty pool too: a real out-of-memory error
+        with pytest.raises(torch.OutOfMemoryError):
+            model(**{k: v[:3] for k, v in batch.items()})
+    finally:
+        graphs.disable(model)
+    graphs.enable(model, fall_back=True)
+    full["left"] = 1  # nothing recorded yet: nothing to drop, so no second try (and no fall-back either)
+    try:
+        with pytest.raises(torch.OutOfMemoryError):
+            model(**batch)
+    finally:
+        graphs.disable(model)
+
+
 def test_unalias_gradients_copies_only_existing_gradients():
     with_grad, without = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
     buffer = torch.full((3,), 2.0)
@@ -322,3 +386,58 @@ def test_graphs_train_as_the_eager_stack_does_and_leave_no_memory_behind(tiny_qw
     for eager, graphed in zip(eager_grads, graph_grads):
         assert eager.keys() == graphed.keys() and all(torch.equal(eager[n], graphed[n]) for n in eager)
     assert torch.cuda.memory_allocated() <= after_eager
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs record and replay on a GPU")
+def test_a_real_out_of_memory_inside_a_capture_is_survived_and_training_matches_eager(tiny_qwen2, monkeypatch, capsys):
+    """The CUDA side of the start-afresh path: an allocation the GPU cannot hold, made inside the
+    forward capture of a second shape, raises from the caching allocator mid-capture; the graphs of the
+    first shape are dropped, the second is recorded in a new pool, and the losses and gradients of the
+    whole run still equal the eager stack's exactly."""
+    loaded = modeling.load_model(tiny_qwen2, "qlora", 77)
+    model = loaded.model
+    start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    batches = [{"input_ids": torch.randint(3, 200, (32, length), device="cuda"),
+                "attention_mask": torch.ones(32, length, dtype=torch.long, device="cuda"),
+                "labels": torch.randint(0, 77, (32,), device="cuda")} for length in (16, 24, 16, 24)]
+    too_big = {"left": 0}
+    forward = graphs._StackCall.forward
+
+    def forward_that_may_run_out(self, input_ids, attention_mask):
+        if too_big["left"] and torch.cuda.is_current_stream_capturing():
+            too_big["left"] -= 1
+            torch.empty(2 * torch.cuda.get_device_properties(0).total_memory, dtype=torch.uint8, device="cuda")
+        return forward(self, input_ids, attention_mask)
+
+    monkeypatch.setattr(graphs._StackCall, "forward", forward_that_may_run_out)
+
+    def train(with_graphs: bool) -> tuple[list[float], dict]:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name in start:
+                    param.copy_(start[name])
+        model.zero_grad(set_to_none=True)
+        model.train()
+        if with_graphs:
+            graphs.enable(model)
+        losses = []
+        try:
+            for i, batch in enumerate(batches):
+                too_big["left"] = int(with_graphs and i == 1)  # the second shape's first capture runs out
+                with torch.autocast("cuda", dtype=loaded.compute_dtype):
+                    loss = model(**batch).loss
+                (loss * 1024).backward()
+                losses.append(float(loss))
+                del loss
+            grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+            model.zero_grad(set_to_none=True)
+        finally:
+            graphs.disable(model)
+        return losses, grads
+
+    eager_losses, eager_grads = train(with_graphs=False)
+    capsys.readouterr()
+    graph_losses, graph_grads = train(with_graphs=True)
+    assert "CUDA graphs: out of memory recording batch shape (32, 24) beside 1 recorded shapes" in capsys.readouterr().out
+    assert graph_losses == eager_losses
+    assert eager_grads.keys() == graph_grads.keys() and all(torch.equal(eager_grads[n], graph_grads[n]) for n in eager_grads)
