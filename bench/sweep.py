@@ -31,6 +31,7 @@ AUTO_LEVERS = dict(cuda_graphs=None, checkpoint_above_tokens="auto")  # training
 # tutorial recipe: micro-batch 8, every row padded to 128 tokens, random batches (no length grouping).
 CANDIDATES: dict[str, dict] = {
     "full_tutorial": dict(method="full", batch_size=8, learning_rate=2e-5, optimizer="adamw_torch", tutorial=True),
+    "full_default": dict(method="full", batch_size=32, learning_rate=None, **AUTO_LEVERS),  # 01's defaults
     "full_b32_lr2e-5": dict(method="full", batch_size=32, learning_rate=2e-5),
     "full_b32_lr1e-4": dict(method="full", batch_size=32, learning_rate=1e-4),
     "full_b32_lr2e-4": dict(method="full", batch_size=32, learning_rate=2e-4),
@@ -232,11 +233,28 @@ def _worker(args) -> None:
 
 
 # Parent ---------------------------------------------------------------------------------------
+def method_model_map(given: list[str]) -> dict[str, str]:
+    """--method-model METHOD=MODEL options as {method: model}: that method's candidates train MODEL, not
+    --model (01's full fine-tuning on Gemma 3 270M beside 02/03's adapters on Qwen2.5, as qwen-t4 runs them).
+    SystemExit naming the form for a malformed one or an unknown method."""
+    from qlora_helpers import defaults
+
+    chosen = {}
+    for item in given:
+        method, _, model = item.partition("=")
+        if method not in defaults.METHODS or not model:
+            raise SystemExit(f"--method-model {item!r}: give METHOD=MODEL with METHOD one of "
+                             f"{', '.join(defaults.METHODS)}, e.g. full=offline:gemma3-270m")
+        chosen[method] = model
+    return chosen
+
+
 def run(args) -> None:
     names = args.candidates.split(",") if args.candidates else list(CANDIDATES)
     seeds = [int(seed) for seed in args.seeds.split(",")]
     for name in names:
         candidate(name)
+    method_models = method_model_map(args.method_models)
     gpus = args.gpus.split(",") if args.device == "cuda" else ["cpu"]
     out_dir = Path(args.out_dir) / f"sweep_{args.tag}"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -259,8 +277,10 @@ def run(args) -> None:
         cmd = [sys.executable, __file__, "worker", "--candidate", name, "--seed", str(seed), "--out",
                str(out_dir / f"{label}.json"), "--commit", commit, "--lock-dir", str(lock_dir),
                "--workers-on-gpu", str(sum(1 for g in assignment.values() if g == gpu))]
-        cmd += [arg for key in WORKER_OPTIONS if getattr(args, key) is not None
-                for arg in (f"--{key.replace('_', '-')}", str(getattr(args, key)))]
+        options = {key: getattr(args, key) for key in WORKER_OPTIONS}
+        options["model"] = method_models.get(CANDIDATES[name]["method"], args.model)
+        cmd += [arg for key, value in options.items() if value is not None
+                for arg in (f"--{key.replace('_', '-')}", str(value))]
         log = open(out_dir / f"{label}.log", "w")
         procs.append((label, subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)))
         print(f"started {label} on {gpu}", flush=True)
@@ -336,7 +356,8 @@ def report(args) -> str:
     lines = [f"# Sweep {folder.name}: validation accuracy per solo second", ""]
     first = records[0]
     hw, versions = first["hardware"], first["versions"]
-    lines += [f"Model {first['model']}; {hw.get('name')} x{hw.get('count')}, profile {first['profile']}; "
+    models = ", ".join(sorted({r["model"] for r in records}))  # --method-model: one model per method
+    lines += [f"Model {models}; {hw.get('name')} x{hw.get('count')}, profile {first['profile']}; "
               f"commit {first['commit']}; torch {versions.get('torch')}, transformers "
               f"{versions.get('transformers')}, peft {versions.get('peft')}, bitsandbytes "
               f"{versions.get('bitsandbytes')}. Train rows {first['train_rows']}, validation rows "
@@ -356,7 +377,8 @@ def report(args) -> str:
         target = best - 0.005
         tutorial = next((r for r in group if r["candidate"]["tutorial"]), None)
         tutorial_time = time_to(tutorial, target) if tutorial else None
-        lines += [f"## {method}: best validation accuracy {best:.2%}; target {target:.2%} (best - 0.5 points)", "",
+        trained = ", ".join(sorted({r["model"] for r in group}))
+        lines += [f"## {method} on {trained}: best validation accuracy {best:.2%}; target {target:.2%} (best - 0.5 points)", "",
                   "| candidate | batch x accum | lr | LoRA dropout | solo ex/s | best val acc | final val acc | "
                   "solo s to target | x tutorial | peak GiB | status |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -378,7 +400,7 @@ def report(args) -> str:
                     linestyle="--" if c["tutorial"] else "-", label=c["name"])
         lines += seed_summary(group, target)
         ax.axhline(target, color="grey", linewidth=0.8)
-        ax.set_title(f"{method}: {first['model']}")  # the model this sweep trained
+        ax.set_title(f"{method}: {trained}")
         ax.set_xlabel("solo training seconds")
         ax.set_ylim(0, 1)
         ax.legend(fontsize=7, loc="lower right")
@@ -403,6 +425,9 @@ def main(argv=None) -> None:
             p.add_argument(f"--{key.replace('_', '-')}", type=kind, default=value)
     sub.choices["run"].add_argument("--candidates", default="", help="comma-separated names; default all")
     sub.choices["run"].add_argument("--gpus", default="0")
+    sub.choices["run"].add_argument("--method-model", dest="method_models", action="append", default=[],
+                                    metavar="METHOD=MODEL", help="train METHOD's candidates on MODEL, not --model "
+                                    "(repeatable), e.g. full=offline:gemma3-270m")
     sub.choices["run"].add_argument("--seeds", default=str(DEFAULT_SEED),
                                     help="comma-separated training seeds: each candidate trains once per seed")
     sub.choices["run"].add_argument("--tag", default="h200_t4")

@@ -1,5 +1,6 @@
 """The benchmark (`python bench/cli.py`): `speed` in its CPU mode (tiny shapes, a few steps) runs end to end
 and writes its JSON; `summarize` rebuilds every table and SUMMARY.md from the committed results."""
+import argparse
 import importlib.util
 import json
 import math
@@ -348,6 +349,28 @@ def test_sweep_default_candidates_take_the_learning_rate_by_model_size(tmp_path)
     (tmp_path / "sweep_cpu" / "lora_default.json").write_text(json.dumps({**record, "curve": [], "status": "failed: X"}))
     sweep.main(["report", str(tmp_path / "sweep_cpu")])
     assert "No candidate recorded a validation point: lora_default failed: X" in (tmp_path / "sweep_cpu.md").read_text()
+
+
+def test_sweep_trains_each_method_on_its_own_model_when_asked(tmp_path, tiny_qwen2):
+    """--method-model full=MODEL: 01's full fine-tuning trains MODEL beside the adapters on --model, as the
+    qwen-t4 profile runs 01 on Gemma and 02/03 on Qwen2.5, and the report names each method's model; a
+    malformed option stops before any worker starts."""
+    sweep = _load("sweep")
+    sweep.main(["run", "--device", "cpu", "--model", "offline:tiny-qwen2", "--candidates", "lora_default,full_default",
+                "--method-model", f"full={tiny_qwen2}", "--max-train", "154", "--max-validation", "77",
+                "--eval-every", "64", "--solo-steps", "1", "--solo-warmup", "1", "--tag", "cpu",
+                "--out-dir", str(tmp_path), "--work-dir", str(tmp_path / "work")])
+    records = {r["candidate"]["name"]: r for r in sweep.load_sweep(tmp_path / "sweep_cpu")}
+    assert {name: (r["model"], r["status"]) for name, r in records.items()} == {
+        "lora_default": ("offline:tiny-qwen2", "done"), "full_default": (tiny_qwen2, "done")}
+    assert records["full_default"]["learning_rate"] == 2e-4  # 01's rate, any size
+    text = sweep.report(argparse.Namespace(folder=str(tmp_path / "sweep_cpu")))
+    assert f"## full on {tiny_qwen2}: " in text and "## lora on offline:tiny-qwen2: " in text
+    for bad in ("full", "fulll=offline:tiny-qwen2", "full="):
+        with pytest.raises(SystemExit, match="give METHOD=MODEL"):
+            sweep.main(["run", "--device", "cpu", "--candidates", "full_default", "--method-model", bad,
+                        "--tag", "bad", "--out-dir", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad").exists()
 
 
 def test_unsloth_row_records_a_failure_with_its_commit_and_versions(tmp_path):
