@@ -52,13 +52,15 @@ def speed_rows(runs: dict[str, dict]) -> list[dict]:
 
 def speed_table(rows: list[dict]) -> list[str]:
     return table("run | model | config | batch x accum | max len | ckpt | LoRA dropout | optimizer | ex/s | real tok/s | "
-                 "x tutorial (same run) | peak GiB | padding | median step s | MFU | HFU | useful MFU | steps | status", [(
+                 "x tutorial (same run) | peak GiB | reserved GiB | padding | median step s | MFU | HFU | useful MFU | steps | status", [(
                      r["run"].split("_", 1)[0], f"{r['model'].replace('Qwen2.5-', '')} {r['method']}", r["config"],
                      f"{r['batch_size']} x {r['gradient_accumulation']}",
                      "128 (fixed)" if r.get("fixed_padding") else r["max_length"],
                      "on" if r["gradient_checkpointing"] else "off", r["lora_dropout"] if r["method"] != "full" else "-",
                      r["optimizer"], _f(r.get("examples_per_second")), _f(r.get("real_tokens_per_second"), "{:.0f}"),
-                     _f(r["vs_tutorial"], "{:.2f}x"), f"{r['peak_gib']:.2f}", _f(r.get("padding_share"), "{:.0%}"),
+                     _f(r["vs_tutorial"], "{:.2f}x"), f"{r['peak_gib']:.2f}",
+                     _f(r["peak_reserved_bytes"] / GIB if r.get("peak_reserved_bytes") else None, "{:.2f}"),
+                     _f(r.get("padding_share"), "{:.0%}"),
                      _f(r.get("median_step_seconds"), "{:.3f}"), _f(r.get("mfu"), "{:.1%}"), _f(r.get("hfu"), "{:.1%}"),
                      _f(r.get("useful_mfu"), "{:.1%}"), r.get("timed_steps", 0), r["status"]) for r in rows])
 
