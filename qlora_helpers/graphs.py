@@ -36,11 +36,12 @@ class GraphedStack:
     """What `enable` changed on a model, so that `disable` can undo it."""
     stack: torch.nn.Module  # the decoder stack (e.g. Qwen2Model): embeddings, decoder layers, final norm
     graphs: dict[tuple[int, ...], ShapeGraphs] = field(default_factory=dict)  # input_ids shape -> its graphs
-    pool: object = None  # the memory pool every capture shares (torch.cuda.graph_pool_handle)
+    pool: object = None  # the memory pool every capture shares (torch.cuda.graph_pool_handle); new after a drop
     stream: object = None  # the side stream the warm-up and every capture run on
     warmed_up: bool = False  # the stream has run one eager pass (its lazy initialisation is done)
     checkpoint_functions: dict[torch.nn.Module, object] = field(default_factory=dict)  # layer -> its own
     fall_back: bool = False  # a failed recording turns the graphs off (one printed line) instead of raising
+    started_afresh: bool = False  # the recordings were dropped once for memory (_record_or_start_afresh)
 
 
 class _StackCall(torch.nn.Module):
@@ -107,8 +108,10 @@ def unavailable(model: torch.nn.Module) -> str | None:
 def enable(model: torch.nn.Module, *, fall_back: bool = False) -> GraphedStack:
     """Make `model`'s decoder stack replay CUDA graphs in training (idempotent: graphs recorded
     earlier are dropped). Evaluation, inference and unusual calls (embeddings passed in, a cache)
-    run the stack eagerly. `fall_back`: if a recording fails (not for lack of memory), print one
-    line, turn the graphs off and train on eagerly, instead of raising RuntimeError.
+    run the stack eagerly. A recording that runs out of memory beside other shapes' graphs drops
+    them and records once more (`_record_or_start_afresh`). `fall_back`: if a recording fails (not
+    for lack of memory in an empty pool), print one line, turn the graphs off and train on eagerly,
+    instead of raising RuntimeError (or SharedPoolTooSmall).
 
     Raises ValueError, naming the fix, where `unavailable` gives a reason.
     """
@@ -192,18 +195,25 @@ def _dispatch(state: GraphedStack, *args, **kwargs):
     key = tuple(input_ids.shape)
     graphed = state.graphs.get(key)
     if graphed is None:
+        why = None
         try:
             graphed = state.graphs[key] = _record_or_start_afresh(state, input_ids, mask)
         except RuntimeError as error:
-            if not state.fall_back or isinstance(error, torch.OutOfMemoryError):
+            if not state.fall_back or (isinstance(error, torch.OutOfMemoryError)
+                                       and not isinstance(error, SharedPoolTooSmall)):
                 raise
+            why = str(error).split(": train")[0]
+        if why is not None:  # out of the except block: the failed capture's tensors are freed with its traceback
             if is_main_process():
-                why = str(error).split(": train")[0]
                 print(f"CUDA graphs: off from here on, training goes on without them ({why})")
             _turn_off(stack)
             return type(stack).forward(stack, input_ids, *args[1:], attention_mask=mask, **kwargs)
     _unalias_gradients(graphed.params)
     return BaseModelOutputWithPast(last_hidden_state=_Replay.apply(graphed, input_ids, mask, *graphed.params))
+
+
+class SharedPoolTooSmall(torch.OutOfMemoryError):
+    """Out of memory recording a shape beside others' graphs again, after their pool was already dropped once."""
 
 
 def _record_or_start_afresh(state: GraphedStack, input_ids: torch.Tensor, mask: torch.Tensor) -> ShapeGraphs:
@@ -213,16 +223,26 @@ def _record_or_start_afresh(state: GraphedStack, input_ids: torch.Tensor, mask: 
     shape longer than those before needs bigger blocks, so the pool grows past what any one shape needs
     (Qwen2.5-1.5B's QLoRA at 64 rows on a T4: 14.41 GiB held, 4.63 GiB of it free in the pool, at 9.79
     GiB allocated; bench/results/sweep_h100_t4_qwen15.md). Dropping every recording gives that memory
-    back; the shapes seen again are recorded again (~1 s each on a 7B). An out-of-memory error in an
-    empty pool is a real one: it stays an error (training.train's retry checkpoints every micro-batch)."""
+    back; the shapes seen again are recorded again (~1 s each on a 7B).
+
+    Once per run: shapes that cannot share a pool would drop and record again at every switch, so the next
+    such error is SharedPoolTooSmall (with `fall_back`, `_dispatch` turns the graphs off and trains on
+    eagerly). An out-of-memory error in an empty pool is a real one and stays a torch.OutOfMemoryError
+    (training.train's retry: a smaller micro-batch, or every micro-batch checkpointed)."""
     try:
         return _record(state, input_ids, mask)
-    except torch.OutOfMemoryError:
+    except torch.OutOfMemoryError as error:
         if not state.graphs:
             raise
+        if state.started_afresh:
+            raise SharedPoolTooSmall(f"out of memory recording batch shape {tuple(input_ids.shape)} beside other "
+                                     "shapes' graphs after they were dropped once: train with cuda_graphs=False, "
+                                     "or a smaller micro-batch") from error
     if is_main_process():
-        print(f"CUDA graphs: out of memory recording batch shape {tuple(input_ids.shape)} beside "
-              f"{len(state.graphs)} recorded shapes: dropping their graphs to free their memory pool, recording afresh")
+        kept = len(state.graphs)
+        print(f"CUDA graphs: out of memory recording batch shape {tuple(input_ids.shape)} beside {kept} recorded "
+              f"shape{'s' if kept > 1 else ''}: dropping their graphs to free their memory pool, recording afresh")
+    state.started_afresh = True
     _drop_recordings(state)
     state.pool = torch.cuda.graph_pool_handle()
     return _record(state, input_ids, mask)

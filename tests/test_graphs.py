@@ -155,11 +155,13 @@ def test_out_of_memory_recording_beside_other_shapes_drops_them_and_records_afre
                                                                                    monkeypatch, capsys):
     """The shared pool keeps every earlier capture's free blocks, which only a capture can reuse: a new
     shape that runs out of memory beside them gets one more try in an empty pool (every recording
-    released, a new pool, one printed line) and the step goes on with the same loss. Out of memory
-    again, or with nothing recorded to drop, it stays an out-of-memory error (training.train's retry)."""
+    released, a new pool, one printed line) and the step goes on with the same loss. Once per run: the
+    next such error is SharedPoolTooSmall (with fall_back: graphs off, one line, eager from there on, so
+    shapes that cannot share a pool never drop and record at every switch). Out of memory in the empty
+    pool, or with nothing recorded to drop, it stays a plain out-of-memory error (training.train's retry)."""
     model, batch = qwen2_lora.model, _batch()
     with torch.no_grad():
-        expected = float(model(**batch).loss)
+        expected = {rows: float(model(**{k: v[:rows] for k, v in batch.items()}).loss) for rows in (4, 3)}
     pools = iter(range(100))
     monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: ("pool", next(pools)))
 
@@ -173,7 +175,7 @@ def test_out_of_memory_recording_beside_other_shapes_drops_them_and_records_afre
     made, attempts, full = [], [], {"left": 0}
 
     def record(state, ids, mask):
-        attempts.append((tuple(ids.shape), state.pool))
+        attempts.append((tuple(ids.shape), state.pool[1]))
         if full["left"]:
             full["left"] -= 1
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -187,32 +189,49 @@ def test_out_of_memory_recording_beside_other_shapes_drops_them_and_records_afre
     monkeypatch.setattr(graphs, "_on_gpu", lambda tensor: True)
     monkeypatch.setattr(graphs, "_record", record)
     monkeypatch.setattr(graphs._Replay, "apply", replay)
-    half = {k: v[:2] for k, v in batch.items()}
-    state = graphs.enable(model)
-    try:
-        model(**half)  # shape (2, 8) recorded in the first pool
-        full["left"] = 1  # the next recording runs out of memory once
-        loss = float(model(**batch).loss)
-        assert capsys.readouterr().out.count("CUDA graphs: out of memory recording batch shape (4, 8) beside 1 "
-                                             "recorded shapes") == 1
-        assert loss == pytest.approx(expected, abs=1e-6)
-        assert made[0].released and not made[1].released  # the earlier shape's graphs gave their memory back
-        assert attempts == [((2, 8), ("pool", 0)), ((4, 8), ("pool", 0)), ((4, 8), ("pool", 1))]
-        assert list(state.graphs) == [(4, 8)] and state.pool == ("pool", 1)
-        model(**half)  # dropped with the others: recorded again, in the new pool
-        assert attempts[-1] == ((2, 8), ("pool", 1)) and graphs.active(model)
-        full["left"] = 2  # out of memory in the empty pool too: a real out-of-memory error
-        with pytest.raises(torch.OutOfMemoryError):
-            model(**{k: v[:3] for k, v in batch.items()})
-    finally:
-        graphs.disable(model)
+    rows = lambda n: {k: v[:n] for k, v in batch.items()}
+
+    def start(fall_back: bool, first_full: int = 1) -> graphs.GraphedStack:
+        """Graphs on, (2, 8) recorded, then (4, 8) out of memory `first_full` times beside it."""
+        attempts.clear()
+        state = graphs.enable(model, fall_back=fall_back)
+        model(**rows(2))
+        full["left"] = first_full
+        return state
+
+    state = start(fall_back=False)
+    assert float(model(**batch).loss) == pytest.approx(expected[4], abs=1e-6)
+    assert capsys.readouterr().out.count("CUDA graphs: out of memory recording batch shape (4, 8) beside 1 "
+                                         "recorded shape: dropping their graphs") == 1
+    assert made[-2].released and not made[-1].released  # the earlier shape's graphs gave their memory back
+    assert attempts == [((2, 8), 0), ((4, 8), 0), ((4, 8), 1)] and list(state.graphs) == [(4, 8)]
+    model(**rows(2))  # dropped with the others: recorded again, in the new pool
+    assert attempts[-1] == ((2, 8), 1) and graphs.active(model)
+    full["left"] = 1  # out of memory beside others again: no second drop
+    with pytest.raises(graphs.SharedPoolTooSmall, match="dropped once: train with cuda_graphs=False"):
+        model(**rows(3))
+    graphs.disable(model)
+
+    start(fall_back=True)
+    model(**batch)
+    full["left"] = 1
+    assert float(model(**rows(3)).loss) == pytest.approx(expected[3], abs=1e-6)  # eager from here on
+    out = capsys.readouterr().out
+    assert "CUDA graphs: off from here on, training goes on without them (out of memory recording batch shape " \
+           "(3, 8) beside other shapes' graphs after they were dropped once)" in out and not graphs.active(model)
+
+    start(fall_back=True, first_full=2)  # out of memory in the empty pool too: a real out-of-memory error
+    with pytest.raises(torch.OutOfMemoryError) as raised:
+        model(**batch)
+    assert type(raised.value) is torch.OutOfMemoryError and attempts == [((2, 8), 4), ((4, 8), 4), ((4, 8), 5)]
+    graphs.disable(model)
+
     graphs.enable(model, fall_back=True)
     full["left"] = 1  # nothing recorded yet: nothing to drop, so no second try (and no fall-back either)
-    try:
-        with pytest.raises(torch.OutOfMemoryError):
-            model(**batch)
-    finally:
-        graphs.disable(model)
+    with pytest.raises(torch.OutOfMemoryError):
+        model(**batch)
+    graphs.disable(model)
+    capsys.readouterr()
 
 
 def test_unalias_gradients_copies_only_existing_gradients():
@@ -389,11 +408,14 @@ def test_graphs_train_as_the_eager_stack_does_and_leave_no_memory_behind(tiny_qw
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs record and replay on a GPU")
-def test_a_real_out_of_memory_inside_a_capture_is_survived_and_training_matches_eager(tiny_qwen2, monkeypatch, capsys):
-    """The CUDA side of the start-afresh path: an allocation the GPU cannot hold, made inside the
-    forward capture of a second shape, raises from the caching allocator mid-capture; the graphs of the
-    first shape are dropped, the second is recorded in a new pool, and the losses and gradients of the
-    whole run still equal the eager stack's exactly."""
+@pytest.mark.parametrize("capture", ["forward", "backward"])
+def test_a_real_out_of_memory_inside_a_capture_is_survived_and_training_matches_eager(tiny_qwen2, monkeypatch, capsys,
+                                                                                      capture):
+    """The CUDA side of the start-afresh path: an allocation the GPU cannot hold, made inside the forward
+    capture of a second shape (or inside its backward capture, on autograd's thread), raises from the
+    caching allocator mid-capture as an out-of-memory error; the graphs of the first shape are dropped
+    and their pool's memory given back, the second is recorded in a new pool, and the losses and
+    gradients of the whole run still equal the eager stack's exactly."""
     loaded = modeling.load_model(tiny_qwen2, "qlora", 77)
     model = loaded.model
     start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -403,13 +425,30 @@ def test_a_real_out_of_memory_inside_a_capture_is_survived_and_training_matches_
     too_big = {"left": 0}
     forward = graphs._StackCall.forward
 
+    def run_out():
+        too_big["left"] -= 1
+        torch.empty(2 * torch.cuda.get_device_properties(0).total_memory, dtype=torch.uint8, device="cuda")
+
     def forward_that_may_run_out(self, input_ids, attention_mask):
+        hidden = forward(self, input_ids, attention_mask)
         if too_big["left"] and torch.cuda.is_current_stream_capturing():
-            too_big["left"] -= 1
-            torch.empty(2 * torch.cuda.get_device_properties(0).total_memory, dtype=torch.uint8, device="cuda")
-        return forward(self, input_ids, attention_mask)
+            if capture == "forward":
+                run_out()
+            hidden = hidden * 1.0  # a node whose gradient hook runs inside the backward capture
+            hidden.register_hook(lambda grad: run_out() if too_big["left"] else grad)
+            hidden = hidden + 0.0
+        return hidden
 
     monkeypatch.setattr(graphs._StackCall, "forward", forward_that_may_run_out)
+    reserved = []
+    drop = graphs._drop_recordings
+
+    def measured_drop(state):
+        before = torch.cuda.memory_reserved()
+        drop(state)
+        reserved.append((before, torch.cuda.memory_reserved()))
+
+    monkeypatch.setattr(graphs, "_drop_recordings", measured_drop)
 
     def train(with_graphs: bool) -> tuple[list[float], dict]:
         with torch.no_grad():
@@ -437,7 +476,10 @@ def test_a_real_out_of_memory_inside_a_capture_is_survived_and_training_matches_
 
     eager_losses, eager_grads = train(with_graphs=False)
     capsys.readouterr()
+    reserved.clear()
     graph_losses, graph_grads = train(with_graphs=True)
-    assert "CUDA graphs: out of memory recording batch shape (32, 24) beside 1 recorded shapes" in capsys.readouterr().out
+    assert "CUDA graphs: out of memory recording batch shape (32, 24) beside 1 recorded shape" in capsys.readouterr().out
+    (before, after), *_ = reserved  # the drop, then disable's
+    assert after < before  # the first shape's pool was given back
     assert graph_losses == eager_losses
     assert eager_grads.keys() == graph_grads.keys() and all(torch.equal(eager_grads[n], graph_grads[n]) for n in eager_grads)
