@@ -1,4 +1,4 @@
-"""Choose training defaults by validation accuracy per second, on real decoder weights (SmolLM2-135M).
+"""Choose training defaults by validation accuracy per second, on real decoder weights (--model; --method-model).
 
 Each candidate (CANDIDATES) trains on Banking77's training split less a stratified 10% validation split (the
 test set is never read), its validation accuracy measured every ~--eval-every examples with the clock stopped.
@@ -244,7 +244,9 @@ def method_model_map(given: list[str]) -> dict[str, str]:
         method, _, model = item.partition("=")
         if method not in defaults.METHODS or not model:
             raise SystemExit(f"--method-model {item!r}: give METHOD=MODEL with METHOD one of "
-                             f"{', '.join(defaults.METHODS)}, e.g. full=offline:gemma3-270m")
+                             f"{', '.join(defaults.METHODS)}, e.g. full=offline:gemma-3-270m")
+        if method in chosen:
+            raise SystemExit(f"--method-model gives {method} two models ({chosen[method]}, {model}): give one")
         chosen[method] = model
     return chosen
 
@@ -255,6 +257,9 @@ def run(args) -> None:
     for name in names:
         candidate(name)
     method_models = method_model_map(args.method_models)
+    unused = sorted(set(method_models) - {CANDIDATES[name]["method"] for name in names})
+    if unused:
+        raise SystemExit(f"--method-model {', '.join(unused)}=...: no candidate of --candidates trains that method")
     gpus = args.gpus.split(",") if args.device == "cuda" else ["cpu"]
     out_dir = Path(args.out_dir) / f"sweep_{args.tag}"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -320,7 +325,7 @@ def choose(folder: Path) -> dict[str, dict]:
         target = max(max(p["validation_accuracy"] for p in r["curve"]) for r in group) - 0.005
         timed = [(time_to(r, target), r) for r in group if time_to(r, target) is not None]
         seconds, best = min(timed, key=lambda pair: pair[0])
-        chosen[method] = {**best["candidate"], "target": target, "solo_seconds": seconds}
+        chosen[method] = {**best["candidate"], "model": best["model"], "target": target, "solo_seconds": seconds}
     return chosen
 
 
@@ -357,7 +362,7 @@ def report(args) -> str:
     first = records[0]
     hw, versions = first["hardware"], first["versions"]
     models = ", ".join(sorted({r["model"] for r in records}))  # --method-model: one model per method
-    lines += [f"Model {models}; {hw.get('name')} x{hw.get('count')}, profile {first['profile']}; "
+    lines += [f"Models {models}; {hw.get('name')} x{hw.get('count')}, profile {first['profile']}; "
               f"commit {first['commit']}; torch {versions.get('torch')}, transformers "
               f"{versions.get('transformers')}, peft {versions.get('peft')}, bitsandbytes "
               f"{versions.get('bitsandbytes')}. Train rows {first['train_rows']}, validation rows "
@@ -378,7 +383,8 @@ def report(args) -> str:
         tutorial = next((r for r in group if r["candidate"]["tutorial"]), None)
         tutorial_time = time_to(tutorial, target) if tutorial else None
         trained = ", ".join(sorted({r["model"] for r in group}))
-        lines += [f"## {method} on {trained}: best validation accuracy {best:.2%}; target {target:.2%} (best - 0.5 points)", "",
+        lines += [f"## {method} on {trained}: best validation accuracy {best:.2%}; target {target:.2%} "
+                  "(best - 0.5 points)", "",
                   "| candidate | batch x accum | lr | LoRA dropout | solo ex/s | best val acc | final val acc | "
                   "solo s to target | x tutorial | peak GiB | status |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]

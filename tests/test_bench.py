@@ -366,10 +366,13 @@ def test_sweep_trains_each_method_on_its_own_model_when_asked(tmp_path, tiny_qwe
     assert records["full_default"]["learning_rate"] == 2e-4  # 01's rate, any size
     text = sweep.report(argparse.Namespace(folder=str(tmp_path / "sweep_cpu")))
     assert f"## full on {tiny_qwen2}: " in text and "## lora on offline:tiny-qwen2: " in text
-    for bad in ("full", "fulll=offline:tiny-qwen2", "full="):
-        with pytest.raises(SystemExit, match="give METHOD=MODEL"):
-            sweep.main(["run", "--device", "cpu", "--candidates", "full_default", "--method-model", bad,
-                        "--tag", "bad", "--out-dir", str(tmp_path / "bad")])
+    assert sweep.choose(tmp_path / "sweep_cpu")["full"]["model"] == tiny_qwen2
+    for bad, why in ((["full"], "give METHOD=MODEL"), (["fulll=offline:tiny-qwen2"], "give METHOD=MODEL"),
+                     (["full="], "give METHOD=MODEL"), (["full=a", "full=b"], "two models"),
+                     (["lora=a"], "no candidate of --candidates trains that method")):
+        with pytest.raises(SystemExit, match=why):
+            sweep.main(["run", "--device", "cpu", "--candidates", "full_default", "--tag", "bad", "--out-dir",
+                        str(tmp_path / "bad")] + [arg for item in bad for arg in ("--method-model", item)])
     assert not (tmp_path / "bad").exists()
 
 
