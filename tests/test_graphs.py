@@ -35,6 +35,28 @@ def _batch():
     return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 2, 3])}
 
 
+class _Recorded:
+    """What _dispatch and disable use of a ShapeGraphs: a stand-in that remembers its pool and its release."""
+
+    def __init__(self, pool=None):
+        self.params, self.pool, self.released = [], pool, False
+
+    def release(self):
+        self.released = True
+
+
+def _record_with_stand_ins(monkeypatch, model, record) -> None:
+    """Let a training forward on CPU reach the recording: `record(state, ids, mask)` stands in for
+    graphs._record, and a replay runs the stack eagerly (so a loss must equal the eager model's)."""
+    def replay(graphs_of_shape, ids, mask, *params):
+        stack = graphs.decoder_stack(model)
+        return type(stack).forward(stack, ids, attention_mask=mask, use_cache=False).last_hidden_state
+
+    monkeypatch.setattr(graphs, "_on_gpu", lambda tensor: True)
+    monkeypatch.setattr(graphs, "_record", record)
+    monkeypatch.setattr(graphs._Replay, "apply", replay)
+
+
 def test_enable_refuses_what_graphs_cannot_replay_before_any_work(qwen2_lora, tiny_qwen2, minilm_path, monkeypatch):
     with pytest.raises(ValueError, match="cuda_graphs needs a CUDA GPU: train with cuda_graphs=False"):
         graphs.enable(qwen2_lora.model)
@@ -121,27 +143,14 @@ def test_dispatch_records_one_graph_pair_per_batch_shape(qwen2_lora, pretend_gpu
     with torch.no_grad():
         expected = float(model(**batch).loss)
 
-    class Recorded:  # what _dispatch and disable use of a ShapeGraphs
-        def __init__(self, state):
-            self.params, self.released = [], False
-
-        def release(self):
-            self.released = True
-
     recorded, made = [], []
 
     def record(state, ids, mask):
         recorded.append(tuple(ids.shape))
-        made.append(Recorded(state))
+        made.append(_Recorded())
         return made[-1]
 
-    def replay(graphs_of_shape, ids, mask, *params):
-        stack = graphs.decoder_stack(model)
-        return type(stack).forward(stack, ids, attention_mask=mask, use_cache=False).last_hidden_state
-
-    monkeypatch.setattr(graphs, "_on_gpu", lambda tensor: True)
-    monkeypatch.setattr(graphs, "_record", record)
-    monkeypatch.setattr(graphs._Replay, "apply", replay)
+    _record_with_stand_ins(monkeypatch, model, record)
     graphs.enable(model)
     try:
         losses = [float(model(**b).loss.detach()) for b in (batch, batch, {k: v[:2] for k, v in batch.items()})]
@@ -165,13 +174,6 @@ def test_out_of_memory_recording_beside_other_shapes_drops_them_and_records_afre
     pools = iter(range(100))
     monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: ("pool", next(pools)))
 
-    class Recorded:
-        def __init__(self, pool):
-            self.params, self.pool, self.released = [], pool, False
-
-        def release(self):
-            self.released = True
-
     made, attempts, full = [], [], {"left": 0}
 
     def record(state, ids, mask):
@@ -179,16 +181,10 @@ def test_out_of_memory_recording_beside_other_shapes_drops_them_and_records_afre
         if full["left"]:
             full["left"] -= 1
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        made.append(Recorded(state.pool))
+        made.append(_Recorded(state.pool))
         return made[-1]
 
-    def replay(graphs_of_shape, ids, mask, *params):
-        stack = graphs.decoder_stack(model)
-        return type(stack).forward(stack, ids, attention_mask=mask, use_cache=False).last_hidden_state
-
-    monkeypatch.setattr(graphs, "_on_gpu", lambda tensor: True)
-    monkeypatch.setattr(graphs, "_record", record)
-    monkeypatch.setattr(graphs._Replay, "apply", replay)
+    _record_with_stand_ins(monkeypatch, model, record)
     rows = lambda n: {k: v[:n] for k, v in batch.items()}
 
     def start(fall_back: bool, first_full: int = 1) -> graphs.GraphedStack:
@@ -356,6 +352,50 @@ def test_auto_checkpointing_limit_is_sized_from_the_estimate_and_falls_back_with
     assert "every micro-batch (the limit could not be sized for Qwen2Config" in capsys.readouterr().out
 
 
+def _gpu_micro_batch(length: int) -> dict:
+    """32 rows of `length` random tokens on the GPU, with labels for 77 intents."""
+    return {"input_ids": torch.randint(3, 200, (32, length), device="cuda"),
+            "attention_mask": torch.ones(32, length, dtype=torch.long, device="cuda"),
+            "labels": torch.randint(0, 77, (32,), device="cuda")}
+
+
+def _train_steps(loaded, start: dict, steps: list[list[dict]], *, with_graphs: bool,
+                 before_micro_batch=lambda index: None) -> tuple[list[float], list[dict]]:
+    """Train `steps` (each a list of micro-batches whose gradients add up) from the trainable weights
+    `start`, eagerly or with graphs, as the Trainer does under fp16 autocast; the graphs are disabled
+    after. Returns each micro-batch's loss and each step's summed gradients by parameter name.
+    `before_micro_batch(i)` runs before the i-th micro-batch of the run."""
+    model = loaded.model
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in start:
+                param.copy_(start[name])
+    model.zero_grad(set_to_none=True)
+    model.train()
+    if with_graphs:
+        graphs.enable(model)
+    losses, grads = [], []
+    try:
+        for step in steps:
+            for batch in step:
+                before_micro_batch(len(losses))
+                with torch.autocast("cuda", dtype=loaded.compute_dtype):
+                    loss = model(**batch).loss
+                (loss * 1024).backward()  # as a GradScaler scales it
+                losses.append(float(loss))
+                del loss  # as the Trainer does: no autograd graph outlives its backward
+            grads.append({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
+            model.zero_grad(set_to_none=True)
+    finally:
+        graphs.disable(model)
+    return losses, grads
+
+
+def _same_gradients(eager: list[dict], graphed: list[dict]) -> bool:
+    return len(eager) == len(graphed) and all(
+        e.keys() == g.keys() and all(torch.equal(e[n], g[n]) for n in e) for e, g in zip(eager, graphed))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs record and replay on a GPU")
 def test_graphs_train_as_the_eager_stack_does_and_leave_no_memory_behind(tiny_qwen2):
     """The same micro-batches from the same weights, eagerly then with graphs: two steps of three
@@ -364,46 +404,13 @@ def test_graphs_train_as_the_eager_stack_does_and_leave_no_memory_behind(tiny_qw
     gradients match exactly, and once graphs.disable has run nothing more is allocated than after the
     eager run (54f5065's graphs left 198 MiB for the next setup in the process)."""
     loaded = modeling.load_model(tiny_qwen2, "qlora", 77)
-    model = loaded.model
-    start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-    def micro(length: int) -> dict:
-        return {"input_ids": torch.randint(3, 200, (32, length), device="cuda"),
-                "attention_mask": torch.ones(32, length, dtype=torch.long, device="cuda"),
-                "labels": torch.randint(0, 77, (32,), device="cuda")}
-
-    steps = [[micro(16), micro(16), micro(24)] for _ in range(2)]
-
-    def train(with_graphs: bool) -> tuple[list[float], list[dict]]:
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if name in start:
-                    param.copy_(start[name])
-        model.zero_grad(set_to_none=True)
-        model.train()
-        if with_graphs:
-            graphs.enable(model)
-        losses, grads = [], []
-        try:
-            for step in steps:
-                for batch in step:
-                    with torch.autocast("cuda", dtype=loaded.compute_dtype):
-                        loss = model(**batch).loss
-                    (loss * 1024).backward()  # as a GradScaler scales it
-                    losses.append(float(loss))
-                    del loss  # as the Trainer does: no autograd graph outlives its backward
-                grads.append({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
-                model.zero_grad(set_to_none=True)
-        finally:
-            graphs.disable(model)
-        return losses, grads
-
-    eager_losses, eager_grads = train(with_graphs=False)
+    start = {n: p.detach().clone() for n, p in loaded.model.named_parameters() if p.requires_grad}
+    steps = [[_gpu_micro_batch(16), _gpu_micro_batch(16), _gpu_micro_batch(24)] for _ in range(2)]
+    eager_losses, eager_grads = _train_steps(loaded, start, steps, with_graphs=False)
     after_eager = torch.cuda.memory_allocated()
-    graph_losses, graph_grads = train(with_graphs=True)
+    graph_losses, graph_grads = _train_steps(loaded, start, steps, with_graphs=True)
     assert graph_losses == eager_losses
-    for eager, graphed in zip(eager_grads, graph_grads):
-        assert eager.keys() == graphed.keys() and all(torch.equal(eager[n], graphed[n]) for n in eager)
+    assert _same_gradients(eager_grads, graph_grads)
     assert torch.cuda.memory_allocated() <= after_eager
 
 
@@ -415,13 +422,10 @@ def test_a_real_out_of_memory_inside_a_capture_is_survived_and_training_matches_
     capture of a second shape (or inside its backward capture, on autograd's thread), raises from the
     caching allocator mid-capture as an out-of-memory error; the graphs of the first shape are dropped
     and their pool's memory given back, the second is recorded in a new pool, and the losses and
-    gradients of the whole run still equal the eager stack's exactly."""
+    gradients of the whole run (one step of four micro-batches) still equal the eager stack's exactly."""
     loaded = modeling.load_model(tiny_qwen2, "qlora", 77)
-    model = loaded.model
-    start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    batches = [{"input_ids": torch.randint(3, 200, (32, length), device="cuda"),
-                "attention_mask": torch.ones(32, length, dtype=torch.long, device="cuda"),
-                "labels": torch.randint(0, 77, (32,), device="cuda")} for length in (16, 24, 16, 24)]
+    start = {n: p.detach().clone() for n, p in loaded.model.named_parameters() if p.requires_grad}
+    steps = [[_gpu_micro_batch(length) for length in (16, 24, 16, 24)]]
     too_big = {"left": 0}
     forward = graphs._StackCall.forward
 
@@ -449,37 +453,17 @@ def test_a_real_out_of_memory_inside_a_capture_is_survived_and_training_matches_
         reserved.append((before, torch.cuda.memory_reserved()))
 
     monkeypatch.setattr(graphs, "_drop_recordings", measured_drop)
-
-    def train(with_graphs: bool) -> tuple[list[float], dict]:
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if name in start:
-                    param.copy_(start[name])
-        model.zero_grad(set_to_none=True)
-        model.train()
-        if with_graphs:
-            graphs.enable(model)
-        losses = []
-        try:
-            for i, batch in enumerate(batches):
-                too_big["left"] = int(with_graphs and i == 1)  # the second shape's first capture runs out
-                with torch.autocast("cuda", dtype=loaded.compute_dtype):
-                    loss = model(**batch).loss
-                (loss * 1024).backward()
-                losses.append(float(loss))
-                del loss
-            grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-            model.zero_grad(set_to_none=True)
-        finally:
-            graphs.disable(model)
-        return losses, grads
-
-    eager_losses, eager_grads = train(with_graphs=False)
+    eager_losses, eager_grads = _train_steps(loaded, start, steps, with_graphs=False)
     capsys.readouterr()
     reserved.clear()
-    graph_losses, graph_grads = train(with_graphs=True)
+
+    def second_shape_runs_out(index: int) -> None:  # the second shape's first capture runs out
+        too_big["left"] = int(index == 1)
+
+    graph_losses, graph_grads = _train_steps(loaded, start, steps, with_graphs=True,
+                                             before_micro_batch=second_shape_runs_out)
     assert "CUDA graphs: out of memory recording batch shape (32, 24) beside 1 recorded shape" in capsys.readouterr().out
     (before, after), *_ = reserved  # the drop, then disable's
     assert after < before  # the first shape's pool was given back
     assert graph_losses == eager_losses
-    assert eager_grads.keys() == graph_grads.keys() and all(torch.equal(eager_grads[n], graph_grads[n]) for n in eager_grads)
+    assert _same_gradients(eager_grads, graph_grads)
