@@ -52,7 +52,8 @@ def speed_rows(runs: dict[str, dict]) -> list[dict]:
 
 def speed_table(rows: list[dict]) -> list[str]:
     return table("run | model | config | batch x accum | max len | ckpt | LoRA dropout | optimizer | ex/s | real tok/s | "
-                 "x tutorial (same run) | peak GiB | reserved GiB | padding | median step s | MFU | HFU | useful MFU | steps | status", [(
+                 "x tutorial (same run) | peak GiB | reserved GiB | padding | median step s | MFU | HFU | useful MFU | "
+                 "steps | status", [(
                      r["run"].split("_", 1)[0], f"{r['model'].replace('Qwen2.5-', '')} {r['method']}", r["config"],
                      f"{r['batch_size']} x {r['gradient_accumulation']}",
                      "128 (fixed)" if r.get("fixed_padding") else r["max_length"],

@@ -433,7 +433,7 @@ def main(argv=None) -> None:
     sub.choices["run"].add_argument("--gpus", default="0")
     sub.choices["run"].add_argument("--method-model", dest="method_models", action="append", default=[],
                                     metavar="METHOD=MODEL", help="train METHOD's candidates on MODEL, not --model "
-                                    "(repeatable), e.g. full=offline:gemma3-270m")
+                                    "(repeatable), e.g. full=offline:gemma-3-270m")
     sub.choices["run"].add_argument("--seeds", default=str(DEFAULT_SEED),
                                     help="comma-separated training seeds: each candidate trains once per seed")
     sub.choices["run"].add_argument("--tag", default="h200_t4")
