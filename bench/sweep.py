@@ -329,6 +329,26 @@ def choose(folder: Path) -> dict[str, dict]:
     return chosen
 
 
+def at_tutorials_best(group: list[dict], tutorial: dict) -> list[str]:
+    """When the tutorial recipe never reached the target: how much sooner each other candidate reached the
+    tutorial's own best validation accuracy. A lower bound: the tutorial was still below it at its evaluation
+    before, and each candidate was at or above it by the solo second given."""
+    curve = tutorial["curve"]
+    best = max(p["validation_accuracy"] for p in curve)
+    first = next(i for i, p in enumerate(curve) if p["validation_accuracy"] >= best)
+    if first == 0:  # above it at its first evaluation: no second at which it was still below
+        return []
+    below, reached = solo_seconds(tutorial, curve[first - 1]), solo_seconds(tutorial, curve[first])
+    lines = [f"- {tutorial['candidate']['name']} never reached the target. Its own best, {best:.2%}, it had not "
+             f"reached at {below:.0f} solo s and had by {reached:.0f}:"]
+    for r in group:
+        if r is not tutorial:
+            t = time_to(r, best)
+            lines.append(f"  - {r['candidate']['name']} " + (f"reached it by {t:.0f} solo s, > {below / t:.1f}x sooner."
+                                                            if t else "never reached it."))
+    return lines
+
+
 def seed_summary(group: list[dict], target: float) -> list[str]:
     """Per candidate trained with several seeds: final validation accuracy under each, their mean, and the mean
     solo seconds to `target` (a candidate's spread across seeds is the noise a difference must exceed)."""
@@ -404,6 +424,8 @@ def report(args) -> str:
             xs = [solo_seconds(r, p) or 0 for p in r["curve"]]
             ax.plot(xs, [p["validation_accuracy"] for p in r["curve"]], marker=".",
                     linestyle="--" if c["tutorial"] else "-", label=c["name"])
+        below_target = at_tutorials_best(group, tutorial) if tutorial and not tutorial_time else []
+        lines += [""] + below_target if below_target else []
         lines += seed_summary(group, target)
         ax.axhline(target, color="grey", linewidth=0.8)
         ax.set_title(f"{method}: {trained}")

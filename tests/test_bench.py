@@ -317,7 +317,10 @@ def test_a_setup_leaves_the_model_as_it_found_it(tiny_qwen2, tmp_path):
 @pytest.mark.parametrize("folder, row", [
     ("qwen_h100_t4", "| nb02_seed42 | 02 | lora | 42 | 0.00104 (by size) | 92.66% |"),
     # a rate that was set and lowered by two rollbacks shows both, not the lowered one as if it were asked
-    ("qwen_15b_h100_t4", "| nb02_lr2e-3 | 02 | lora | 42 | 0.002 (set), ended 0.0005 | 93.08% |")])
+    ("qwen_15b_h100_t4", "| nb02_lr2e-3 | 02 | lora | 42 | 0.002 (set), ended 0.0005 | 93.08% |"),
+    # runs of two leases at two commits in one table: each row says which commit trained it
+    ("qwen_15b_h100_t4_levers", "| nb03_seed2 | 03 | qlora | 2 | 0.000588 (by size) | 93.57% | 0.936 | 187 | 107.0 | "
+                                "9.79 | 0 | a79026c |")])
 def test_the_real_qwen_table_is_what_its_results_say(tmp_path, folder, row):
     """bench/results/qwen_*.md (the defaults on real Qwen2.5-Coder-0.5B and -1.5B weights) is generated from the
     notebooks' own results.json files: regenerated from a copy, it is the committed text."""
@@ -329,6 +332,35 @@ def test_the_real_qwen_table_is_what_its_results_say(tmp_path, folder, row):
     text = summarize.notebook_results_table(copy)
     assert text == committed.with_suffix(".md").read_text()
     assert row in text
+
+
+def test_a_notebook_table_refuses_runs_of_other_library_versions(tmp_path):
+    """The table's header names one GPU and one set of libraries: a run of another version in the folder stops the
+    table with the run's name, instead of a header that misdescribes it."""
+    import shutil
+
+    summarize = _load("summarize")
+    copy = shutil.copytree(summarize.RESULTS / "qwen_15b_h100_t4_levers", tmp_path / "levers")
+    run = json.loads((copy / "nb03_seed2.json").read_text())
+    (copy / "nb03_seed2.json").write_text(json.dumps({**run, "versions": {**run["versions"], "transformers": "5.26.0"}}))
+    with pytest.raises(ValueError, match="nb03_seed2 ran on another GPU or other library versions than nb02_seed1"):
+        summarize.notebook_results_table(copy)
+    assert not (tmp_path / "levers.md").exists()
+
+
+def test_the_sweep_table_is_what_its_records_say_with_a_bound_where_the_tutorial_never_reached_the_target(tmp_path):
+    """bench/results/sweep_h100_t4_qlora_full.md is sweep.report of the JSON beside it. Its tutorial recipes never
+    reached the target, so beside the bound on the target the report gives a second one at the tutorial's own best:
+    QLoRA's default reached the tutorial's 73.08% by 7 solo s; the tutorial was still below it at 85."""
+    import shutil
+
+    sweep = _load("sweep")
+    committed = REPO / "bench" / "results" / "sweep_h100_t4_qlora_full"
+    copy = shutil.copytree(committed, tmp_path / committed.name, ignore=shutil.ignore_patterns("*.log"))
+    text = sweep.report(argparse.Namespace(folder=str(copy)))
+    assert text == committed.with_suffix(".md").read_text()
+    assert ("- qlora_tutorial never reached the target. Its own best, 73.08%, it had not reached at 85 solo s and had "
+            "by 170:\n  - qlora_default reached it by 7 solo s, > 11.9x sooner.") in text
 
 
 def test_sweep_default_candidates_take_the_learning_rate_by_model_size(tmp_path):
