@@ -155,12 +155,12 @@ def notebook_results_table(folder: Path) -> str:
     mean test accuracy of each notebook's runs at its default learning rate (and each run's commit, where they
     differ); returns the text. ValueError if the runs differ in GPU or library versions (the header names one of each)."""
     runs = {p.stem: _read(p) for p in sorted(folder.glob("*.json"))}
-    first = next(iter(runs.values()))
+    first_name, first = next(iter(runs.items()))
     hardware, versions = first["hardware"], first["versions"]
     differ = [name for name, r in runs.items() if (r["hardware"]["name"], r["versions"]) != (hardware["name"], versions)]
     if differ:  # the header names one GPU and one set of libraries for every row
         raise ValueError(f"{folder}: {', '.join(differ)} ran on another GPU or other library versions than "
-                         f"{next(iter(runs))}; give them a folder (and table) of their own")
+                         f"{first_name}; give them a folder (and table) of their own")
     by_commit = len({r.get("commit") for r in runs.values()}) > 1  # a commit column where the runs' commits differ
     rows, by_notebook = [], {}
     for name, r in runs.items():
