@@ -154,7 +154,8 @@ def step_cost_section(current: dict[str, dict], results_dir: Path) -> list[str]:
 def notebook_results_table(folder: Path) -> str:
     """`<folder>.md`: the notebooks' own results.json files in `folder` (one per run, `<name>.json`), with the
     mean test accuracy of each notebook's runs at its default learning rate, apart for each setting of a step-cost
-    lever that differs among them (and each run's commit, where they differ); returns the text. ValueError if the runs differ in GPU or library versions (the header names one of each)."""
+    lever that differs among them (and each run's commit, where they differ); returns the text. ValueError if the
+    runs differ in GPU or library versions (the header names one of each)."""
     runs = {p.stem: _read(p) for p in sorted(folder.glob("*.json"))}
     first_name, first = next(iter(runs.items()))
     hardware, versions = first["hardware"], first["versions"]
@@ -164,18 +165,18 @@ def notebook_results_table(folder: Path) -> str:
                          f"{first_name}; give them a folder (and table) of their own")
     by_commit = len({r.get("commit") for r in runs.values()}) > 1  # a commit column where the runs' commits differ
     levers = {name: r["training"].get("step_levers") or {} for name, r in runs.items()}
-
-    def group(name: str) -> str:  # the notebook, and the step-cost levers that differ among its runs here
-        same = [other for other, r in runs.items() if r["run_name"] == runs[name]["run_name"]]
-        differing = sorted({k for other in same for k in levers[other] if len({repr(levers[o].get(k)) for o in same}) > 1})
-        return runs[name]["run_name"] + (" with " + ", ".join(f"{k}={levers[name].get(k)}" for k in differing)
-                                         if differing else "")
-
+    notebooks: dict[str, list[str]] = {}  # notebook -> its runs here
+    for name, r in runs.items():
+        notebooks.setdefault(r["run_name"], []).append(name)
+    differing = {notebook: sorted({k for n in names for k in levers[n] if len({repr(levers[o].get(k)) for o in names}) > 1})
+                 for notebook, names in notebooks.items()}  # the step-cost levers that differ among a notebook's runs
     rows, by_notebook = [], {}
     for name, r in runs.items():
         t, asked = r["training"], r["config"]["parameters"]["learning_rate"]
         if asked is None:
-            by_notebook.setdefault(group(name), []).append(r["metrics"]["accuracy"])
+            keys = differing[r["run_name"]]
+            group = r["run_name"] + (" with " + ", ".join(f"{k}={levers[name].get(k)}" for k in keys) if keys else "")
+            by_notebook.setdefault(group, []).append(r["metrics"]["accuracy"])
         rows.append((name, r["run_name"][:2], r["method"], r["config"]["parameters"]["seed"],
                      f"{t['peak_learning_rate']:.3g} (by size)" if asked is None else f"{asked:.3g} (set)" + (
                          f", ended {t['peak_learning_rate']:.3g}" if t['peak_learning_rate'] != asked else ""),
@@ -226,7 +227,8 @@ def main(results_dir: Path = RESULTS, out_path: Path | None = None) -> str:
              "## Current code: defaults chosen on real weights", "", NOTES["header"], ""]
     for folder in sorted(p for pattern in NOTEBOOK_TABLES for p in results_dir.glob(pattern) if p.is_dir()):
         notebook_results_table(folder)
-    for pattern in (*(f"{pattern}.md" for pattern in NOTEBOOK_TABLES), "sweep_*.md", "notebooks_*.md", "two_gpus_*.md", "t4_estimate.md"):
+    for pattern in (*(f"{pattern}.md" for pattern in NOTEBOOK_TABLES), "sweep_*.md", "notebooks_*.md", "two_gpus_*.md",
+                    "t4_estimate.md"):
         lines += [line for generated in sorted(results_dir.glob(pattern)) for line in _demoted(generated)]
     lines += step_cost_section(current, results_dir) if current else []
     lines += _demoted(results_dir / "older_runs_1-3.md") + ["## 7B QLoRA footprint", ""]  # a record: code that is gone
