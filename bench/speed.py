@@ -22,7 +22,7 @@ from qlora_helpers import atomic, defaults, emulation, memory, modeling, offline
 from qlora_helpers.memory import GIB, ModelShape
 
 RECORDED_KNOBS = ("batch_size", "gradient_accumulation", "max_length", "group_by_length", "pad_to_multiple_of",
-                  "optimizer", "learning_rate", "compile_layers", "cuda_graphs", "checkpoint_above_tokens")
+                  "optimizer", "learning_rate", "compile_layers", "cuda_graphs", "checkpoint_above_tokens", "flat_optimizer")
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ def setups(method: str) -> list[Setup]:
     less or no checkpointing, CUDA graphs, graphs checkpointing only batches a T4 cannot train without it."""
     chosen, base = defaults.for_method(method), training.default_train_config(method)
     ckpt, dropout = chosen.gradient_checkpointing, chosen.lora_dropout
-    off = replace(base, cuda_graphs=False, checkpoint_above_tokens=None,
+    off = replace(base, cuda_graphs=False, checkpoint_above_tokens=None, flat_optimizer=False,
                   optimizer="paged_adamw_8bit" if method == "qlora" else "adamw_torch")
     tutorial = replace(off, batch_size=8, gradient_accumulation=1, max_length=128, group_by_length=False,
                        pad_to_multiple_of=None)
@@ -63,6 +63,7 @@ def setups(method: str) -> list[Setup]:
         levers["cuda_graphs_fused_adamw_ckpt_long"] = (
             replace(fused, cuda_graphs=True, checkpoint_above_tokens=long_only), True, 1)
         levers["default_fused_adamw"] = (replace(base, optimizer="adamw_torch_fused"), True, 1)
+        levers["default_per_tensor_8bit"] = (replace(base, flat_optimizer=False), True, 1)  # before flat_optimizer
     return found + [Setup(f"lever_{name}", train, on, dropout, checkpoint_every=every)
                     for name, (train, on, every) in levers.items()]
 

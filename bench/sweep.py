@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-AUTO_LEVERS = dict(cuda_graphs=None, checkpoint_above_tokens="auto")  # training.TrainConfig's defaults
+AUTO_LEVERS = dict(cuda_graphs=None, checkpoint_above_tokens="auto", flat_optimizer=True)  # TrainConfig's defaults
 # name -> knobs. method; batch x accumulation; learning rate; LoRA dropout; "tutorial" = the common
 # tutorial recipe: micro-batch 8, every row padded to 128 tokens, random batches (no length grouping).
 CANDIDATES: dict[str, dict] = {
@@ -74,8 +74,8 @@ CANDIDATES: dict[str, dict] = {
 # is the fused kernel since issue 27, the same update). CUDA graphs and the checkpointing limit stay off, as the
 # candidates measured before issue 27 ran, except where a candidate sets them.
 SHARED = dict(epochs=2.0, gradient_accumulation=1, lora_r=16, lora_alpha=32, lora_dropout=0.0, max_length=64,
-              tutorial=False, compile_layers=False, cuda_graphs=False, checkpoint_above_tokens=None, optimizer=None,
-              gradient_checkpointing=None)
+              tutorial=False, compile_layers=False, cuda_graphs=False, checkpoint_above_tokens=None, flat_optimizer=False,
+              optimizer=None, gradient_checkpointing=None)
 
 
 DEFAULT_SEED = 42  # training.TrainConfig's: a worker of another seed is named <candidate>_seed<seed>
@@ -140,6 +140,7 @@ def _worker(args) -> None:
         max_length=max_length, save_steps=10**9, logging_steps=10, seed=knobs["seed"],
         group_by_length=not knobs["tutorial"], retry_on_oom=False, compile_layers=knobs["compile_layers"],
         cuda_graphs=knobs["cuda_graphs"], checkpoint_above_tokens=knobs["checkpoint_above_tokens"],
+        flat_optimizer=knobs["flat_optimizer"],
         **({"optimizer": knobs["optimizer"]} if knobs["optimizer"] else {}))
     trainer, measure = training.build_trainer(loaded, train_rows, config)
     if knobs["tutorial"]:  # padding="max_length": every row 128 tokens, as the tutorials tokenize

@@ -229,15 +229,19 @@ def _bytes_of(dtype) -> int:
             "bf16": 2}[name]
 
 
-def optimizer_state_bytes(sizes: list[int], optimizer: str) -> tuple[int, int, int]:
-    """(allocator-tracked state, paged state, step temporaries) for tensors of these sizes."""
+def optimizer_state_bytes(sizes: list[int], optimizer: str, *, flat: bool = False) -> tuple[int, int, int]:
+    """(allocator-tracked state, paged state, step temporaries) for tensors of these sizes. flat: a bitsandbytes
+    optimizer runs on one flat buffer (flat_optimizer, the adapter methods): one 8-bit state, and fp32 copies of
+    the weights and their gradients in the allocator."""
     name = optimizer.lower()
     total = sum(sizes)
     if name in ("sgd",):
         return 0, 0, 0
     if "8bit" in name or name == "adamw_bnb_8bit":
-        state = sum(2 * n + 2 * 4 * -(-n // 256) if n >= BNB_8BIT_MIN_SIZE else 8 * n for n in sizes)
-        return (0, state, 0) if name.startswith("paged") else (state, 0, 0)
+        buffers = [total] if flat else sizes
+        state = sum(2 * n + 2 * 4 * -(-n // 256) if n >= BNB_8BIT_MIN_SIZE else 8 * n for n in buffers)
+        copies = 8 * total if flat else 0
+        return (copies, state, 0) if name.startswith("paged") else (state + copies, 0, 0)
     if name.startswith("paged"):  # paged_adamw_32bit
         return 0, 8 * total, 0
     # torch AdamW: two fp32 moments. The default foreach step allocates one more fp32 copy
@@ -333,7 +337,7 @@ def estimate(shape: ModelShape | str, method: str, *, batch_size: int = 32, seq_
         adapters = 4 * sum(trainable_sizes) + upcast  # fp32 adapters and head copy
     trainable = sum(trainable_sizes)
     gradients = 4 * trainable
-    opt_state, opt_paged, opt_step = optimizer_state_bytes(trainable_sizes, optimizer)
+    opt_state, opt_paged, opt_step = optimizer_state_bytes(trainable_sizes, optimizer, flat=method != "full")
 
     # Autocast keeps a 16-bit copy of each fp32 weight used in a matmul until the forward ends
     # (and, without checkpointing, until backward has used it).

@@ -24,7 +24,7 @@ from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, Trai
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from . import atomic, defaults, graphs, modeling
+from . import atomic, defaults, flat_optimizer, graphs, modeling
 from .distributed import is_main_process, mean_across_processes, sum_across_processes, world_size
 from .modeling import LoadedModel
 
@@ -87,6 +87,10 @@ class TrainConfig:
     # With graphs and fused AdamW it took the 7B to 3.10x the old default's examples/s over an epoch at
     # 11.7 GiB (H200, T4 profile, run 10): bench/results/SUMMARY.md ("Step cost").
     checkpoint_above_tokens: int | str | None = "auto"
+    # A bitsandbytes optimizer (QLoRA's paged 8-bit AdamW) updates all the trainable tensors as one flat
+    # buffer, in one call a step, not one per tensor (flat_optimizer: the same update, 8 bytes a trainable
+    # parameter more). False: bitsandbytes' own tensor-by-tensor loop, the benchmark's comparison.
+    flat_optimizer: bool = True
     # When the logged training loss turns NaN/inf, or climbs back to chance after having learned
     # (`divergence`): roll back to the last healthy logging step (trainable weights, optimizer state and
     # schedule, kept in CPU memory meanwhile: for `full`, a copy of the whole model and its optimizer
@@ -578,9 +582,12 @@ def _say(line: str) -> None:
 
 def finish_trainer(trainer: Trainer, config: TrainConfig) -> None:
     """What the series adds to a plain `Trainer`: the DivergenceGuard (roll back a diverging loss at a
-    lower learning rate), the progress bar without its per-log table, and the loss scaled right under
-    gradient accumulation."""
+    lower learning rate), the progress bar without its per-log table, the loss scaled right under
+    gradient accumulation, and a bitsandbytes optimizer (QLoRA's paged 8-bit AdamW) updating all the
+    adapters in one call instead of one per tensor (flat_optimizer)."""
     trainer.add_callback(DivergenceGuard(trainer, config.divergence_retries, config.divergence_lr_factor))
+    if config.flat_optimizer:
+        flat_optimizer.flatten_8bit_optimizer(trainer)
     _progress_bar_only(trainer)
     # transformers 5 takes a forward with **kwargs to mean "normalises its loss by num_items_in_batch"
     # and then skips dividing by gradient_accumulation. Sequence classifiers return a plain mean, so
@@ -739,6 +746,7 @@ def run_settings(loaded: LoadedModel, train_dataset, config: TrainConfig) -> dic
         "effective_batch": config.batch_size * config.gradient_accumulation * world_size(),
         "learning_rate": config.learning_rate, "epochs": config.epochs, "max_steps": config.max_steps,
         "warmup_ratio": config.warmup_ratio, "weight_decay": config.weight_decay, "optimizer": config.optimizer,
+        "flat_optimizer": config.flat_optimizer,  # its state is one flat buffer's: a per-tensor one cannot load it
         "max_length": config.max_length, "seed": config.seed, "group_by_length": config.group_by_length,
         "lora_r": getattr(lora, "r", None), "lora_alpha": getattr(lora, "lora_alpha", None),
         "lora_dropout": getattr(lora, "lora_dropout", None),
