@@ -226,7 +226,7 @@ def _worker(args) -> None:
         raise
     finally:
         sweep._release(wait=False)
-        record["step_levers"] = training.step_levers(loaded.model, config.optimizer)  # graphs may have fallen back
+        record["step_levers"] = training.step_levers(trainer)  # graphs may have fallen back
         measure.hook.remove()
         peak, kind = training.peak_memory()
         record.update(peak_memory_bytes=peak, peak_memory_kind=kind, peak_reserved_bytes=training.peak_reserved())

@@ -137,7 +137,7 @@ class TrainStats:
     recoveries: list[dict] = field(default_factory=list)
     peak_learning_rate: float | None = None  # the schedule's peak the run ended with; None: not recorded
     # the step-cost levers the run ended with (training.step_levers): cuda_graphs, checkpoint_above_tokens,
-    # compile_layers, optimizer; empty in results from before it existed
+    # compile_layers, optimizer, flat_optimizer (since issue 27's flat update); empty in results from before it existed
     step_levers: dict = field(default_factory=dict)
     # the CUDA allocator's reserved peak: peak_memory_bytes plus the blocks it keeps cached, the CUDA graphs'
     # pool among them (4.6 GiB on Qwen2.5-1.5B QLoRA, bench/README.md): what a GPU, or the T4 cap, must
@@ -484,14 +484,18 @@ def active_checkpoint_limit(model: torch.nn.Module) -> int | None:
     return limit.above_tokens if limit else None
 
 
-def step_levers(model: torch.nn.Module, optimizer: str) -> dict:
-    """The step-cost levers on `model` now (before release_training_state): {"cuda_graphs": whether its
-    stack still replays graphs, "checkpoint_above_tokens": the limit (None: none), "compile_layers":
-    whether its decoder layers run compiled (compile_decoder_layers), "optimizer": ...}."""
+def step_levers(trainer: Trainer) -> dict:
+    """The step-cost levers `trainer` trained with (read before release_training_state): {"cuda_graphs": whether
+    its model's stack still replays graphs, "checkpoint_above_tokens": the limit (None: none), "compile_layers":
+    whether its decoder layers run compiled (compile_decoder_layers), "optimizer": TrainingArguments' optim,
+    "flat_optimizer": whether that optimizer ran on one flat buffer (flat_optimizer)}."""
+    model = trainer.model
     compiled = any(_compiled(module) for layer in modeling.decoder_layers(model)
                    for module in (layer, *layer.children()))
+    optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # inside accelerate's wrapper
     return {"cuda_graphs": graphs.active(model), "checkpoint_above_tokens": active_checkpoint_limit(model),
-            "compile_layers": compiled, "optimizer": optimizer}
+            "compile_layers": compiled, "optimizer": str(getattr(trainer.args.optim, "value", trainer.args.optim)),
+            "flat_optimizer": isinstance(optimizer, flat_optimizer.FlatOptimizer)}
 
 
 def release_training_state(model: torch.nn.Module) -> None:
@@ -707,7 +711,7 @@ def _train_once(trainer: Trainer, loaded: LoadedModel, train_dataset, config: Tr
         print(f"resuming from {last.name}")
     try:
         trainer.train(resume_from_checkpoint=str(last) if last else None)
-        levers = step_levers(trainer.model, str(getattr(trainer.args.optim, "value", trainer.args.optim)))
+        levers = step_levers(trainer)
     finally:
         release(trainer)
     peak, kind = peak_memory()

@@ -128,6 +128,7 @@ def test_qlora_trains_through_one_flat_paged_8bit_adamw_and_resumes_its_state(ti
     optimizer = trainer.optimizer.optimizer  # inside accelerate's wrapper
     assert isinstance(optimizer, FlatOptimizer) and isinstance(optimizer.flat_optimizer, bnb.optim.AdamW)
     assert optimizer.flat_optimizer.args.optim_bits == 8 and optimizer.flat_optimizer.is_paged
+    assert training.step_levers(trainer)["flat_optimizer"] is True  # what results.json records
     assert len(optimizer.buckets) == 1 and optimizer.buckets[0].tensors == [
         p for p in loaded.model.parameters() if p.requires_grad]
     trained = {name: p.detach().clone() for name, p in loaded.model.named_parameters() if p.requires_grad}

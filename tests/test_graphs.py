@@ -305,7 +305,7 @@ def test_default_levers_on_cpu_are_off_each_with_its_line_and_recorded_in_the_st
     stats = training.train(qwen2_lora, rows, config)
     assert "CUDA graphs: off: cuda_graphs needs a CUDA GPU" in capsys.readouterr().out
     assert stats.step_levers == {"cuda_graphs": False, "checkpoint_above_tokens": None, "compile_layers": False,
-                                 "optimizer": "adamw_torch_fused"}
+                                 "optimizer": "adamw_torch_fused", "flat_optimizer": False}
     assert training.checkpoint_limit(qwen2_lora.model, config) is None  # CPU: every micro-batch recomputes
     with pytest.raises(ValueError, match="use a number of tokens, None or 'auto'"):
         training.checkpoint_limit(qwen2_lora.model, training.TrainConfig(**{**config.__dict__,
