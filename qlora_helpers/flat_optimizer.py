@@ -1,16 +1,15 @@
 """bitsandbytes' 8-bit AdamW as one update per parameter group, not one per tensor.
 
 Why: bitsandbytes (0.50) updates tensor by tensor, each a Python call, a kernel and a device-wide synchronize:
-392 of them a step for a 7B's rank-16 LoRA adapters. On the 7B QLoRA shape (H100 emulating a T4, one epoch,
-bench/results/SUMMARY.md run12) that per-tensor loop is most of the gap between 317.9 examples/s with the paged
-8-bit AdamW and 368.7 with torch's fused AdamW, which updates every tensor in one kernel. Here the trainable tensors
-are copied into one flat fp32 buffer per group, bitsandbytes updates that buffer in one call, and the result is
-copied back.
+392 of them a step for a 7B's rank-16 LoRA adapters. Here the trainable tensors are copied into one flat fp32 buffer
+per group, bitsandbytes updates that buffer in one call, and the result is copied back: over an epoch of the 7B QLoRA
+shape (H100 emulating a T4, bench/results/SUMMARY.md run14) 363.7 examples/s against 298.8 tensor by tensor, as fast
+as torch's fused AdamW (363.2), with the same losses.
 
-The update is the same AdamW with the same 8-bit block-wise state, paged where asked. Two details differ from the
-per-tensor loop: the 256-value blocks that share a scale may span a border between two tensors, and tensors under
-bitsandbytes' 4,096-value minimum get 8-bit state too. The copies cost 8 bytes per trainable parameter: the flat
-weights and their gradients, ~320 MB for a 7B's LoRA.
+The update is bitsandbytes' own, bit for bit: each tensor's slot in the buffer starts on one of the 256-value blocks
+that share a scale in the 8-bit state (zeros fill the gaps), and tensors under bitsandbytes' 4,096-value minimum for
+8-bit state get a buffer of their own with 32-bit state, as they would alone. The copies cost 8 bytes per trainable
+parameter: the flat weights and their gradients, ~320 MB for a 7B's LoRA.
 """
 from __future__ import annotations
 
@@ -18,21 +17,24 @@ from dataclasses import dataclass
 
 import torch
 
+BLOCK = 256  # values per scale in bitsandbytes' block-wise 8-bit optimizer state
+MIN_8BIT_SIZE = 4096  # bitsandbytes' default: smaller tensors keep 32-bit state
+
 
 @dataclass
 class _Bucket:
-    """The tensors of one parameter group that share a dtype and device, and their flat copy."""
+    """The tensors of one parameter group that share a dtype, a device and a state width, and their flat copy."""
     group: dict  # the outer param group: its hyperparameters are handed to the flat one at each step
     tensors: list[torch.Tensor]  # the model's own parameters
-    flat: torch.nn.Parameter  # 1-D: the sum of their sizes
+    flat: torch.nn.Parameter  # 1-D: their sizes, each rounded up to whole 256-value blocks
     flat_grad: torch.Tensor  # flat's gradient, the same size; flat.grad is None in a step it skips
     weight_views: list[torch.Tensor]  # flat, split and shaped like `tensors`
     grad_views: list[torch.Tensor]  # flat.grad, split and shaped like `tensors`
 
 
 class FlatOptimizer(torch.optim.Optimizer):
-    """`optimizer_cls` (a per-tensor optimizer such as `bitsandbytes.optim.AdamW`, built with `**kwargs`) run on one
-    flat buffer per parameter group, dtype and device.
+    """`optimizer_cls` (a bitsandbytes optimizer such as `bitsandbytes.optim.AdamW`, built with `**kwargs`) run on one
+    flat buffer per parameter group, dtype and device (and one more for tensors under its 8-bit minimum).
 
     `param_groups` hold the model's own tensors, so the GradScaler's unscaling, gradient clipping and learning-rate
     schedules act on them as they would with `optimizer_cls` itself; each step hands the groups' hyperparameters
@@ -41,27 +43,45 @@ class FlatOptimizer(torch.optim.Optimizer):
     gradient counts as a zero gradient in a step where others of its buffer have one; a buffer none of whose
     tensors has a gradient is skipped, as bitsandbytes skips a tensor. `state_dict` holds the flat optimizer's state
     and the groups' hyperparameters; `load_state_dict` raises ValueError for one saved by another optimizer or for
-    other tensors.
+    other tensors. add_param_group after construction raises NotImplementedError.
     """
 
     def __init__(self, params, optimizer_cls: type[torch.optim.Optimizer], **kwargs):
         super().__init__(params, dict(kwargs))
         self.buckets: list[_Bucket] = []
-        flat_groups = []
+        flat_groups, small = [], []
+        min_8bit = kwargs.get("min_8bit_size", MIN_8BIT_SIZE)
         for group in self.param_groups:
             kinds: dict[tuple, list[torch.Tensor]] = {}
             for tensor in group["params"]:
-                kinds.setdefault((tensor.dtype, tensor.device), []).append(tensor)
-            for tensors in kinds.values():
-                flat = torch.nn.Parameter(torch.cat([tensor.detach().reshape(-1) for tensor in tensors]))
+                kinds.setdefault((tensor.dtype, tensor.device, tensor.numel() < min_8bit), []).append(tensor)
+            for (dtype, device, is_small), tensors in kinds.items():
+                starts = [0]  # each slot starts on a block of its own, so no 8-bit scale spans two tensors
+                for tensor in tensors:
+                    starts.append(starts[-1] + -(-tensor.numel() // BLOCK) * BLOCK)
+                flat = torch.nn.Parameter(torch.zeros(starts[-1], dtype=dtype, device=device))
                 flat_grad = torch.zeros_like(flat.detach())
-                sizes = [tensor.numel() for tensor in tensors]
-                self.buckets.append(_Bucket(
-                    group, tensors, flat, flat_grad,
-                    [view.view_as(tensor) for view, tensor in zip(flat.detach().split(sizes), tensors)],
-                    [view.view_as(tensor) for view, tensor in zip(flat_grad.split(sizes), tensors)]))
+                views = lambda buffer: [buffer[start:start + t.numel()].view_as(t) for start, t in zip(starts, tensors)]
+                self.buckets.append(_Bucket(group, tensors, flat, flat_grad, views(flat.detach()), views(flat_grad)))
+                torch._foreach_copy_(self.buckets[-1].weight_views, [tensor.detach() for tensor in tensors])
                 flat_groups.append({**_hyperparameters(group), "params": [flat]})
+                if is_small:
+                    small.append(flat)
         self.flat_optimizer = optimizer_cls(flat_groups, **kwargs)
+        # bitsandbytes keeps per-parameter overrides in one process-wide table, keyed by (group, index) too, and an
+        # earlier optimizer's (the Trainer's 32-bit embeddings) would land on these buffers: give it a table of its own.
+        manager = type(self.flat_optimizer.mng).__new__(type(self.flat_optimizer.mng))
+        manager.initialize()
+        if small:
+            manager.override_config(small, "optim_bits", 32)
+        self.flat_optimizer.mng = manager
+        self._built = True
+
+    def add_param_group(self, param_group: dict) -> None:
+        if getattr(self, "_built", False):
+            raise NotImplementedError("FlatOptimizer's buffers are laid out when it is built: pass every parameter "
+                                      "group to its constructor.")
+        super().add_param_group(param_group)
 
     @torch.no_grad()
     def step(self, closure=None):

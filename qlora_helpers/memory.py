@@ -231,15 +231,14 @@ def _bytes_of(dtype) -> int:
 
 def optimizer_state_bytes(sizes: list[int], optimizer: str, *, flat: bool = False) -> tuple[int, int, int]:
     """(allocator-tracked state, paged state, step temporaries) for tensors of these sizes. flat: a bitsandbytes
-    optimizer runs on one flat buffer (flat_optimizer, the adapter methods): one 8-bit state, and fp32 copies of
-    the weights and their gradients in the allocator."""
+    optimizer runs on flat buffers (flat_optimizer, the adapter methods): the same state, and fp32 copies of the
+    weights and their gradients in the allocator."""
     name = optimizer.lower()
     total = sum(sizes)
     if name in ("sgd",):
         return 0, 0, 0
     if "8bit" in name or name == "adamw_bnb_8bit":
-        buffers = [total] if flat else sizes
-        state = sum(2 * n + 2 * 4 * -(-n // 256) if n >= BNB_8BIT_MIN_SIZE else 8 * n for n in buffers)
+        state = sum(2 * n + 2 * 4 * -(-n // 256) if n >= BNB_8BIT_MIN_SIZE else 8 * n for n in sizes)
         copies = 8 * total if flat else 0
         return (copies, state, 0) if name.startswith("paged") else (state + copies, 0, 0)
     if name.startswith("paged"):  # paged_adamw_32bit

@@ -11,8 +11,10 @@ bnb = pytest.importorskip("bitsandbytes")
 from qlora_helpers import data, modeling, training  # noqa: E402
 from qlora_helpers.flat_optimizer import FlatOptimizer  # noqa: E402
 
-# multiples of bitsandbytes' 256-value blocks and over its 4,096-value minimum for 8-bit state, like LoRA's A and B
-SHAPES = [(16, 512), (512, 16), (16, 256), (77, 512)]
+# LoRA's A and B at rank 16 (whole 256-value blocks), Qwen2.5-0.5B's k/v B (2,048 values: under bitsandbytes' 4,096
+# minimum for 8-bit state; two of them, 5,120 together, are not), a head and a bias that end mid-block, and tiny
+# gradients beside large ones (below)
+SHAPES = [(16, 512), (512, 16), (77, 896), (128, 16), (128, 16), (896,), (16, 256)]
 PAGED_8BIT = dict(optim_bits=8, is_paged=True, betas=(0.9, 0.999), eps=1e-8)
 
 
@@ -23,19 +25,20 @@ def _tensors(seed=0, device="cpu"):
 
 def _set_grads(tensors, step):
     generator = torch.Generator().manual_seed(100 + step)
-    for tensor in tensors:
-        tensor.grad = torch.randn(tensor.shape, generator=generator).to(tensor.device)
+    for index, tensor in enumerate(tensors):  # scales 1 and 1e-4 in turn: a block shared by two tensors would show
+        tensor.grad = (torch.randn(tensor.shape, generator=generator) * 1e-4 ** (index % 2)).to(tensor.device)
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="bitsandbytes' CUDA kernels (and paging) need a GPU"))])
 def test_the_flat_update_is_bitsandbytes_update_tensor_by_tensor(device):
-    """Bit for bit where each tensor fills whole 256-value blocks (LoRA at rank 16 on Qwen2.5's sizes does)."""
+    """Bit for bit, whatever the tensors' sizes: no 8-bit scale spans two tensors, small ones keep 32-bit state."""
     per_tensor, flat = _tensors(device=device), _tensors(device=device)
-    groups = lambda tensors: [{"params": tensors[:3], "weight_decay": 0.01}, {"params": tensors[3:], "weight_decay": 0.0}]
+    groups = lambda tensors: [{"params": tensors[:6], "weight_decay": 0.01}, {"params": tensors[6:], "weight_decay": 0.0}]
     reference = bnb.optim.AdamW(groups(per_tensor), lr=1e-3, **PAGED_8BIT)
     optimizer = FlatOptimizer(groups(flat), optimizer_cls=bnb.optim.AdamW, lr=1e-3, **PAGED_8BIT)
-    assert [bucket.flat.numel() for bucket in optimizer.buckets] == [8192 + 8192 + 4096, 77 * 512]
+    # 8-bit: 8192 + 8192 + 68992 rounded up to 69120 blocks' worth; 32-bit: 2048 + 2048 + 896 rounded up to 1024; group 2
+    assert [bucket.flat.numel() for bucket in optimizer.buckets] == [8192 + 8192 + 69120, 2048 + 2048 + 1024, 4096]
     for step in range(12):
         if step == 6:  # a schedule changes the rate on the groups it sees: the flat update must follow
             for group in reference.param_groups + optimizer.param_groups:
@@ -45,18 +48,47 @@ def test_the_flat_update_is_bitsandbytes_update_tensor_by_tensor(device):
     for expected, got, start in zip(per_tensor, flat, _tensors(device=device)):
         assert not torch.equal(got, start)
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    widths = [optimizer.flat_optimizer.state[bucket.flat]["state1"].dtype for bucket in optimizer.buckets]
+    assert widths == [torch.uint8, torch.float32, torch.uint8]
 
 
-def test_one_bitsandbytes_update_per_group_a_step(monkeypatch):
-    calls = []
-    real = bnb.functional.optimizer_update_8bit_blockwise
-    monkeypatch.setattr(bnb.functional, "optimizer_update_8bit_blockwise",
-                        lambda *args, **kwargs: calls.append(args[1].numel()) or real(*args, **kwargs))
+def test_bitsandbytes_overrides_left_by_an_earlier_optimizer_do_not_reach_the_flat_buffers():
+    """The Trainer registers 32-bit state for trainable embeddings in bitsandbytes' process-wide table, which an
+    optimizer built later would apply to its parameter (0, 0): here a flat buffer, 4x its state."""
+    manager = bnb.optim.GlobalOptimManager.get_instance()
+    embedding, linear = torch.nn.Embedding(64, 64), torch.nn.Linear(64, 64)
+    manager.register_module_override(embedding, "weight", {"optim_bits": 32})
+    earlier = bnb.optim.AdamW([embedding.weight, linear.weight], lr=1e-3, optim_bits=8)
+    embedding.weight.grad, linear.weight.grad = torch.ones(64, 64), torch.ones(64, 64)
+    try:
+        earlier.step()
+        tensors = _tensors()[:2]
+        optimizer = FlatOptimizer([{"params": tensors}], optimizer_cls=bnb.optim.AdamW, lr=1e-3, **PAGED_8BIT)
+        _set_grads(tensors, 0)
+        optimizer.step()
+        assert optimizer.flat_optimizer.state[optimizer.buckets[0].flat]["state1"].dtype == torch.uint8
+    finally:
+        manager.initialize()  # the table as a fresh process has it
+
+
+def test_a_parameter_group_added_later_is_refused():
+    tensors = _tensors()
+    optimizer = FlatOptimizer([{"params": tensors[:2]}], optimizer_cls=bnb.optim.AdamW, lr=1e-3, **PAGED_8BIT)
+    with pytest.raises(NotImplementedError, match="pass every parameter group to its constructor"):
+        optimizer.add_param_group({"params": tensors[2:]})
+
+
+def test_one_bitsandbytes_update_per_buffer_a_step(monkeypatch):
+    calls = {"8bit_blockwise": [], "32bit": []}
+    for kind, sizes in calls.items():
+        real = getattr(bnb.functional, f"optimizer_update_{kind}")
+        monkeypatch.setattr(bnb.functional, f"optimizer_update_{kind}",
+                            lambda *args, real=real, sizes=sizes, **kwargs: sizes.append(args[1].numel()) or real(*args, **kwargs))
     tensors = _tensors()
     optimizer = FlatOptimizer([{"params": tensors}], optimizer_cls=bnb.optim.AdamW, lr=1e-3, **PAGED_8BIT)
     _set_grads(tensors, 0)
     optimizer.step()
-    assert calls == [sum(tensor.numel() for tensor in tensors)]
+    assert calls == {"8bit_blockwise": [8192 + 8192 + 69120 + 4096], "32bit": [2048 + 2048 + 1024]}
 
 
 def test_weights_written_in_place_between_steps_are_the_ones_updated():
@@ -97,7 +129,7 @@ def test_state_saved_by_another_optimizer_or_for_other_tensors_is_refused_by_nam
     with pytest.raises(ValueError, match="not saved by FlatOptimizer.*delete the checkpoint folder"):
         optimizer.load_state_dict(per_tensor.state_dict())
     smaller = FlatOptimizer([{"params": _tensors()[:2]}], optimizer_cls=bnb.optim.AdamW, lr=1e-3, **PAGED_8BIT)
-    with pytest.raises(ValueError, match=r"flat buffers of \[16384\] values, this model's are \[59904\]"):
+    with pytest.raises(ValueError, match=r"flat buffers of \[16384\] values, this model's are \[89600, 5120\]"):
         optimizer.load_state_dict(smaller.state_dict())
 
 
@@ -129,8 +161,9 @@ def test_qlora_trains_through_one_flat_paged_8bit_adamw_and_resumes_its_state(ti
     assert isinstance(optimizer, FlatOptimizer) and isinstance(optimizer.flat_optimizer, bnb.optim.AdamW)
     assert optimizer.flat_optimizer.args.optim_bits == 8 and optimizer.flat_optimizer.is_paged
     assert training.step_levers(trainer)["flat_optimizer"] is True  # what results.json records
-    assert len(optimizer.buckets) == 1 and optimizer.buckets[0].tensors == [
-        p for p in loaded.model.parameters() if p.requires_grad]
+    flattened = [id(tensor) for bucket in optimizer.buckets for tensor in bucket.tensors]
+    assert sorted(flattened) == sorted(id(p) for p in loaded.model.parameters() if p.requires_grad)
+    assert len(optimizer.buckets) == 2  # the tiny model's rank-16 LoRA: 8-bit and (under 4,096 values) 32-bit state
     trained = {name: p.detach().clone() for name, p in loaded.model.named_parameters() if p.requires_grad}
 
     resumed_loaded, resumed = _qlora_trainer(tiny_qwen2, small_split, tmp_path / "resumed", max_steps=6, save_steps=3)
