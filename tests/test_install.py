@@ -64,6 +64,8 @@ def test_each_notebook_install_cell_is_install_py(path):
     assert cells[0].source == kaggle.install_cell_source(), (
         f"{path.name}: the install cell differs from qlora_helpers/notebook/install.py: "
         "run `python -m qlora_helpers.runners.kaggle install-cell`")
+    shown_collapsed = {key: cells[0].metadata.get(key) for key in kaggle.INSTALL_CELL_METADATA}
+    assert shown_collapsed == kaggle.INSTALL_CELL_METADATA, f"{path.name}: the install cell is not collapsed"
 
 
 def test_the_cell_expects_this_package_version():

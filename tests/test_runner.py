@@ -339,3 +339,18 @@ def test_a_folder_of_one_notebook_run_with_a_set_says_how_to_remake_it(tmp_path)
     readme = runner.write_readme(tmp_path / "lr", profiles.get_profile("qwen-t4"), {"learning_rate": 0.002}).read_text()
     assert "04_comparison.ipynb" not in readme
     assert "--run-dir lr --notebooks 02 --set learning_rate=0.002 --force" in readme
+
+
+def test_the_html_render_shows_the_install_cell_by_its_output_only(tmp_path):
+    """The install cell (tagged hide-input, like every notebook's first code cell) renders as what it printed."""
+    import nbformat
+
+    from qlora_helpers.runners import kaggle
+
+    hidden = nbformat.v4.new_code_cell("def install_qlora_helpers_body(): pass", metadata=kaggle.INSTALL_CELL_METADATA)
+    hidden.outputs = [nbformat.v4.new_output("stream", name="stdout", text="qlora-helpers 0.1.0 is installed\n")]
+    shown = nbformat.v4.new_code_cell("print('the recipe stays visible')")
+    nbformat.write(nbformat.v4.new_notebook(cells=[hidden, shown]), tmp_path / "executed.ipynb")
+    html = runner.write_html(tmp_path / "executed.ipynb", tmp_path / "executed.html").read_text()
+    assert "qlora-helpers 0.1.0 is installed" in html and "the recipe stays visible" in html
+    assert "install_qlora_helpers_body" not in html

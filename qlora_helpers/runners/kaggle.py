@@ -232,24 +232,34 @@ def push(owner: str, notebooks: list[str], dist: Path = DIST_DIR, echo=print) ->
     return urls
 
 
+# The install cell shows collapsed, its output only: the title of Colab's form, Jupyter's hidden source, Kaggle's
+# hidden input, and the tag runner.write_html removes the input by. A reader sees what it did, not how.
+INSTALL_CELL_TITLE = ('#@title Install qlora_helpers on Kaggle or Colab (its code: qlora_helpers/notebook/install.py) '
+                      '{ display-mode: "form" }')
+INSTALL_CELL_METADATA = {"cellView": "form", "jupyter": {"source_hidden": True}, "_kg_hide-input": True,
+                         "tags": ["hide-input"]}
+
+
 def install_cell_source() -> str:
-    """The notebooks' install cell: install.py's code below its docstring, then the call."""
+    """The notebooks' install cell: a title, install.py's code below its docstring, then the call."""
     lines = Path(install.__file__).read_text().splitlines()
     docstring_end = ast.parse("\n".join(lines)).body[0].end_lineno
     code = "\n".join(lines[docstring_end:]).strip("\n")
-    return f"{code}\n\n\nprint(install_qlora_helpers())"
+    return f"{INSTALL_CELL_TITLE}\n{code}\n\n\nprint(install_qlora_helpers())"
 
 
 def write_install_cells(folder: str | Path = NOTEBOOKS_DIR) -> list[Path]:
-    """Put install_cell_source() into each notebook's first code cell; returns the notebooks that changed."""
+    """Put install_cell_source() and INSTALL_CELL_METADATA into each notebook's first code cell; returns the
+    notebooks that changed."""
     import nbformat
 
     changed = []
     for path in sorted(Path(folder).glob("*.ipynb")):
         notebook = nbformat.read(path, as_version=4)
         cell = next(c for c in notebook.cells if c.cell_type == "code")
-        if cell.source != install_cell_source():
-            cell.source = install_cell_source()
+        metadata = {**cell.metadata, **INSTALL_CELL_METADATA}
+        if cell.source != install_cell_source() or cell.metadata != metadata:
+            cell.source, cell.metadata = install_cell_source(), nbformat.from_dict(metadata)
             atomic.write_text(path, nbformat.writes(notebook) + "\n")
             changed.append(path)
     return changed

@@ -354,11 +354,14 @@ def merge_consecutive_streams(outputs: list) -> list:
 
 
 def write_html(notebook_path: Path, html_path: Path) -> Path:
-    """The executed notebook as standalone HTML (figures embedded as base64 PNG), written atomically."""
+    """The executed notebook as standalone HTML (figures embedded as base64 PNG), written atomically; cells tagged
+    `hide-input` (the install cell) show their output only."""
     import nbformat
     from nbconvert import HTMLExporter
+    from traitlets.config import Config
 
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(notebook_path, as_version=4))
+    config = Config({"TagRemovePreprocessor": {"enabled": True, "remove_input_tags": {"hide-input"}}})
+    body, _ = HTMLExporter(config=config).from_notebook_node(nbformat.read(notebook_path, as_version=4))
     return atomic.write_text(html_path, body)
 
 
