@@ -59,11 +59,10 @@ class FlatOptimizer(torch.optim.Optimizer):
                 starts = [0]  # each slot starts on a block of its own, so no 8-bit scale spans two tensors
                 for tensor in tensors:
                     starts.append(starts[-1] + -(-tensor.numel() // BLOCK) * BLOCK)
-                flat = torch.nn.Parameter(torch.zeros(starts[-1], dtype=dtype, device=device))
+                flat = torch.nn.Parameter(torch.zeros(starts[-1], dtype=dtype, device=device))  # filled at each step
                 flat_grad = torch.zeros_like(flat.detach())
-                views = lambda buffer: [buffer[start:start + t.numel()].view_as(t) for start, t in zip(starts, tensors)]
-                self.buckets.append(_Bucket(group, tensors, flat, flat_grad, views(flat.detach()), views(flat_grad)))
-                torch._foreach_copy_(self.buckets[-1].weight_views, [tensor.detach() for tensor in tensors])
+                self.buckets.append(_Bucket(group, tensors, flat, flat_grad, _slots(flat.detach(), starts, tensors),
+                                            _slots(flat_grad, starts, tensors)))
                 flat_groups.append({**_hyperparameters(group), "params": [flat]})
                 if is_small:
                     small.append(flat)
@@ -125,6 +124,11 @@ class FlatOptimizer(torch.optim.Optimizer):
         self.flat_optimizer.load_state_dict(state_dict["flat"])
         for group, saved in zip(self.param_groups, state_dict["hyperparameters"]):
             group.update(saved)
+
+
+def _slots(buffer: torch.Tensor, starts: list[int], tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Views of the 1-D `buffer` shaped like `tensors`, each from its start."""
+    return [buffer[start:start + tensor.numel()].view_as(tensor) for start, tensor in zip(starts, tensors)]
 
 
 def _hyperparameters(group: dict) -> dict:
